@@ -1,0 +1,71 @@
+//! Subcommands and the option groups they share.
+
+mod bench;
+mod generate;
+mod logits;
+
+use clap::{Args, Parser, Subcommand};
+use saescope::model::{load_model, parse_device, parse_dtype, LoadedModel};
+
+#[derive(Parser)]
+#[command(name = "saescope", version, about = "Sparse autoencoders and interventions on language models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the token ids of a prompt and the top next tokens with log-probs.
+    Logits(logits::LogitsArgs),
+    /// Generate text, streaming tokens to stdout.
+    Generate(generate::GenerateArgs),
+    /// Benchmarks (machine-readable with --json).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Which model, where, in what precision.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file, a Hugging Face model folder, a hub id, or `smollm2-135m`.
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        if let Some(n) = self.threads {
+            anyhow::ensure!(n > 0, "--threads must be positive");
+            tch::set_num_threads(n);
+        }
+        let device = parse_device(&self.device)?;
+        let kind = parse_dtype(&self.dtype)?;
+        Ok(load_model(&self.model, device, kind)?)
+    }
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Logits(args) => logits::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

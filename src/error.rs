@@ -1,0 +1,67 @@
+//! The one error type of the library. The CLI wraps it in `anyhow` at the edge.
+
+use std::path::PathBuf;
+
+/// Every failure the library reports. Messages name the file, tensor or hook
+/// involved so that a user can act on them without a backtrace.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file exists but its contents are not what its format requires
+    /// (truncated, corrupt, absurd sizes).
+    #[error("{path}: malformed file: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error("unsupported model architecture `{0}` (supported: gpt2, llama, mistral, qwen2, gpt_neox)")]
+    UnknownArchitecture(String),
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    #[error("missing tensor `{name}` in {source_desc}")]
+    MissingTensor { name: String, source_desc: String },
+    #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<i64>,
+        got: Vec<i64>,
+    },
+    #[error("unknown hook point `{name}`: {reason}")]
+    UnknownHook { name: String, reason: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("cannot resolve model `{0}`")]
+    ModelNotFound(String),
+    #[error("hub: {0}")]
+    Hub(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("intervention failed at `{hook}`: {reason}")]
+    Intervention { hook: String, reason: String },
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Shorthand for a malformed-file error.
+    pub fn malformed(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Malformed {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for an I/O error on a path.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

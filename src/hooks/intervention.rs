@@ -1,0 +1,129 @@
+//! The intervention trait that the forward pass calls at each hook point, and
+//! the [`Hooks`] set that composes several of them in order.
+
+use tch::Tensor;
+
+use super::names::HookPoint;
+use crate::error::{Error, Result};
+
+/// Where in the sequence a forward call is, for interventions that care about
+/// positions (e.g. only the last prompt token, or every generated token).
+pub struct HookContext<'a> {
+    /// Absolute position of the first token of this call: 0 on a prompt, the
+    /// cache length on a decode step.
+    pub position_offset: i64,
+    /// `[batch or 1, seq]` absolute positions of this call's tokens (left
+    /// padding makes them differ between rows).
+    pub positions: &'a Tensor,
+    /// True on the single-token steps of generation after the prompt.
+    pub decode_step: bool,
+}
+
+/// Something that reads, and may replace, the activation at hook points.
+///
+/// Implementations must keep the computation differentiable when they create
+/// tensors from learned parameters: the forward pass does not detach.
+pub trait Intervention {
+    /// Whether this intervention wants to see `hook`. The forward pass uses
+    /// this to skip work and to find where it may stop.
+    fn wants(&self, hook: HookPoint) -> bool;
+
+    /// Called with the activation at `hook` (shape documented on [`HookPoint`]).
+    /// Return `Some(t)` to replace it (same shape), `None` to leave it.
+    fn apply(&mut self, hook: HookPoint, activation: &Tensor, ctx: &HookContext)
+        -> Result<Option<Tensor>>;
+}
+
+/// An intervention from a closure, for quick experiments and tests.
+pub struct FnIntervention<F> {
+    hooks: Vec<HookPoint>,
+    f: F,
+}
+
+impl<F> FnIntervention<F>
+where
+    F: FnMut(HookPoint, &Tensor, &HookContext) -> Result<Option<Tensor>>,
+{
+    pub fn new(hooks: Vec<HookPoint>, f: F) -> Self {
+        FnIntervention { hooks, f }
+    }
+}
+
+impl<F> Intervention for FnIntervention<F>
+where
+    F: FnMut(HookPoint, &Tensor, &HookContext) -> Result<Option<Tensor>>,
+{
+    fn wants(&self, hook: HookPoint) -> bool {
+        self.hooks.contains(&hook)
+    }
+
+    fn apply(&mut self, hook: HookPoint, act: &Tensor, ctx: &HookContext) -> Result<Option<Tensor>> {
+        (self.f)(hook, act, ctx)
+    }
+}
+
+/// The interventions active during one forward pass, applied in order: each
+/// sees the tensor as the previous one left it.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    interventions: Vec<&'a mut dyn Intervention>,
+}
+
+impl<'a> Hooks<'a> {
+    pub fn new() -> Self {
+        Hooks {
+            interventions: Vec::new(),
+        }
+    }
+
+    /// Adds an intervention after those already present.
+    pub fn with(mut self, intervention: &'a mut dyn Intervention) -> Self {
+        self.interventions.push(intervention);
+        self
+    }
+
+    pub fn push(&mut self, intervention: &'a mut dyn Intervention) {
+        self.interventions.push(intervention);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.interventions.is_empty()
+    }
+
+    /// Whether any intervention wants `hook`.
+    pub fn wants(&self, hook: HookPoint) -> bool {
+        self.interventions.iter().any(|i| i.wants(hook))
+    }
+
+    /// The last hook point, in forward order, that any intervention wants.
+    pub fn last_wanted(&self, n_layers: usize) -> Option<HookPoint> {
+        HookPoint::all(n_layers)
+            .into_iter()
+            .rev()
+            .find(|h| self.wants(*h))
+    }
+
+    /// Runs every interested intervention on `x` and returns the final tensor.
+    pub fn run(&mut self, hook: HookPoint, x: Tensor, ctx: &HookContext) -> Result<Tensor> {
+        let mut current = x;
+        for intervention in self.interventions.iter_mut() {
+            if !intervention.wants(hook) {
+                continue;
+            }
+            if let Some(replacement) = intervention.apply(hook, &current, ctx)? {
+                if replacement.size() != current.size() {
+                    return Err(Error::Intervention {
+                        hook: hook.to_string(),
+                        reason: format!(
+                            "replacement has shape {:?}, the activation has {:?}",
+                            replacement.size(),
+                            current.size()
+                        ),
+                    });
+                }
+                current = replacement;
+            }
+        }
+        Ok(current)
+    }
+}

@@ -1,0 +1,10 @@
+//! Hook points and interventions: the one mechanism by which harvesting,
+//! SAE splicing, steering and patching see and change a forward pass.
+
+pub mod cache;
+pub mod intervention;
+pub mod names;
+
+pub use cache::ActivationCache;
+pub use intervention::{FnIntervention, HookContext, Hooks, Intervention};
+pub use names::{BlockSite, HookPoint};

@@ -1,0 +1,11 @@
+//! saescope: sparse autoencoders and interventions on language models, on libtorch.
+//!
+//! Layers, top to bottom (see DESIGN.md): `model` (architectures, weights,
+//! tokenizer, generation) → `hooks` (hook points and interventions).
+
+pub mod bench;
+pub mod error;
+pub mod hooks;
+pub mod model;
+
+pub use error::{Error, Result};

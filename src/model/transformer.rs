@@ -1,0 +1,375 @@
+//! The one transformer. GPT-2, the Llama family and GPT-NeoX differ only in
+//! their [`ModelConfig`]; the forward pass calls the hook points of
+//! [`crate::hooks`] at every site and can stop after the last one it needs.
+//!
+//! Shapes: `batch` sequences of `seq` new tokens after `past` cached ones.
+
+use tch::{Device, Kind, Tensor};
+
+use super::attention::{apply_pattern, attention_pattern, fused_attention, AttentionMask};
+use super::config::{Activation, ModelConfig, NormKind, PositionKind};
+use super::kv_cache::KvCache;
+use super::rotary::{Rotary, RotaryTables};
+use super::weights::{BlockWeights, ModelWeights, NormWeights};
+use crate::error::{Error, Result};
+use crate::hooks::{BlockSite, HookContext, HookPoint, Hooks};
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// `[batch, seq, vocab]`
+    All,
+    /// `[batch, 1, vocab]`, the last position only (generation).
+    Last,
+}
+
+/// Where the forward pass ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopAt {
+    /// Run every block and the unembedding.
+    Logits(LogitsFor),
+    /// Return right after this hook point has run (no logits).
+    After(HookPoint),
+}
+
+/// The inputs of one forward call.
+pub struct ForwardInput<'a> {
+    /// `[batch, seq]` int64 token ids.
+    pub tokens: &'a Tensor,
+    /// `[batch, seq]` absolute positions; default `past..past+seq` for every row.
+    pub positions: Option<&'a Tensor>,
+    /// `[batch, past + seq]` key-padding mask, 1 for real tokens, 0 for padding.
+    pub attention_mask: Option<&'a Tensor>,
+}
+
+impl<'a> ForwardInput<'a> {
+    pub fn tokens(tokens: &'a Tensor) -> Self {
+        ForwardInput {
+            tokens,
+            positions: None,
+            attention_mask: None,
+        }
+    }
+}
+
+/// A loaded model on one device in one dtype.
+pub struct Transformer {
+    cfg: ModelConfig,
+    weights: ModelWeights,
+    rotary: Option<Rotary>,
+    device: Device,
+    kind: Kind,
+}
+
+/// Runs the hook set at `$hook` on `$x`; returns early when the forward stops there.
+macro_rules! hook {
+    ($pass:expr, $hook:expr, $x:expr) => {
+        match $pass.at($hook, $x)? {
+            Some(t) => t,
+            None => return Ok(None),
+        }
+    };
+}
+
+/// The per-call state shared by every hook site.
+struct Pass<'h, 'a> {
+    hooks: &'h mut Hooks<'a>,
+    ctx: HookContext<'h>,
+    stop: StopAt,
+}
+
+impl Pass<'_, '_> {
+    fn wants(&self, hook: HookPoint) -> bool {
+        self.hooks.wants(hook) || self.stop == StopAt::After(hook)
+    }
+
+    /// Applies interventions at `hook`; `None` when the pass stops here.
+    fn at(&mut self, hook: HookPoint, x: Tensor) -> Result<Option<Tensor>> {
+        let x = if self.hooks.wants(hook) {
+            self.hooks.run(hook, x, &self.ctx)?
+        } else {
+            x
+        };
+        Ok(if self.stop == StopAt::After(hook) { None } else { Some(x) })
+    }
+}
+
+impl Transformer {
+    /// Builds a model from validated weights, moving them to `device` and `kind`.
+    pub fn new(cfg: ModelConfig, weights: &ModelWeights, device: Device, kind: Kind) -> Result<Self> {
+        cfg.validate()?;
+        weights.validate(&cfg)?;
+        if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {
+            return Err(Error::InvalidArgument(format!("unsupported model dtype {kind:?}")));
+        }
+        let rotary = match cfg.positions {
+            PositionKind::Rotary {
+                base,
+                rotary_dim,
+                llama3_scaling,
+            } => Some(Rotary::new(base, rotary_dim, llama3_scaling, device)),
+            PositionKind::Learned => None,
+        };
+        let weights = tch::no_grad(|| weights.to(device, kind, cfg.tied_embeddings));
+        Ok(Transformer {
+            cfg,
+            weights,
+            rotary,
+            device,
+            kind,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The unembedding matrix `[vocab, d_model]` (e.g. for logit-lens analyses).
+    pub fn unembed_weight(&self) -> &Tensor {
+        &self.weights.unembed
+    }
+
+    /// Applies the final norm to `x [.., d_model]`.
+    pub fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.norm(x, &self.weights.ln_final)
+    }
+
+    /// An empty KV cache sized for `capacity` positions of `batch` sequences.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
+        let c = &self.cfg;
+        KvCache::new(c.n_layers, batch, c.n_kv_heads, c.d_head, capacity, self.kind, self.device)
+    }
+
+    /// Logits `[batch, seq, vocab]` (f32) of a plain forward with no hooks.
+    pub fn logits(&self, tokens: &Tensor) -> Result<Tensor> {
+        let mut hooks = Hooks::new();
+        self.forward(&ForwardInput::tokens(tokens), None, &mut hooks, StopAt::Logits(LogitsFor::All))?
+            .ok_or_else(|| Error::InvalidArgument("forward stopped before the logits".into()))
+    }
+
+    /// One forward call. Returns f32 logits when `stop` is `Logits`, `None`
+    /// when it stops after a hook point (read what you need from a cache).
+    /// With a `cache`, the call continues after the cached positions and
+    /// appends its keys and values; it must then run to the logits.
+    pub fn forward(
+        &self,
+        input: &ForwardInput,
+        mut cache: Option<&mut KvCache>,
+        hooks: &mut Hooks,
+        stop: StopAt,
+    ) -> Result<Option<Tensor>> {
+        let tokens = input.tokens;
+        let (batch, seq) = match tokens.size().as_slice() {
+            [b, s] => (*b, *s),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "tokens must be [batch, seq], got {other:?}"
+                )))
+            }
+        };
+        if seq == 0 {
+            return Err(Error::InvalidArgument("empty token sequence".into()));
+        }
+        if let StopAt::After(hook) = stop {
+            if hook.layer().is_some_and(|l| l >= self.cfg.n_layers) {
+                return Err(Error::UnknownHook {
+                    name: hook.to_string(),
+                    reason: format!("the model has {} blocks", self.cfg.n_layers),
+                });
+            }
+            if cache.is_some() {
+                return Err(Error::InvalidArgument(
+                    "a forward that fills a KV cache must run to the logits".into(),
+                ));
+            }
+        }
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let tokens = tokens.to_device(self.device);
+        let default_positions;
+        let positions = match input.positions {
+            Some(p) => p.to_device(self.device),
+            None => {
+                default_positions =
+                    Tensor::arange_start(past, past + seq, (Kind::Int64, self.device)).view([1, seq]);
+                default_positions.shallow_clone()
+            }
+        };
+        self.check_token_range(&tokens, &positions, past + seq)?;
+        let mask = AttentionMask::build(past, seq, input.attention_mask, self.device);
+        let rotary = self.rotary.as_ref().map(|r| r.tables(&positions, self.kind));
+        let mut pass = Pass {
+            hooks,
+            ctx: HookContext {
+                position_offset: past,
+                positions: &positions,
+                decode_step: past > 0 && seq == 1,
+            },
+            stop,
+        };
+
+        // [batch, seq, d_model]
+        let embed = self.weights.embed.index_select(0, &tokens.view([-1])).view([batch, seq, -1]);
+        let mut resid = hook!(pass, HookPoint::Embed, embed);
+        if let Some(pos_embed) = &self.weights.pos_embed {
+            let pos = pos_embed
+                .index_select(0, &positions.reshape([-1]))
+                .view([positions.size()[0], seq, -1]);
+            let pos = hook!(pass, HookPoint::PosEmbed, pos);
+            resid = resid + pos;
+        }
+        for (layer, block) in self.weights.blocks.iter().enumerate() {
+            let cache_layer = cache.as_deref_mut().map(|c| (c, layer));
+            resid = match self.block(layer, block, resid, &mask, rotary.as_ref(), cache_layer, &mut pass)? {
+                Some(r) => r,
+                None => return Ok(None),
+            };
+        }
+        if let Some(c) = cache {
+            c.advance(seq);
+        }
+        let resid = match stop {
+            StopAt::Logits(LogitsFor::Last) => resid.narrow(1, seq - 1, 1),
+            _ => resid,
+        };
+        let normed = self.final_norm(&resid);
+        let normed = hook!(pass, HookPoint::LnFinal, normed);
+        Ok(Some(normed.linear::<Tensor>(&self.weights.unembed, None).to_kind(Kind::Float)))
+    }
+
+    /// Token ids must index the vocabulary and learned positions must fit.
+    fn check_token_range(&self, tokens: &Tensor, positions: &Tensor, total: i64) -> Result<()> {
+        let (min, max) = (tokens.min().int64_value(&[]), tokens.max().int64_value(&[]));
+        if min < 0 || max >= self.cfg.vocab_size {
+            return Err(Error::InvalidArgument(format!(
+                "token id out of range [0, {}): saw {min}..={max}",
+                self.cfg.vocab_size
+            )));
+        }
+        if self.cfg.positions == PositionKind::Learned {
+            let max_pos = positions.max().int64_value(&[]).max(total - 1);
+            if max_pos >= self.cfg.max_context {
+                return Err(Error::InvalidArgument(format!(
+                    "position {max_pos} exceeds the model's {} learned positions",
+                    self.cfg.max_context
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn norm(&self, x: &Tensor, w: &NormWeights) -> Tensor {
+        let d = [self.cfg.d_model];
+        match self.cfg.norm {
+            NormKind::LayerNorm => x.layer_norm(d, Some(&w.weight), w.bias.as_ref(), self.cfg.norm_eps, false),
+            NormKind::RmsNorm => x.rms_norm(d, Some(&w.weight), self.cfg.norm_eps),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        layer: usize,
+        w: &BlockWeights,
+        resid_pre: Tensor,
+        mask: &AttentionMask,
+        rotary: Option<&RotaryTables>,
+        cache: Option<(&mut KvCache, usize)>,
+        pass: &mut Pass,
+    ) -> Result<Option<Tensor>> {
+        let site = |s| HookPoint::Block(layer, s);
+        let resid_pre = hook!(pass, site(BlockSite::ResidPre), resid_pre);
+        let attn_in = self.norm(&resid_pre, &w.ln1);
+        let attn_out = match self.attention(layer, w, &attn_in, mask, rotary, cache, pass)? {
+            Some(a) => a,
+            None => return Ok(None),
+        };
+        let attn_out = hook!(pass, site(BlockSite::AttnOut), attn_out);
+        let resid_mid = hook!(pass, site(BlockSite::ResidMid), &resid_pre + &attn_out);
+        let mlp_in = if self.cfg.parallel_residual {
+            self.norm(&resid_pre, &w.ln2)
+        } else {
+            self.norm(&resid_mid, &w.ln2)
+        };
+        let mlp_out = match self.mlp(layer, w, &mlp_in, pass)? {
+            Some(m) => m,
+            None => return Ok(None),
+        };
+        let mlp_out = hook!(pass, site(BlockSite::MlpOut), mlp_out);
+        let resid_post = hook!(pass, site(BlockSite::ResidPost), resid_mid + mlp_out);
+        Ok(Some(resid_post))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: usize,
+        w: &BlockWeights,
+        x: &Tensor,
+        mask: &AttentionMask,
+        rotary: Option<&RotaryTables>,
+        cache: Option<(&mut KvCache, usize)>,
+        pass: &mut Pass,
+    ) -> Result<Option<Tensor>> {
+        let c = &self.cfg;
+        let (batch, seq) = (x.size()[0], x.size()[1]);
+        // [batch, seq, (n_heads + 2·n_kv)·d_head]
+        let qkv = x.linear(&w.qkv_w, w.qkv_b.as_ref());
+        let q_width = c.n_heads * c.d_head;
+        let kv_width = c.n_kv_heads * c.d_head;
+        // → [batch, heads, seq, d_head]
+        let heads = |t: Tensor, n: i64| t.view([batch, seq, n, c.d_head]).transpose(1, 2);
+        let mut q = heads(qkv.narrow(2, 0, q_width), c.n_heads);
+        let mut k = heads(qkv.narrow(2, q_width, kv_width), c.n_kv_heads);
+        let v = heads(qkv.narrow(2, q_width + kv_width, kv_width), c.n_kv_heads);
+        if let (Some(r), Some(tables)) = (&self.rotary, rotary) {
+            q = r.apply(&q, tables);
+            k = r.apply(&k, tables);
+        }
+        let (k, v) = match cache {
+            Some((cache, l)) => cache.append(l, &k, &v)?,
+            None => (k, v),
+        };
+        let pattern_hook = HookPoint::Block(layer, BlockSite::AttnPattern);
+        // [batch, n_heads, seq, d_head]
+        let z = if pass.wants(pattern_hook) {
+            let pattern = attention_pattern(&q, &k, mask);
+            let pattern = hook!(pass, pattern_hook, pattern);
+            apply_pattern(&pattern, &v)
+        } else {
+            fused_attention(&q, &k, &v, mask)
+        };
+        // [batch, seq, n_heads, d_head], TransformerLens's hook_z layout
+        let z = z.transpose(1, 2);
+        let z = hook!(pass, HookPoint::Block(layer, BlockSite::AttnZ), z);
+        let z = z.reshape([batch, seq, q_width]);
+        Ok(Some(z.linear(&w.out_w, w.out_b.as_ref())))
+    }
+
+    fn mlp(&self, layer: usize, w: &BlockWeights, x: &Tensor, pass: &mut Pass) -> Result<Option<Tensor>> {
+        let c = &self.cfg;
+        let pre = x.linear(&w.mlp_in_w, w.mlp_in_b.as_ref());
+        let act = |t: &Tensor| match c.activation {
+            Activation::GeluTanh => t.gelu("tanh"),
+            Activation::Gelu => t.gelu("none"),
+            Activation::Silu => t.silu(),
+        };
+        // [batch, seq, d_mlp]
+        let post = if c.gated_mlp {
+            let gate = pre.narrow(2, 0, c.d_mlp);
+            let up = pre.narrow(2, c.d_mlp, c.d_mlp);
+            act(&gate) * up
+        } else {
+            act(&pre)
+        };
+        let post = hook!(pass, HookPoint::Block(layer, BlockSite::MlpPost), post);
+        Ok(Some(post.linear(&w.mlp_out_w, w.mlp_out_b.as_ref())))
+    }
+}
