@@ -149,3 +149,37 @@ impl ModelConfig {
         per_layer * layers as f64 + unembed
     }
 }
+
+impl ModelConfig {
+    /// A tiny Llama-style configuration (GQA, RMSNorm, SwiGLU, rotary), for
+    /// tests and examples with random weights.
+    pub fn tiny_llama() -> Self {
+        ModelConfig {
+            architecture: "llama".into(),
+            vocab_size: 64,
+            d_model: 32,
+            n_layers: 3,
+            n_heads: 4,
+            n_kv_heads: 2,
+            d_head: 8,
+            d_mlp: 48,
+            norm: NormKind::RmsNorm,
+            norm_eps: 1e-5,
+            activation: Activation::Silu,
+            gated_mlp: true,
+            positions: PositionKind::Rotary {
+                base: 10_000.0,
+                rotary_dim: 8,
+                llama3_scaling: None,
+            },
+            parallel_residual: false,
+            qkv_bias: false,
+            attn_out_bias: false,
+            mlp_bias: false,
+            tied_embeddings: false,
+            max_context: 128,
+            bos_token_id: Some(0),
+            eos_token_ids: vec![1],
+        }
+    }
+}

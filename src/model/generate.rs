@@ -68,6 +68,7 @@ pub fn generate(
             tokens: &step_tokens,
             positions: Some(&positions),
             attention_mask: attention_mask.as_ref(),
+            start_at: None,
         };
         let logits = tch::no_grad(|| {
             model.forward(&input, Some(&mut cache), hooks, StopAt::Logits(LogitsFor::Last))

@@ -40,6 +40,10 @@ pub struct ForwardInput<'a> {
     pub positions: Option<&'a Tensor>,
     /// `[batch, past + seq]` key-padding mask, 1 for real tokens, 0 for padding.
     pub attention_mask: Option<&'a Tensor>,
+    /// Start at block `L` with this residual `[batch, seq, d_model]` as its
+    /// `hook_resid_pre`, skipping the embedding and earlier blocks
+    /// (TransformerLens's `start_at_layer`). `tokens` still gives the shape.
+    pub start_at: Option<(usize, &'a Tensor)>,
 }
 
 impl<'a> ForwardInput<'a> {
@@ -48,6 +52,7 @@ impl<'a> ForwardInput<'a> {
             tokens,
             positions: None,
             attention_mask: None,
+            start_at: None,
         }
     }
 }
@@ -99,7 +104,7 @@ impl Transformer {
     pub fn new(cfg: ModelConfig, weights: &ModelWeights, device: Device, kind: Kind) -> Result<Self> {
         cfg.validate()?;
         weights.validate(&cfg)?;
-        if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {
+        if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double) {
             return Err(Error::InvalidArgument(format!("unsupported model dtype {kind:?}")));
         }
         let rotary = match cfg.positions {
@@ -155,7 +160,7 @@ impl Transformer {
             .ok_or_else(|| Error::InvalidArgument("forward stopped before the logits".into()))
     }
 
-    /// One forward call. Returns f32 logits when `stop` is `Logits`, `None`
+    /// One forward call. Returns logits (f32, or f64 for an f64 model) when `stop` is `Logits`, `None`
     /// when it stops after a hook point (read what you need from a cache).
     /// With a `cache`, the call continues after the cached positions and
     /// appends its keys and values; it must then run to the logits.
@@ -215,17 +220,24 @@ impl Transformer {
             stop,
         };
 
-        // [batch, seq, d_model]
-        let embed = self.weights.embed.index_select(0, &tokens.view([-1])).view([batch, seq, -1]);
-        let mut resid = hook!(pass, HookPoint::Embed, embed);
-        if let Some(pos_embed) = &self.weights.pos_embed {
-            let pos = pos_embed
-                .index_select(0, &positions.reshape([-1]))
-                .view([positions.size()[0], seq, -1]);
-            let pos = hook!(pass, HookPoint::PosEmbed, pos);
-            resid = resid + pos;
-        }
-        for (layer, block) in self.weights.blocks.iter().enumerate() {
+        let (first_layer, mut resid) = match input.start_at {
+            Some((layer, resid)) => {
+                let expected = [batch, seq, self.cfg.d_model];
+                if layer >= self.cfg.n_layers || resid.size() != expected {
+                    return Err(Error::InvalidArgument(format!(
+                        "start_at: layer {layer} of {} with residual {:?}, expected {expected:?}",
+                        self.cfg.n_layers,
+                        resid.size()
+                    )));
+                }
+                (layer, resid.to_device(self.device).to_kind(self.kind))
+            }
+            None => match self.embed(&tokens, &positions, &mut pass)? {
+                Some(resid) => (0, resid),
+                None => return Ok(None),
+            },
+        };
+        for (layer, block) in self.weights.blocks.iter().enumerate().skip(first_layer) {
             let cache_layer = cache.as_deref_mut().map(|c| (c, layer));
             resid = match self.block(layer, block, resid, &mask, rotary.as_ref(), cache_layer, &mut pass)? {
                 Some(r) => r,
@@ -241,7 +253,28 @@ impl Transformer {
         };
         let normed = self.final_norm(&resid);
         let normed = hook!(pass, HookPoint::LnFinal, normed);
-        Ok(Some(normed.linear::<Tensor>(&self.weights.unembed, None).to_kind(Kind::Float)))
+        let logits = normed.linear::<Tensor>(&self.weights.unembed, None);
+        Ok(Some(match self.kind {
+            Kind::BFloat16 | Kind::Half => logits.to_kind(Kind::Float),
+            _ => logits,
+        }))
+    }
+
+    /// Token (and learned position) embeddings, `[batch, seq, d_model]`.
+    fn embed(&self, tokens: &Tensor, positions: &Tensor, pass: &mut Pass) -> Result<Option<Tensor>> {
+        let (batch, seq) = (tokens.size()[0], tokens.size()[1]);
+        let embed = self.weights.embed.index_select(0, &tokens.reshape([-1])).view([batch, seq, -1]);
+        let resid = hook!(pass, HookPoint::Embed, embed);
+        match &self.weights.pos_embed {
+            Some(pos_embed) => {
+                let pos = pos_embed
+                    .index_select(0, &positions.reshape([-1]))
+                    .view([positions.size()[0], seq, -1]);
+                let pos = hook!(pass, HookPoint::PosEmbed, pos);
+                Ok(Some(resid + pos))
+            }
+            None => Ok(Some(resid)),
+        }
     }
 
     /// Token ids must index the vocabulary and learned positions must fit.

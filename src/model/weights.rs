@@ -214,3 +214,46 @@ impl ModelWeights {
         }
     }
 }
+
+impl ModelWeights {
+    /// Random weights for `cfg` (normal, std 0.2; norm gains near 1), for tests
+    /// and tiny experiments. Deterministic for a `seed`.
+    pub fn random(cfg: &ModelConfig, seed: i64) -> ModelWeights {
+        tch::manual_seed(seed);
+        let opts = (Kind::Float, Device::Cpu);
+        let w = |shape: &[i64]| Tensor::randn(shape, opts) * 0.2;
+        let bias = |on: bool, n: i64| on.then(|| w(&[n]));
+        let norm = || NormWeights {
+            weight: Tensor::ones([cfg.d_model], opts) + w(&[cfg.d_model]),
+            bias: (cfg.norm == NormKind::LayerNorm).then(|| w(&[cfg.d_model])),
+        };
+        let d = cfg.d_model;
+        let mlp_rows = if cfg.gated_mlp { 2 * cfg.d_mlp } else { cfg.d_mlp };
+        let embed = w(&[cfg.vocab_size, d]);
+        let unembed = if cfg.tied_embeddings {
+            embed.shallow_clone()
+        } else {
+            w(&[cfg.vocab_size, d])
+        };
+        ModelWeights {
+            pos_embed: (cfg.positions == PositionKind::Learned).then(|| w(&[cfg.max_context, d])),
+            blocks: (0..cfg.n_layers)
+                .map(|_| BlockWeights {
+                    ln1: norm(),
+                    qkv_w: w(&[cfg.qkv_rows(), d]),
+                    qkv_b: bias(cfg.qkv_bias, cfg.qkv_rows()),
+                    out_w: w(&[d, cfg.n_heads * cfg.d_head]),
+                    out_b: bias(cfg.attn_out_bias, d),
+                    ln2: norm(),
+                    mlp_in_w: w(&[mlp_rows, d]),
+                    mlp_in_b: bias(cfg.mlp_bias, mlp_rows),
+                    mlp_out_w: w(&[d, cfg.d_mlp]),
+                    mlp_out_b: bias(cfg.mlp_bias, d),
+                })
+                .collect(),
+            ln_final: norm(),
+            embed,
+            unembed,
+        }
+    }
+}
