@@ -884,6 +884,66 @@ pub(crate) mod testutil {
     pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
+
+    /// The real model for the `#[ignore]`d checks: `$SAESCOPE_TEST_GGUF`, or
+    /// SmolLM2-135M-Instruct Q4_1 under `.cache/models/` of the repository.
+    pub fn real_model() -> Option<std::path::PathBuf> {
+        let path = std::env::var_os("SAESCOPE_TEST_GGUF").map_or_else(
+            || {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join(".cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
+            },
+            PathBuf::from,
+        );
+        let found = path.is_file();
+        if !found {
+            eprintln!("skipping: {} is absent", path.display());
+        }
+        found.then_some(path)
+    }
+
+    /// A Python with `gguf` and `transformers`: `$SAESCOPE_TEST_PYTHON`, or
+    /// the repository's `.venv`.
+    pub fn reference_python() -> Option<std::path::PathBuf> {
+        let path = std::env::var_os("SAESCOPE_TEST_PYTHON").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+            PathBuf::from,
+        );
+        let found = path.is_file();
+        if !found {
+            eprintln!("skipping: no reference Python at {}", path.display());
+        }
+        found.then_some(path)
+    }
+
+    /// Runs `script` with `args`, returning its stdout; panics with its
+    /// stderr on failure.
+    pub fn run_python(python: &Path, script: &str, args: &[&str], stdin: &str) -> String {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start python");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("run python");
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
 }
 
 #[cfg(test)]
@@ -1135,6 +1195,72 @@ mod tests {
         let g = parse(&header(1, 0, &tensor_bytes("x", &[1 << 40], 200, 0))).unwrap();
         let err = g.dequantize("x").unwrap_err().to_string();
         assert!(err.contains("unknown (ggml type 200)"), "{err}");
+    }
+
+    /// Dequantises every tensor of the real model and compares with the `gguf`
+    /// Python package's `gguf.quants.dequantize`. Run with
+    /// `cargo test --lib gguf::tests::real_model -- --ignored --nocapture`
+    /// (needs `.cache/models/smollm2-135m/*.gguf` and `.venv` with `gguf`).
+    #[test]
+    #[ignore = "needs the real model file and a Python with the gguf package"]
+    fn real_model_matches_python_gguf() {
+        let (Some(model), Some(python)) = (real_model(), reference_python()) else {
+            return;
+        };
+        let g = GgufFile::open(&model).unwrap();
+        println!(
+            "GGUF v{}, {} metadata keys, {} tensors, data at byte {}",
+            g.version(),
+            g.metadata().len(),
+            g.tensors().len(),
+            g.data_start()
+        );
+        for (k, v) in g.metadata() {
+            match v.as_array() {
+                Some(a) => println!("  {k}: array of {}", a.len()),
+                None => println!("  {k}: {v:?}"),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let script = r#"
+import sys, json, numpy as np, gguf
+r = gguf.GGUFReader(sys.argv[1])
+shapes = {}
+for i, t in enumerate(r.tensors):
+    a = gguf.quants.dequantize(t.data, t.tensor_type).astype('<f4')
+    a.tofile(f"{sys.argv[2]}/{i}.f32")
+    shapes[t.name] = [i, list(a.shape), t.tensor_type.name]
+print(json.dumps(shapes))
+"#;
+        let out = run_python(
+            &python,
+            script,
+            &[model.to_str().unwrap(), dir.path().to_str().unwrap()],
+            "",
+        );
+        let reference: BTreeMap<String, (usize, Vec<i64>, String)> =
+            serde_json::from_str(&out).unwrap();
+        assert_eq!(reference.len(), g.tensors().len());
+        let mut worst = 0f32;
+        for t in g.tensors() {
+            let (i, shape, ty) = &reference[&t.name];
+            assert_eq!(ty, t.ggml_type.name(), "{}", t.name);
+            let (values, our_shape) = g.dequantize(&t.name).unwrap();
+            assert_eq!(&our_shape, shape, "{}", t.name);
+            let bytes = std::fs::read(dir.path().join(format!("{i}.f32"))).unwrap();
+            assert_eq!(bytes.len(), 4 * values.len(), "{}", t.name);
+            let diff = bytes
+                .chunks_exact(4)
+                .zip(&values)
+                .map(|(b, v)| (f32::from_le_bytes([b[0], b[1], b[2], b[3]]) - v).abs())
+                .fold(0f32, f32::max);
+            if ["blk.0.attn_q.weight", "token_embd.weight"].contains(&t.name.as_str()) {
+                println!("{} ({}): shape {our_shape:?}, max |diff| = {diff:e}", t.name, t.ggml_type);
+            }
+            worst = worst.max(diff);
+            assert!(diff < 1e-6, "{}: max |diff| {diff}", t.name);
+        }
+        println!("all {} tensors: max |diff| = {worst:e}", g.tensors().len());
     }
 
     #[test]

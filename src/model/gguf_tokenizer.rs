@@ -215,7 +215,9 @@ fn byte_alphabet() -> Vec<char> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gguf::testutil::{strings, GgufBuilder};
+    use crate::model::gguf::testutil::{
+        real_model, reference_python, run_python, strings, GgufBuilder,
+    };
 
     fn toy(pre: Option<&str>, model: &str) -> GgufFile {
         let alphabet = byte_alphabet();
@@ -307,5 +309,119 @@ mod tests {
         let empty = GgufFile::from_bytes("e.gguf", GgufBuilder::new().build()).unwrap();
         assert!(matches!(tokenizer_from_gguf(&empty), Err(Error::Tokenizer(_))));
         assert_eq!(special_token_ids(&empty), (None, None));
+    }
+
+    /// Encodes sample texts with the tokenizer rebuilt from the real model and
+    /// compares the ids with two references built by Hugging Face
+    /// transformers from the same GGUF
+    /// (`AutoTokenizer.from_pretrained(dir, gguf_file=name)`):
+    /// - as loaded: transformers ignores `tokenizer.ggml.pre = "smollm"` and
+    ///   splits with the plain GPT-2 regex. It agrees with us on the sample
+    ///   prompts; it differs on whitespace runs before a digit;
+    /// - with the pre-tokenizer of SmolLM2's own `tokenizer.json` (Digits
+    ///   individually, then ByteLevel), which is also what llama.cpp runs for
+    ///   `smollm`: must agree on every text.
+    ///
+    /// Run with
+    /// `cargo test --lib gguf_tokenizer::tests::real_model -- --ignored --nocapture`
+    /// (needs `.cache/models/smollm2-135m/*.gguf` and `.venv` with transformers).
+    #[test]
+    #[ignore = "needs the real model file and a Python with transformers"]
+    fn real_model_matches_transformers() {
+        let (Some(model), Some(python)) = (real_model(), reference_python()) else {
+            return;
+        };
+        let g = GgufFile::open(&model).unwrap();
+        let t = tokenizer_from_gguf(&g).unwrap();
+        let prompts = [
+            "The capital of France is",
+            "In 1984, 12345 people",
+            "<|im_start|>user\nHi<|im_end|>",
+            "def fibonacci(n):",
+            "In 1984, 12345 people walked",
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>assistant\n",
+            "I'm sure they'll say it's 3.14159, isn't it?  Two  spaces,\ttab,\n\nnewlines.\r\n",
+            "naïve café — 東京タワー 🚀 Привет, мир! ﷺ",
+            "fn main() { let x: Vec<u8> = vec![0x1F; 32]; }",
+            "    indented code\n\t\tand tabs   trailing   ",
+            "<|endoftext|><repo_name>a/b<file_sep>x<|im_end|>",
+            "",
+            " ",
+            "1,000,000.00 and -42e-7 and 2024-01-01T12:00:00Z",
+        ];
+        let mut texts: Vec<String> = prompts.iter().map(|s| s.to_string()).collect();
+        // Long mixed text: source code and prose, with indented digits.
+        texts.push(include_str!("gguf_tokenizer.rs").to_string());
+        texts.push(include_str!("gguf_quant.rs").to_string());
+        texts.push(include_str!("gguf.rs").to_string());
+        let script = r#"
+import sys, json, os
+from transformers import AutoTokenizer
+from tokenizers import pre_tokenizers
+path = sys.argv[1]
+tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+texts = json.load(sys.stdin)
+as_loaded = [tok.encode(t, add_special_tokens=False) for t in texts]
+tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+    pre_tokenizers.Digits(individual_digits=True),
+    pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+])
+smollm2 = [tok.encode(t, add_special_tokens=False) for t in texts]
+print(json.dumps([as_loaded, smollm2]))
+"#;
+        let out = run_python(
+            &python,
+            script,
+            &[model.to_str().unwrap()],
+            &serde_json::to_string(&texts).unwrap(),
+        );
+        let (as_loaded, smollm2): (Vec<Vec<u32>>, Vec<Vec<u32>>) =
+            serde_json::from_str(&out).unwrap();
+        let first_difference = |text: &str, got: &[u32], want: &[u32]| {
+            let i = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i))?;
+            let window = |v: &[u32]| {
+                let v = &v[i.saturating_sub(3)..(i + 3).min(v.len())];
+                let pieces: Vec<_> = v.iter().map(|&id| t.id_to_token(id)).collect();
+                format!("{v:?} {pieces:?}")
+            };
+            let head: String = text.chars().take(40).collect();
+            Some(format!(
+                "token {i} of {head:?}...: ours {}, reference {}",
+                window(got),
+                window(want)
+            ))
+        };
+        let (mut total, mut differ_as_loaded) = (0, 0);
+        for (k, text) in texts.iter().enumerate() {
+            let got = ids(&t, text);
+            if text.len() < 80 {
+                println!("{text:?} -> {got:?}");
+            }
+            if let Some(d) = first_difference(text, &got, &smollm2[k]) {
+                panic!("differs from SmolLM2's pre-tokenizer at {d}");
+            }
+            match first_difference(text, &got, &as_loaded[k]) {
+                Some(d) if k < prompts.len() => panic!("differs from transformers at {d}"),
+                Some(d) => {
+                    differ_as_loaded += 1;
+                    println!("transformers as loaded differs at {d}");
+                }
+                None => {}
+            }
+            let special = text.contains("<|") || text.contains("<repo") || text.contains("<file");
+            if !special {
+                assert_eq!(&t.decode(&got, false).unwrap(), text, "round trip");
+            }
+            total += got.len();
+        }
+        println!(
+            "{} texts, {total} tokens: identical to SmolLM2's tokenizer; transformers as \
+             loaded from the GGUF differs on {differ_as_loaded} of the {} long texts",
+            texts.len(),
+            texts.len() - prompts.len()
+        );
+        assert_eq!(special_token_ids(&g), (Some(1), Some(2)));
+        assert!(!adds_bos_token(&g));
+        assert_eq!(t.get_vocab_size(true), 49152);
     }
 }
