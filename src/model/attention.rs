@@ -60,24 +60,14 @@ impl AttentionMask {
 /// `q [batch, n_heads, seq_q, d_head]`, `k`/`v [batch, n_kv_heads, seq_k, d_head]`
 /// → `[batch, n_heads, seq_q, d_head]`, through the fused kernel.
 pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Tensor {
+    // Grouped-query attention is native to the kernel: no copies of repeated heads.
     let gqa = q.size()[1] != k.size()[1];
-    let (k, v) = if gqa {
-        let rep = q.size()[1] / k.size()[1];
-        (repeat_kv(k, rep), repeat_kv(v, rep))
-    } else {
-        (k.shallow_clone(), v.shallow_clone())
+    let (explicit, causal) = match mask {
+        AttentionMask::Causal => (None, true),
+        AttentionMask::All => (None, false),
+        AttentionMask::Explicit(m) => (Some(m), false),
     };
-    match mask {
-        AttentionMask::Causal => {
-            Tensor::scaled_dot_product_attention(q, &k, &v, None::<Tensor>, 0.0, true, None, false)
-        }
-        AttentionMask::All => {
-            Tensor::scaled_dot_product_attention(q, &k, &v, None::<Tensor>, 0.0, false, None, false)
-        }
-        AttentionMask::Explicit(m) => {
-            Tensor::scaled_dot_product_attention(q, &k, &v, Some(m), 0.0, false, None, false)
-        }
-    }
+    Tensor::scaled_dot_product_attention(q, k, v, explicit, 0.0, causal, None, gqa)
 }
 
 /// The attention probabilities `[batch, n_heads, seq_q, seq_k]`, softmax in f32.

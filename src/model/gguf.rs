@@ -16,7 +16,7 @@
 //! Dequantisation lives in [`super::gguf_quant`]; the tokenizer stored in the
 //! metadata is rebuilt by [`super::gguf_tokenizer`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -190,15 +190,20 @@ pub struct GgufTensorInfo {
 }
 
 impl GgufTensorInfo {
-    /// Number of elements (checked at open time not to overflow).
+    /// Number of elements (checked at open time to fit in i64; saturates
+    /// for a hand-built info that does not).
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims.iter().fold(1u64, |n, &d| n.saturating_mul(d))
     }
 
     /// The PyTorch-order shape: `dims` reversed.
     pub fn shape(&self) -> Vec<i64> {
         // Each dim was checked at open time to fit in i64.
-        self.dims.iter().rev().map(|&d| d as i64).collect()
+        self.dims
+            .iter()
+            .rev()
+            .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
+            .collect()
     }
 
     /// Size of the data in bytes, when the type's layout is known.
@@ -234,6 +239,7 @@ pub struct GgufFile {
     version: u32,
     metadata: BTreeMap<String, GgufValue>,
     tensors: Vec<GgufTensorInfo>,
+    index: HashMap<String, usize>,
     alignment: u64,
     data_start: u64,
 }
@@ -282,6 +288,7 @@ impl GgufFile {
             version: header.version,
             metadata: header.metadata,
             tensors: header.tensors,
+            index: header.index,
             alignment: header.alignment,
             data_start: header.data_start,
         })
@@ -316,7 +323,7 @@ impl GgufFile {
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.index.get(name).map(|&i| &self.tensors[i])
     }
 
     fn bad(&self, reason: impl Into<String>) -> Error {
@@ -346,13 +353,15 @@ impl GgufFile {
     /// A required number (float, or integer converted).
     pub fn meta_f64(&self, key: &str) -> Result<f64> {
         let v = self.meta_required(key)?;
-        v.as_f64().ok_or_else(|| self.wrong_type(key, v, "a number"))
+        v.as_f64()
+            .ok_or_else(|| self.wrong_type(key, v, "a number"))
     }
 
     /// A required string.
     pub fn meta_str(&self, key: &str) -> Result<&str> {
         let v = self.meta_required(key)?;
-        v.as_str().ok_or_else(|| self.wrong_type(key, v, "a string"))
+        v.as_str()
+            .ok_or_else(|| self.wrong_type(key, v, "a string"))
     }
 
     /// A required boolean.
@@ -364,33 +373,44 @@ impl GgufFile {
     /// A required array.
     pub fn meta_array(&self, key: &str) -> Result<&[GgufValue]> {
         let v = self.meta_required(key)?;
-        v.as_array().ok_or_else(|| self.wrong_type(key, v, "an array"))
+        v.as_array()
+            .ok_or_else(|| self.wrong_type(key, v, "an array"))
     }
 
     /// An optional non-negative integer: `Ok(None)` when absent, an error
     /// when present with another type.
     pub fn meta_opt_u64(&self, key: &str) -> Result<Option<u64>> {
-        self.metadata.get(key).map_or(Ok(None), |_| self.meta_u64(key).map(Some))
+        self.metadata
+            .get(key)
+            .map_or(Ok(None), |_| self.meta_u64(key).map(Some))
     }
 
     /// An optional number.
     pub fn meta_opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        self.metadata.get(key).map_or(Ok(None), |_| self.meta_f64(key).map(Some))
+        self.metadata
+            .get(key)
+            .map_or(Ok(None), |_| self.meta_f64(key).map(Some))
     }
 
     /// An optional string.
     pub fn meta_opt_str(&self, key: &str) -> Result<Option<&str>> {
-        self.metadata.get(key).map_or(Ok(None), |_| self.meta_str(key).map(Some))
+        self.metadata
+            .get(key)
+            .map_or(Ok(None), |_| self.meta_str(key).map(Some))
     }
 
     /// An optional boolean.
     pub fn meta_opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        self.metadata.get(key).map_or(Ok(None), |_| self.meta_bool(key).map(Some))
+        self.metadata
+            .get(key)
+            .map_or(Ok(None), |_| self.meta_bool(key).map(Some))
     }
 
     /// An optional array.
     pub fn meta_opt_array(&self, key: &str) -> Result<Option<&[GgufValue]>> {
-        self.metadata.get(key).map_or(Ok(None), |_| self.meta_array(key).map(Some))
+        self.metadata
+            .get(key)
+            .map_or(Ok(None), |_| self.meta_array(key).map(Some))
     }
 
     /// The raw bytes of a tensor's data (checked at open time to lie inside
@@ -449,6 +469,7 @@ struct Header {
     version: u32,
     metadata: BTreeMap<String, GgufValue>,
     tensors: Vec<GgufTensorInfo>,
+    index: HashMap<String, usize>,
     alignment: u64,
     data_start: u64,
 }
@@ -497,17 +518,25 @@ impl<'a> Reader<'a> {
     }
 
     /// A count that must fit in what remains when each item takes at least
-    /// `min_item_bytes`.
-    fn count(&mut self, what: &str, min_item_bytes: usize) -> Result<usize> {
+    /// `min_item_bytes`. `what` names it in errors (built only on error).
+    fn count(&mut self, min_item_bytes: usize, what: impl Fn() -> String) -> Result<usize> {
         let at = self.pos;
-        let n = self.u64(what)?;
+        let Ok(bytes) = self.array::<8>("count") else {
+            return Err(self.err(format!(
+                "truncated: {} needs 8 bytes, {} remain",
+                what(),
+                self.remaining()
+            )));
+        };
+        let n = u64::from_le_bytes(bytes);
         let fits = self.remaining() / min_item_bytes.max(1);
         match usize::try_from(n) {
             Ok(n) if n <= fits => Ok(n),
             _ => Err(Error::malformed(
                 self.path,
                 format!(
-                    "at byte {at}: {what} is {n}, but only {} bytes remain (room for at most {fits})",
+                    "at byte {at}: {} is {n}, but only {} bytes remain (room for at most {fits})",
+                    what(),
                     self.remaining()
                 ),
             )),
@@ -516,7 +545,7 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self, what: &str) -> Result<String> {
         let at = self.pos;
-        let len = self.count(&format!("length of {what}"), 1)?;
+        let len = self.count(1, || format!("length of {what}"))?;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| {
             Error::malformed(
@@ -563,14 +592,15 @@ impl<'a> Reader<'a> {
                 let min = min_value_size(elem_ty).ok_or_else(|| {
                     self.err(format!("{what}: unknown array element type {elem_ty}"))
                 })?;
-                let n = self.count(&format!("element count of {what}"), min)?;
+                let n = self.count(min, || format!("element count of {what}"))?;
                 if n > self.values_left {
                     return Err(self.err(format!(
                         "{what}: {n} elements would exceed the limit of \
                          {MAX_METADATA_VALUES} metadata values"
                     )));
                 }
-                let mut items = Vec::with_capacity(n);
+                // Grow as elements actually parse rather than trusting `n`.
+                let mut items = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     items.push(self.value(elem_ty, depth + 1, what)?);
                 }
@@ -624,8 +654,8 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
     }
     // Each tensor description takes at least 24 bytes (name length, n_dims,
     // type, offset); each key/value pair at least 13 (key length, type, one byte).
-    let n_tensors = r.count("tensor count", 24)?;
-    let n_kv = r.count("metadata count", 13)?;
+    let n_tensors = r.count(24, || "tensor count".into())?;
+    let n_kv = r.count(13, || "metadata count".into())?;
 
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
@@ -654,8 +684,8 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
         },
     };
 
-    let mut tensors: Vec<GgufTensorInfo> = Vec::with_capacity(n_tensors);
-    let mut seen = std::collections::HashSet::with_capacity(n_tensors);
+    let mut tensors: Vec<GgufTensorInfo> = Vec::with_capacity(n_tensors.min(1 << 12));
+    let mut index = HashMap::with_capacity(n_tensors.min(1 << 12));
     for i in 0..n_tensors {
         let at = r.pos;
         let name = r.string(&format!("name of tensor {i}"))?;
@@ -671,7 +701,9 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
         }
         let ggml_type = GgmlType::from_id(r.u32(&format!("type of tensor `{name}`"))?);
         let offset = r.u64(&format!("offset of tensor `{name}`"))?;
-        let bad = |reason: String| Error::malformed(path, format!("at byte {at}: tensor `{name}` {reason}"));
+        let bad = |reason: String| {
+            Error::malformed(path, format!("at byte {at}: tensor `{name}` {reason}"))
+        };
 
         let mut n_elements: u64 = 1;
         for &d in &dims {
@@ -696,7 +728,7 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
                 "has offset {offset}, not a multiple of the alignment {alignment}"
             )));
         }
-        if !seen.insert(name.clone()) {
+        if index.insert(name.clone(), tensors.len()).is_some() {
             return Err(bad("appears twice".to_string()));
         }
         tensors.push(GgufTensorInfo {
@@ -713,7 +745,9 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
     if !tensors.is_empty() && data_start > file_len {
         return Err(Error::malformed(
             path,
-            format!("truncated: data section would start at byte {data_start}, the file has {file_len}"),
+            format!(
+                "truncated: data section would start at byte {data_start}, the file has {file_len}"
+            ),
         ));
     }
     for t in &tensors {
@@ -745,6 +779,7 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
         version,
         metadata,
         tensors,
+        index,
         alignment,
         data_start,
     })
@@ -878,7 +913,12 @@ pub(crate) mod testutil {
     }
 
     pub fn strings(items: &[&str]) -> GgufValue {
-        GgufValue::Array(items.iter().map(|s| GgufValue::String(s.to_string())).collect())
+        GgufValue::Array(
+            items
+                .iter()
+                .map(|s| GgufValue::String(s.to_string()))
+                .collect(),
+        )
     }
 
     pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
@@ -964,7 +1004,12 @@ mod tests {
                 "nested",
                 GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::U8(1)])]),
             )
-            .tensor("norm", &[4], GgmlType::F32, f32_bytes(&[1.0, 2.0, 3.0, 4.0]))
+            .tensor(
+                "norm",
+                &[4],
+                GgmlType::F32,
+                f32_bytes(&[1.0, 2.0, 3.0, 4.0]),
+            )
             .tensor(
                 "w",
                 &[3, 2],
@@ -981,7 +1026,10 @@ mod tests {
     fn assert_malformed(bytes: &[u8], needle: &str) {
         match parse(bytes) {
             Err(Error::Malformed { reason, .. }) => {
-                assert!(reason.contains(needle), "reason `{reason}` lacks `{needle}`")
+                assert!(
+                    reason.contains(needle),
+                    "reason `{reason}` lacks `{needle}`"
+                )
             }
             Err(e) => panic!("expected Malformed, got {e}"),
             Ok(_) => panic!("expected Malformed containing `{needle}`, parsed fine"),
@@ -1047,7 +1095,10 @@ mod tests {
         assert_eq!(g.dequantize("w").unwrap().1, vec![2, 3]);
         let empty = dir.path().join("empty.gguf");
         std::fs::write(&empty, b"").unwrap();
-        assert!(matches!(GgufFile::open(&empty), Err(Error::Malformed { .. })));
+        assert!(matches!(
+            GgufFile::open(&empty),
+            Err(Error::Malformed { .. })
+        ));
         assert!(matches!(
             GgufFile::open(&dir.path().join("absent.gguf")),
             Err(Error::Io { .. })
@@ -1126,7 +1177,10 @@ mod tests {
             );
         }
         // Unknown value types.
-        assert_malformed(&header(0, 1, &kv_bytes("k", 99, &[0; 8])), "unknown value type 99");
+        assert_malformed(
+            &header(0, 1, &kv_bytes("k", 99, &[0; 8])),
+            "unknown value type 99",
+        );
         let mut payload = 77u32.to_le_bytes().to_vec();
         payload.extend_from_slice(&1u64.to_le_bytes());
         assert_malformed(
@@ -1139,8 +1193,14 @@ mod tests {
             payload.extend_from_slice(&T_ARRAY.to_le_bytes());
             payload.extend_from_slice(&1u64.to_le_bytes());
         }
-        assert_malformed(&header(0, 1, &kv_bytes("deep", T_ARRAY, &payload)), "nested");
-        assert_malformed(&header(0, 1, &kv_bytes("b", T_BOOL, &[7])), "bool byte is 7");
+        assert_malformed(
+            &header(0, 1, &kv_bytes("deep", T_ARRAY, &payload)),
+            "nested",
+        );
+        assert_malformed(
+            &header(0, 1, &kv_bytes("b", T_BOOL, &[7])),
+            "bool byte is 7",
+        );
         assert!(start.elapsed().as_secs_f64() < 1.0);
     }
 
@@ -1159,21 +1219,39 @@ mod tests {
     #[test]
     fn absurd_tensors_fail() {
         let huge = 1u64 << 60;
-        assert_malformed(&header(1, 0, &tensor_bytes("t", &[huge, huge], 0, 0)), "overflows");
-        assert_malformed(&header(1, 0, &tensor_bytes("t", &[u64::MAX], 0, 0)), "beyond i64");
-        assert_malformed(&header(1, 0, &tensor_bytes("t", &[huge], 0, 0)), "truncated: tensor `t`");
-        assert_malformed(&header(1, 0, &tensor_bytes("t", &[4], 0, huge)), "truncated: tensor `t`");
+        assert_malformed(
+            &header(1, 0, &tensor_bytes("t", &[huge, huge], 0, 0)),
+            "overflows",
+        );
+        assert_malformed(
+            &header(1, 0, &tensor_bytes("t", &[u64::MAX], 0, 0)),
+            "beyond i64",
+        );
+        assert_malformed(
+            &header(1, 0, &tensor_bytes("t", &[huge], 0, 0)),
+            "truncated: tensor `t`",
+        );
+        assert_malformed(
+            &header(1, 0, &tensor_bytes("t", &[4], 0, huge)),
+            "truncated: tensor `t`",
+        );
         assert_malformed(
             &header(1, 0, &tensor_bytes("t", &[4], 0, u64::MAX - 31)),
             "truncated: tensor `t`",
         );
         assert_malformed(&header(1, 0, &tensor_bytes("t", &[4], 0, 3)), "alignment");
-        assert_malformed(&header(1, 0, &tensor_bytes("t", &[1, 1, 1, 1, 1], 0, 0)), "5 dimensions");
+        assert_malformed(
+            &header(1, 0, &tensor_bytes("t", &[1, 1, 1, 1, 1], 0, 0)),
+            "5 dimensions",
+        );
         let mut n_dims_huge = tensor_bytes("t", &[], 0, 0);
         n_dims_huge[9..13].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_malformed(&header(1, 0, &n_dims_huge), "dimensions");
         // Q8_0 rows must be whole blocks of 32.
-        assert_malformed(&header(1, 0, &tensor_bytes("t", &[33], 8, 0)), "block of 32");
+        assert_malformed(
+            &header(1, 0, &tensor_bytes("t", &[33], 8, 0)),
+            "block of 32",
+        );
         let mut two = tensor_bytes("t", &[1], 0, 0);
         two.extend(tensor_bytes("t", &[1], 0, 32));
         assert_malformed(&header(2, 0, &two), "appears twice");
@@ -1255,12 +1333,46 @@ print(json.dumps(shapes))
                 .map(|(b, v)| (f32::from_le_bytes([b[0], b[1], b[2], b[3]]) - v).abs())
                 .fold(0f32, f32::max);
             if ["blk.0.attn_q.weight", "token_embd.weight"].contains(&t.name.as_str()) {
-                println!("{} ({}): shape {our_shape:?}, max |diff| = {diff:e}", t.name, t.ggml_type);
+                println!(
+                    "{} ({}): shape {our_shape:?}, max |diff| = {diff:e}",
+                    t.name, t.ggml_type
+                );
             }
             worst = worst.max(diff);
             assert!(diff < 1e-6, "{}: max |diff| {diff}", t.name);
         }
         println!("all {} tensors: max |diff| = {worst:e}", g.tensors().len());
+    }
+
+    /// Random byte corruptions of a valid file never panic: each either
+    /// parses (and every tensor then dequantises or errs) or is an error.
+    #[test]
+    fn corrupted_files_never_panic() {
+        let mut b = GgufBuilder::new()
+            .kv("general.alignment", GgufValue::U32(32))
+            .kv("tokens", strings(&["a", "bc"]));
+        b = b.tensor("q", &[32, 2], GgmlType::Q8_0, vec![7; 68]);
+        b = b.tensor("k", &[256], GgmlType::Q4_K, vec![9; 144]);
+        let clean = b.build();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5000 {
+            let mut bytes = clean.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % bytes.len() as u64) as usize;
+                bytes[at] = next() as u8;
+            }
+            if let Ok(g) = parse(&bytes) {
+                for t in g.tensors() {
+                    let _ = g.dequantize(&t.name);
+                }
+            }
+        }
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n_elements: usize) -> Result<Vec<f3
     let (Some(block), Some(block_bytes)) = (ty.block_size(), ty.block_bytes()) else {
         return Err(format!("{ty} has no known block layout"));
     };
-    if n_elements % block != 0 {
+    if !n_elements.is_multiple_of(block) {
         return Err(format!(
             "{n_elements} elements of {ty} are not whole blocks of {block}"
         ));
@@ -167,7 +167,10 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n_elements: usize) -> Result<Vec<f3
     out.par_chunks_mut(block * blocks_per_task)
         .zip(data.par_chunks(block_bytes * blocks_per_task))
         .for_each(|(out, data)| {
-            for (y, x) in out.chunks_exact_mut(block).zip(data.chunks_exact(block_bytes)) {
+            for (y, x) in out
+                .chunks_exact_mut(block)
+                .zip(data.chunks_exact(block_bytes))
+            {
                 kernel(x, y);
             }
         });
@@ -297,7 +300,7 @@ mod tests {
     }
 
     fn ramp() -> [u8; 32] {
-        std::array::from_fn(|i| (i % 16) as u8 ^ (i / 16) as u8 * 5)
+        std::array::from_fn(|i| (i % 16) as u8 ^ ((i / 16) as u8 * 5))
     }
 
     #[test]
@@ -316,10 +319,19 @@ mod tests {
 
     #[test]
     fn float_types() {
-        let x: Vec<u8> = [1.5f32, -2.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let x: Vec<u8> = [1.5f32, -2.25]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(dequantize(GgmlType::F32, &x, 2).unwrap(), vec![1.5, -2.25]);
-        let x: Vec<u8> = [0.5f32, -3.0, 65504.0].iter().flat_map(|&v| f16_bytes(v)).collect();
-        assert_eq!(dequantize(GgmlType::F16, &x, 3).unwrap(), vec![0.5, -3.0, 65504.0]);
+        let x: Vec<u8> = [0.5f32, -3.0, 65504.0]
+            .iter()
+            .flat_map(|&v| f16_bytes(v))
+            .collect();
+        assert_eq!(
+            dequantize(GgmlType::F16, &x, 3).unwrap(),
+            vec![0.5, -3.0, 65504.0]
+        );
         // bf16 is the top half of an f32.
         let x: Vec<u8> = [1.0f32, -0.15625, 3.0e38]
             .iter()
@@ -476,6 +488,9 @@ mod tests {
         assert!(dequantize(GgmlType::Q8_0, &[0; 68], 32).is_err());
         assert!(dequantize(GgmlType::F32, &[0; 4], usize::MAX).is_err());
         assert!(dequantize(GgmlType::Other(13), &[0; 176], 256).is_err());
-        assert_eq!(dequantize(GgmlType::Q4_K, &[], 0).unwrap(), Vec::<f32>::new());
+        assert_eq!(
+            dequantize(GgmlType::Q4_K, &[], 0).unwrap(),
+            Vec::<f32>::new()
+        );
     }
 }

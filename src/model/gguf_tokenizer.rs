@@ -47,7 +47,9 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
     let path = gguf.path().display().to_string();
     let model = gguf.meta_opt_str("tokenizer.ggml.model")?.ok_or_else(|| {
-        Error::Tokenizer(format!("{path} has no tokenizer (no `tokenizer.ggml.model`)"))
+        Error::Tokenizer(format!(
+            "{path} has no tokenizer (no `tokenizer.ggml.model`)"
+        ))
     })?;
     if model != "gpt2" {
         return Err(Error::Tokenizer(format!(
@@ -75,7 +77,10 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
         }
     };
     let ids = u32::try_from(tokens.len()).map_err(|_| {
-        Error::malformed(gguf.path(), "more than 2^32 tokens in tokenizer.ggml.tokens")
+        Error::malformed(
+            gguf.path(),
+            "more than 2^32 tokens in tokenizer.ggml.tokens",
+        )
     })?;
 
     // Ordinary tokens are spelled in GPT-2's byte alphabet; a few converters
@@ -143,7 +148,9 @@ fn pre_tokenizer(gguf: &GgufFile) -> Result<PreTokenizerWrapper> {
     let pre = gguf.meta_opt_str("tokenizer.ggml.pre")?;
     match pre.unwrap_or("default") {
         "default" | "gpt2" | "gpt-2" => Ok(byte_level(true).into()),
-        "smollm" => Ok(Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()),
+        "smollm" => {
+            Ok(Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into())
+        }
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" | "pixtral" => {
             split(LLAMA3_SPLIT)
         }
@@ -221,7 +228,11 @@ mod tests {
 
     fn toy(pre: Option<&str>, model: &str) -> GgufFile {
         let alphabet = byte_alphabet();
-        let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<think>".into()];
+        let mut tokens: Vec<String> = vec![
+            "<|endoftext|>".into(),
+            "<|im_start|>".into(),
+            "<think>".into(),
+        ];
         let mut types = vec![3, 3, 4];
         for c in &alphabet {
             tokens.push(c.to_string());
@@ -239,7 +250,10 @@ mod tests {
                 "tokenizer.ggml.token_type",
                 GgufValue::Array(types.into_iter().map(GgufValue::I32).collect()),
             )
-            .kv("tokenizer.ggml.merges", strings(&["Ġ t", "h e", "Ġt he", "Ġ 1", "1 2"]))
+            .kv(
+                "tokenizer.ggml.merges",
+                strings(&["Ġ t", "h e", "Ġt he", "Ġ 1", "1 2"]),
+            )
             .kv("tokenizer.ggml.bos_token_id", GgufValue::U32(1))
             .kv("tokenizer.ggml.eos_token_id", GgufValue::U32(0));
         if let Some(pre) = pre {
@@ -276,7 +290,13 @@ mod tests {
         // "the" merges; digits are split one by one, so "12" never forms.
         assert_eq!(
             ids(&t, "<|im_start|> the 12"),
-            vec![1, id_of(&t, "Ġthe"), id_of(&t, "Ġ"), id_of(&t, "1"), id_of(&t, "2")]
+            vec![
+                1,
+                id_of(&t, "Ġthe"),
+                id_of(&t, "Ġ"),
+                id_of(&t, "1"),
+                id_of(&t, "2")
+            ]
         );
         assert_eq!(ids(&t, "<think>x"), vec![2, id_of(&t, "x")]);
         // No BOS/EOS added even when asked for special tokens.
@@ -303,11 +323,20 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_rebuild() {
         let err = tokenizer_from_gguf(&toy(None, "llama")).unwrap_err();
-        assert!(matches!(&err, Error::Tokenizer(m) if m.contains("`llama`")), "{err}");
+        assert!(
+            matches!(&err, Error::Tokenizer(m) if m.contains("`llama`")),
+            "{err}"
+        );
         let err = tokenizer_from_gguf(&toy(Some("chameleon"), "gpt2")).unwrap_err();
-        assert!(matches!(&err, Error::Tokenizer(m) if m.contains("chameleon")), "{err}");
+        assert!(
+            matches!(&err, Error::Tokenizer(m) if m.contains("chameleon")),
+            "{err}"
+        );
         let empty = GgufFile::from_bytes("e.gguf", GgufBuilder::new().build()).unwrap();
-        assert!(matches!(tokenizer_from_gguf(&empty), Err(Error::Tokenizer(_))));
+        assert!(matches!(
+            tokenizer_from_gguf(&empty),
+            Err(Error::Tokenizer(_))
+        ));
         assert_eq!(special_token_ids(&empty), (None, None));
     }
 
@@ -367,7 +396,17 @@ tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
     pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
 ])
 smollm2 = [tok.encode(t, add_special_tokens=False) for t in texts]
-print(json.dumps([as_loaded, smollm2]))
+# The same vocabulary under transformers' Llama 3 and Qwen2 splits.
+from tokenizers import Regex
+from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS as splits
+others = []
+for pre in ["llama-bpe", "qwen2"]:
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(splits[pre]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    others.append([tok.encode(t, add_special_tokens=False) for t in texts])
+print(json.dumps([as_loaded, smollm2, others]))
 "#;
         let out = run_python(
             &python,
@@ -375,7 +414,8 @@ print(json.dumps([as_loaded, smollm2]))
             &[model.to_str().unwrap()],
             &serde_json::to_string(&texts).unwrap(),
         );
-        let (as_loaded, smollm2): (Vec<Vec<u32>>, Vec<Vec<u32>>) =
+        type Ids = Vec<Vec<u32>>;
+        let (as_loaded, smollm2, others): (Ids, Ids, Vec<Ids>) =
             serde_json::from_str(&out).unwrap();
         let first_difference = |text: &str, got: &[u32], want: &[u32]| {
             let i = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i))?;
@@ -420,6 +460,24 @@ print(json.dumps([as_loaded, smollm2]))
             texts.len(),
             texts.len() - prompts.len()
         );
+        // The Llama 3 and Qwen2 splits, on SmolLM2's vocabulary.
+        for (pre, reference) in ["llama-bpe", "qwen2"].iter().zip(&others) {
+            let mut b =
+                GgufBuilder::new().kv("tokenizer.ggml.pre", GgufValue::String(pre.to_string()));
+            for key in ["model", "tokens", "token_type", "merges"] {
+                let key = format!("tokenizer.ggml.{key}");
+                b = b.kv(&key, g.metadata()[&key].clone());
+            }
+            let other = GgufFile::from_bytes("resplit.gguf", b.build()).unwrap();
+            let t = tokenizer_from_gguf(&other).unwrap();
+            for (text, want) in texts.iter().zip(reference) {
+                assert_eq!(&ids(&t, text), want, "{pre}: {text:?}");
+            }
+            println!(
+                "{pre} split: identical to transformers on all {} texts",
+                texts.len()
+            );
+        }
         assert_eq!(special_token_ids(&g), (Some(1), Some(2)));
         assert!(!adds_bos_token(&g));
         assert_eq!(t.get_vocab_size(true), 49152);
