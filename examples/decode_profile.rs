@@ -5,6 +5,7 @@ use saescope::model::{load_model, ForwardInput, LogitsFor, StopAt};
 use tch::{Device, Kind, Tensor};
 
 fn main() {
+    saescope::alloc_tuning::keep_freed_memory_mapped();
     let kind = if std::env::args().any(|a| a == "bf16") { Kind::BFloat16 } else { Kind::Float };
     let m = load_model("smollm2-135m", Device::Cpu, kind).unwrap();
     let model = &m.model;
@@ -19,16 +20,17 @@ fn main() {
         *acc.borrow_mut().entry(key).or_default() += dt;
         Ok(None)
     });
-    let mut cache = model.new_cache(1, 200);
-    let prompt = Tensor::randint(49152, [1, 16], (Kind::Int64, Device::Cpu));
+    let b: i64 = if std::env::args().any(|a| a == "b8") { 8 } else { 1 };
+    let mut cache = model.new_cache(b, 200);
+    let prompt = Tensor::randint(49152, [b, 16], (Kind::Int64, Device::Cpu));
     tch::no_grad(|| model.forward(&ForwardInput::tokens(&prompt), Some(&mut cache), &mut Hooks::new(), StopAt::Logits(LogitsFor::Last))).unwrap();
-    let tok = Tensor::from_slice(&[5i64]).view([1, 1]);
+    let tok = Tensor::from_slice(&vec![5i64; b as usize]).view([b, 1]);
     let steps = 50;
     let mut plain = 0.0;
     for i in 0..steps {
         let t0 = Instant::now();
         let out = tch::no_grad(|| model.forward(&ForwardInput::tokens(&tok), Some(&mut cache), &mut Hooks::new(), StopAt::Logits(LogitsFor::Last))).unwrap().unwrap();
-        let _ = out.argmax(-1, false).int64_value(&[0, 0]);
+        let _ = out.argmax(-1, false).sum(Kind::Int64).int64_value(&[]);
         if i > 0 { plain += t0.elapsed().as_secs_f64() * 1000.0; }
     }
     println!("plain step {:.2} ms", plain / (steps - 1) as f64);
@@ -37,7 +39,7 @@ fn main() {
     for _ in 0..steps {
         *last.borrow_mut() = Instant::now();
         let out = tch::no_grad(|| model.forward(&ForwardInput::tokens(&tok), Some(&mut cache), &mut Hooks::new().with(&mut timer), StopAt::Logits(LogitsFor::Last))).unwrap().unwrap();
-        let _ = out.argmax(-1, false).int64_value(&[0, 0]);
+        let _ = out.argmax(-1, false).sum(Kind::Int64).int64_value(&[]);
     }
     println!("timed step {:.2} ms", t0.elapsed().as_secs_f64() * 1000.0 / steps as f64);
     for (k, v) in acc.borrow().iter() { println!("{k:25} {:8.3} ms/step", v / steps as f64); }

@@ -5,6 +5,7 @@ use saescope::model::{load_model, ForwardInput, LogitsFor, StopAt};
 use tch::{Device, Kind, Tensor};
 
 fn main() {
+    saescope::alloc_tuning::keep_freed_memory_mapped();
     let kind = if std::env::args().any(|a| a == "bf16") { Kind::BFloat16 } else { Kind::Float };
     let m = load_model("smollm2-135m", Device::Cpu, kind).unwrap();
     let tokens = Tensor::randint(49152, [8, 256], (Kind::Int64, Device::Cpu));

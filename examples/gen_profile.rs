@@ -4,6 +4,7 @@ use saescope::model::load_model;
 use tch::{Device, Kind};
 
 fn main() {
+    saescope::alloc_tuning::keep_freed_memory_mapped();
     let kind = if std::env::args().any(|a| a == "bf16") { Kind::BFloat16 } else { Kind::Float };
     let m = load_model("smollm2-135m", Device::Cpu, kind).unwrap();
     let cfg = RuntimeBenchConfig { repeats: 5, ..Default::default() };

@@ -35,10 +35,33 @@ fn main() {
     time("explicit attn", || { let s = q.matmul(&kr.transpose(-1, -2)) * 0.125; let p = s.masked_fill(&mask.logical_not(), f64::NEG_INFINITY).softmax(-1, kind); p.matmul(&kr) });
     time("sdpa explicit mask", || Tensor::scaled_dot_product_attention(&q, &kr, &kr, Some(&mask), 0.0, false, None, false));
     time("rms f32 upcast", || { let xf = x.to_kind(Kind::Float); let v = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float); (xf * (v + 1e-5).rsqrt()).to_kind(kind) * &w });
+    let (qc2, kc2) = (q.contiguous(), kr.contiguous());
+    time("sdpa all contiguous", || Tensor::scaled_dot_product_attention(&qc2, &kc2, &kc2, None::<Tensor>, 0.0, true, None, false));
+    let addmask = Tensor::zeros([256, 256], o).masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+    time("explicit add-mask softmax in kind", || { let s = qc2.matmul(&kc2.transpose(-1, -2)) * 0.125 + &addmask; s.softmax(-1, kind).matmul(&kc2) });
+    let sc = qc2.matmul(&kc2.transpose(-1, -2));
+    time("  QK^T bmm", || qc2.matmul(&kc2.transpose(-1, -2)));
+    time("  scale+mask add", || &sc * 0.125 + &addmask);
+    time("  softmax in kind", || sc.softmax(-1, kind));
+    time("  softmax f32 out", || sc.softmax(-1, Kind::Float));
+    let pr = sc.softmax(-1, kind);
+    time("  PV bmm", || pr.matmul(&kc2));
     time("silu*up", || { let g = h.silu(); g * &h });
     let cos = Tensor::randn([1, 1, 256, 64], o);
     time("rotary", || { let x1 = q.narrow(3, 0, 32); let x2 = q.narrow(3, 32, 32); let r = Tensor::cat(&[x2.neg(), x1], 3); &q * &cos + r * &cos });
     let emb = Tensor::randn([49152, 576], o);
     let y = Tensor::randn([8, 256, 576], o);
     time("unembed", || y.linear::<Tensor>(&emb, None));
+    let yf = y.view([2048, 576]);
+    for chunk in [128i64, 256, 512] {
+        time(&format!("unembed chunk {chunk}"), || {
+            let out = Tensor::empty([2048, 49152], o);
+            for i in 0..(2048 / chunk) {
+                let mut dst = out.narrow(0, i * chunk, chunk);
+                let _ = yf.narrow(0, i * chunk, chunk).matmul_out(&mut dst, &emb.tr());
+            }
+            out
+        });
+    }
+    time("unembed mm", || yf.mm(&emb.tr()));
 }

@@ -4,14 +4,16 @@ use tch::{Device, Kind, Tensor};
 fn time(name: &str, f: impl Fn() -> Tensor) {
     for _ in 0..50 { let _ = f(); }
     let t = Instant::now();
-    for _ in 0..2000 { let _ = f(); }
-    println!("{name:30} {:8.2} us", t.elapsed().as_secs_f64() * 1e6 / 2000.0);
+    for _ in 0..200 { let _ = f(); }
+    println!("{name:30} {:8.2} us", t.elapsed().as_secs_f64() * 1e6 / 200.0);
 }
 
 fn main() {
     let kind = if std::env::args().any(|a| a == "bf16") { Kind::BFloat16 } else { Kind::Float };
     let o = (kind, Device::Cpu);
     let _g = tch::no_grad_guard();
+    if std::env::args().any(|a| a == "t1") { tch::set_num_threads(1); }
+    println!("threads {}", tch::get_num_threads());
     let x = Tensor::randn([1, 1, 576], o);
     let w = Tensor::ones([576], o);
     let q = Tensor::randn([1, 9, 1, 64], o);
@@ -33,6 +35,17 @@ fn main() {
     time("narrow+copy_", || { kc.narrow(2, 80, 1).copy_(&qk.narrow(1, 0, 3)); x.shallow_clone() });
     let wq = Tensor::randn([960, 576], o);
     time("qkv gemv", || x.linear::<Tensor>(&wq, None));
+    let ws: Vec<Tensor> = (0..30).map(|_| Tensor::randn([3072, 576], o)).collect();
+    for m in [1i64, 2, 4, 8] {
+        let xm = Tensor::randn([m, 576], o);
+        time(&format!("30x mlp_in M={m}"), || { for w in &ws { let _ = xm.linear::<Tensor>(w, None); } x.shallow_clone() });
+        time(&format!("30x mlp_in M={m} as matmul wT"), || { for w in &ws { let _ = xm.matmul(&w.tr()); } x.shallow_clone() });
+        let wts: Vec<Tensor> = ws.iter().map(|w| w.tr().contiguous()).collect();
+        time(&format!("30x mlp_in M={m} x@Wt contiguous"), || { for w in &wts { let _ = xm.mm(w); } x.shallow_clone() });
+        let x3 = xm.unsqueeze(0);
+        time(&format!("30x mlp_in M={m} bmm"), || { for w in &ws { let _ = x3.matmul(&w.tr().unsqueeze(0)); } x.shallow_clone() });
+        time(&format!("30x mlp_in M={m} as gemv-loop"), || { for w in &ws { for r in 0..m { let _ = w.mv(&xm.get(r)); } } x.shallow_clone() });
+    }
     let wi = Tensor::randn([3072, 576], o);
     time("mlp in gemv", || x.linear::<Tensor>(&wi, None));
 }

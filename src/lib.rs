@@ -3,6 +3,7 @@
 //! Layers, top to bottom (see DESIGN.md): `model` (architectures, weights,
 //! tokenizer, generation) → `hooks` (hook points and interventions).
 
+pub mod alloc_tuning;
 pub mod bench;
 pub mod error;
 pub mod hooks;

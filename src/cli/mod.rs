@@ -55,6 +55,7 @@ impl ModelArgs {
 }
 
 pub fn main() -> std::process::ExitCode {
+    saescope::alloc_tuning::keep_freed_memory_mapped();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Logits(args) => logits::run(args),

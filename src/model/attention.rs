@@ -70,6 +70,30 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask)
     Tensor::scaled_dot_product_attention(q, k, v, explicit, 0.0, causal, None, gqa)
 }
 
+/// Causal attention over this call's tokens through two batched matmuls, for
+/// bf16/f16 on CPU, where it takes about half the time of libtorch's fused CPU
+/// kernel (whose inner products do not use the bf16 matmul units). The queries
+/// of the heads that share a key/value head are stacked along the sequence, so
+/// grouped-query attention needs no copies of repeated heads.
+/// `q [batch, n_heads, seq, d_head]`, `k`/`v [batch, n_kv_heads, seq, d_head]`.
+pub fn causal_attention_bmm(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let (b, h, s, d) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
+    let kv = k.size()[1];
+    let rep = h / kv;
+    let q = q.contiguous().view([b * kv, rep * s, d]);
+    let k = k.contiguous().view([b * kv, s, d]);
+    let v = v.contiguous().view([b * kv, s, d]);
+    let q_pos = Tensor::arange(s, (Kind::Int64, q.device())).view([s, 1]);
+    let k_pos = Tensor::arange(s, (Kind::Int64, q.device())).view([1, s]);
+    // [rep·s, s] additive mask: 0 where visible, -inf above the diagonal.
+    let mask = Tensor::zeros([s, s], (q.kind(), q.device()))
+        .masked_fill(&k_pos.gt_tensor(&q_pos), f64::NEG_INFINITY)
+        .repeat([rep, 1]);
+    // scores = mask + scale · q kᵀ, in one call: [b·kv, rep·s, s]
+    let scores = mask.baddbmm(&q, &k.transpose(1, 2), 1.0, 1.0 / (d as f64).sqrt());
+    scores.softmax(-1, q.kind()).bmm(&v).view([b, h, s, d])
+}
+
 /// The attention probabilities `[batch, n_heads, seq_q, seq_k]`, softmax in f32.
 pub fn attention_pattern(q: &Tensor, k: &Tensor, mask: &AttentionMask) -> Tensor {
     let (n_heads, d_head) = (q.size()[1], q.size()[3]);
@@ -97,4 +121,49 @@ fn repeat_kv(x: &Tensor, rep: i64) -> Tensor {
     let size = x.size();
     let (b, kv, s, d) = (size[0], size[1], size[2], size[3]);
     x.unsqueeze(2).expand([b, kv, rep, s, d], false).reshape([b, kv * rep, s, d])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qkv(b: i64, h: i64, kv: i64, s: i64) -> (Tensor, Tensor, Tensor) {
+        tch::manual_seed(3);
+        let o = (Kind::Float, Device::Cpu);
+        (Tensor::randn([b, h, s, 16], o), Tensor::randn([b, kv, s, 16], o), Tensor::randn([b, kv, s, 16], o))
+    }
+
+    #[test]
+    fn bmm_attention_equals_the_fused_kernel_with_grouped_heads() {
+        for (h, kv) in [(4, 4), (6, 2), (4, 1)] {
+            let (q, k, v) = qkv(2, h, kv, 9);
+            let fused = fused_attention(&q, &k, &v, &AttentionMask::Causal);
+            let bmm = causal_attention_bmm(&q, &k, &v);
+            let diff = (&fused - &bmm).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "h={h} kv={kv}: {diff}");
+        }
+    }
+
+    #[test]
+    fn explicit_pattern_equals_the_fused_kernel_under_every_mask() {
+        let (q, k, v) = qkv(2, 4, 2, 7);
+        let pad = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 7]);
+        for mask in [
+            AttentionMask::Causal,
+            AttentionMask::build(0, 7, Some(&pad), Device::Cpu),
+        ] {
+            let fused = fused_attention(&q, &k, &v, &mask);
+            let explicit = apply_pattern(&attention_pattern(&q, &k, &mask), &v);
+            let diff = (&fused - &explicit).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{diff}");
+        }
+        // One query after a cached past sees every key.
+        let (q1, k1, v1) = (q.narrow(2, 6, 1), k.shallow_clone(), v.shallow_clone());
+        let all = AttentionMask::build(6, 1, None, Device::Cpu);
+        let diff = (fused_attention(&q1, &k1, &v1, &all) - fused_attention(&q, &k, &v, &AttentionMask::Causal).narrow(2, 6, 1))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-5, "{diff}");
+    }
 }

@@ -6,7 +6,9 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::attention::{apply_pattern, attention_pattern, fused_attention, AttentionMask};
+use super::attention::{
+    apply_pattern, attention_pattern, causal_attention_bmm, fused_attention, AttentionMask,
+};
 use super::config::{Activation, ModelConfig, NormKind, PositionKind};
 use super::kv_cache::KvCache;
 use super::rotary::{Rotary, RotaryTables};
@@ -153,6 +155,14 @@ impl Transformer {
         KvCache::new(c.n_layers, batch, c.n_kv_heads, c.d_head, capacity, self.cache_kind(), self.device)
     }
 
+    /// Plain causal attention in bf16/f16 on CPU goes through batched matmuls
+    /// (see [`causal_attention_bmm`]).
+    fn prefers_bmm_attention(&self, mask: &AttentionMask) -> bool {
+        matches!(mask, AttentionMask::Causal)
+            && self.device == Device::Cpu
+            && matches!(self.kind, Kind::BFloat16 | Kind::Half)
+    }
+
     /// The dtype of cached keys and values, and of attention over them. On
     /// CPU, libtorch's attention kernel is ~4× slower in bf16/f16 than in f32
     /// for single-query decode steps, so a low-precision model keeps its cache
@@ -164,14 +174,15 @@ impl Transformer {
         }
     }
 
-    /// Logits `[batch, seq, vocab]` (f32) of a plain forward with no hooks.
+    /// Logits `[batch, seq, vocab]` (model dtype) of a plain forward with no hooks.
     pub fn logits(&self, tokens: &Tensor) -> Result<Tensor> {
         let mut hooks = Hooks::new();
         self.forward(&ForwardInput::tokens(tokens), None, &mut hooks, StopAt::Logits(LogitsFor::All))?
             .ok_or_else(|| Error::InvalidArgument("forward stopped before the logits".into()))
     }
 
-    /// One forward call. Returns logits (f32, or f64 for an f64 model) when `stop` is `Logits`, `None`
+    /// One forward call. Returns logits in the model's dtype (as transformers
+    /// does; convert the positions you need) when `stop` is `Logits`, `None`
     /// when it stops after a hook point (read what you need from a cache).
     /// With a `cache`, the call continues after the cached positions and
     /// appends its keys and values; it must then run to the logits.
@@ -264,11 +275,7 @@ impl Transformer {
         };
         let normed = self.final_norm(&resid);
         let normed = hook!(pass, HookPoint::LnFinal, normed);
-        let logits = normed.linear::<Tensor>(&self.weights.unembed, None);
-        Ok(Some(match self.kind {
-            Kind::BFloat16 | Kind::Half => logits.to_kind(Kind::Float),
-            _ => logits,
-        }))
+        Ok(Some(normed.linear::<Tensor>(&self.weights.unembed, None)))
     }
 
     /// Token (and learned position) embeddings, `[batch, seq, d_model]`.
@@ -398,6 +405,8 @@ impl Transformer {
             let pattern = attention_pattern(&q, &k, mask);
             let pattern = hook!(pass, pattern_hook, pattern);
             apply_pattern(&pattern, &v)
+        } else if self.prefers_bmm_attention(mask) {
+            causal_attention_bmm(&q, &k, &v)
         } else {
             fused_attention(&q, &k, &v, mask)
         };

@@ -1,0 +1,20 @@
+//! Allocator tuning for the command-line process.
+//!
+//! libtorch's CPU allocator is plain `malloc`. glibc serves blocks above its
+//! mmap threshold with fresh `mmap`s and returns them on free, so every
+//! forward pass page-faults its activations in again (hundreds of thousands
+//! of faults per 8×256 forward of a 135M model). Raising the threshold to its
+//! maximum and never trimming the heap keeps freed memory mapped for reuse:
+//! ~5% faster forwards, at the cost of the process keeping its peak heap.
+
+/// Keeps freed activation memory mapped for reuse. Call once, early.
+pub fn keep_freed_memory_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before
+    // any other thread exists and its failure leaves the defaults in place.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
