@@ -9,7 +9,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::Result;
 use crate::hooks::{HookPoint, Hooks};
-use crate::model::{generate, ForwardInput, GenerateConfig, LogitsFor, SamplingConfig, StopAt, Transformer};
+use crate::model::{
+    generate, ForwardInput, GenerateConfig, LogitsFor, SamplingConfig, StopAt, Transformer,
+};
 
 /// Shapes of the benchmark.
 #[derive(Debug, Clone, Serialize)]
@@ -70,23 +72,45 @@ fn best_seconds(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64
 
 fn random_tokens(model: &Transformer, batch: i64, seq: i64) -> Tensor {
     tch::manual_seed(0);
-    Tensor::randint(model.config().vocab_size, [batch, seq], (Kind::Int64, model.device()))
+    Tensor::randint(
+        model.config().vocab_size,
+        [batch, seq],
+        (Kind::Int64, model.device()),
+    )
 }
 
 /// Tokens per second of a batched forward, to the logits or stopping after a hook.
-pub fn forward_throughput(model: &Transformer, cfg: &RuntimeBenchConfig, stop: StopAt) -> Result<f64> {
+pub fn forward_throughput(
+    model: &Transformer,
+    cfg: &RuntimeBenchConfig,
+    stop: StopAt,
+) -> Result<f64> {
     let tokens = random_tokens(model, cfg.batch, cfg.seq);
     let secs = best_seconds(cfg.repeats, || {
-        tch::no_grad(|| model.forward(&ForwardInput::tokens(&tokens), None, &mut Hooks::new(), stop))?;
+        tch::no_grad(|| {
+            model.forward(
+                &ForwardInput::tokens(&tokens),
+                None,
+                &mut Hooks::new(),
+                stop,
+            )
+        })?;
         Ok(())
     })?;
     Ok((cfg.batch * cfg.seq) as f64 / secs)
 }
 
 /// New tokens per second of greedy generation for `batch` prompts.
-pub fn generate_throughput(model: &Transformer, cfg: &RuntimeBenchConfig, batch: i64) -> Result<f64> {
+pub fn generate_throughput(
+    model: &Transformer,
+    cfg: &RuntimeBenchConfig,
+    batch: i64,
+) -> Result<f64> {
     let tokens = Vec::<i64>::try_from(random_tokens(model, batch, cfg.prompt_len).view([-1]))?;
-    let prompts: Vec<Vec<i64>> = tokens.chunks(cfg.prompt_len as usize).map(<[i64]>::to_vec).collect();
+    let prompts: Vec<Vec<i64>> = tokens
+        .chunks(cfg.prompt_len as usize)
+        .map(<[i64]>::to_vec)
+        .collect();
     let gen = GenerateConfig {
         max_new_tokens: cfg.new_tokens,
         sampling: SamplingConfig::default(),
@@ -125,7 +149,9 @@ impl GemvProbe {
         let element_bytes = if kind == Kind::Float { 4.0 } else { 2.0 };
         let rows = ((bytes / element_bytes / d_in as f64) / 8.0).ceil() as i64;
         GemvProbe {
-            weights: (0..8).map(|_| Tensor::ones([rows, d_in], (kind, device))).collect(),
+            weights: (0..8)
+                .map(|_| Tensor::ones([rows, d_in], (kind, device)))
+                .collect(),
             x: Tensor::ones([1, d_in], (kind, device)),
             element_bytes,
         }
@@ -152,7 +178,10 @@ pub fn runtime_bench(model: &Transformer, cfg: &RuntimeBenchConfig) -> Result<Ru
     let element = if kind == Kind::Float { 4.0 } else { 2.0 };
     let weight_bytes = c.streamed_parameters() as f64 * element;
     let stop = StopAt::After(HookPoint::resid_post(cfg.stop_layer));
-    let once = RuntimeBenchConfig { repeats: 1, ..cfg.clone() };
+    let once = RuntimeBenchConfig {
+        repeats: 1,
+        ..cfg.clone()
+    };
     let probe = GemvProbe::new(kind, model.device(), c.d_model, weight_bytes);
     let (mut generate_b1_tps, mut gemv) = (0.0f64, 0.0f64);
     for _ in 0..cfg.repeats.max(1) {

@@ -16,7 +16,9 @@ pub enum Error {
     /// (truncated, corrupt, absurd sizes).
     #[error("{path}: malformed file: {reason}")]
     Malformed { path: PathBuf, reason: String },
-    #[error("unsupported model architecture `{0}` (supported: gpt2, llama, mistral, qwen2, gpt_neox)")]
+    #[error(
+        "unsupported model architecture `{0}` (supported: gpt2, llama, mistral, qwen2, gpt_neox)"
+    )]
     UnknownArchitecture(String),
     #[error("invalid model configuration: {0}")]
     Config(String),
@@ -40,6 +42,18 @@ pub enum Error {
     InvalidArgument(String),
     #[error("intervention failed at `{hook}`: {reason}")]
     Intervention { hook: String, reason: String },
+    /// A corpus cannot be read: missing, empty, not UTF-8, bad JSONL.
+    /// `line` is 1-based where the problem is on a line.
+    #[error("corpus {}{}: {reason}", path.display(), line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Corpus {
+        path: PathBuf,
+        line: Option<usize>,
+        reason: String,
+    },
+    /// An activation store (folder, manifest or shard) is missing, corrupt or
+    /// inconsistent with what was asked of it.
+    #[error("activation store {}: {reason}", path.display())]
+    Store { path: PathBuf, reason: String },
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("json: {0}")]
@@ -52,6 +66,27 @@ impl Error {
     /// Shorthand for a malformed-file error.
     pub fn malformed(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Malformed {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for a corpus error.
+    pub fn corpus(
+        path: impl Into<PathBuf>,
+        line: Option<usize>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Corpus {
+            path: path.into(),
+            line,
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for an activation-store error.
+    pub fn store(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Store {
             path: path.into(),
             reason: reason.into(),
         }

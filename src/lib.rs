@@ -5,6 +5,7 @@
 
 pub mod alloc_tuning;
 pub mod bench;
+pub mod data;
 pub mod error;
 pub mod hooks;
 pub mod model;

@@ -11,7 +11,9 @@ use saescope::Error;
 use tch::{Device, Kind};
 
 fn tiny(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny")
+        .join(name)
 }
 
 fn load(path: &Path) -> Result<saescope::model::LoadedModel, Error> {
@@ -41,7 +43,10 @@ fn gguf_string(b: &mut Vec<u8>, s: &str) {
 
 fn write_temp(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.path().join(name);
-    std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
     path
 }
 
@@ -51,8 +56,13 @@ fn truncated_gguf_is_malformed() {
     let dir = tempfile::tempdir().unwrap();
     for cut in [0usize, 3, 16, 1000, 200_000, full.len() / 2, full.len() - 1] {
         let path = write_temp(&dir, "cut.gguf", &full[..cut]);
-        let err = load(&path).err().unwrap_or_else(|| panic!("cut at {cut} loaded"));
-        assert!(matches!(err, Error::Malformed { .. }), "cut at {cut}: {err}");
+        let err = load(&path)
+            .err()
+            .unwrap_or_else(|| panic!("cut at {cut} loaded"));
+        assert!(
+            matches!(err, Error::Malformed { .. }),
+            "cut at {cut}: {err}"
+        );
         assert!(err.to_string().contains("cut.gguf"), "{err}");
     }
 }
@@ -72,7 +82,9 @@ fn absurd_gguf_counts_fail_fast_without_allocating() {
     gguf_string(&mut b, "general.architecture");
     b.extend(8u32.to_le_bytes());
     b.extend((1u64 << 62).to_le_bytes());
-    let err = load(&write_temp(&dir, "long.gguf", &b)).err().expect("absurd string loaded");
+    let err = load(&write_temp(&dir, "long.gguf", &b))
+        .err()
+        .expect("absurd string loaded");
     assert!(matches!(err, Error::Malformed { .. }), "{err}");
     assert!(start.elapsed().as_secs() < 5);
 }
@@ -84,7 +96,9 @@ fn unknown_architectures_are_named() {
     gguf_string(&mut b, "general.architecture");
     b.extend(8u32.to_le_bytes());
     gguf_string(&mut b, "falcon");
-    let err = load(&write_temp(&dir, "falcon.gguf", &b)).err().expect("falcon loaded");
+    let err = load(&write_temp(&dir, "falcon.gguf", &b))
+        .err()
+        .expect("falcon loaded");
     assert!(matches!(err, Error::UnknownArchitecture(_)), "{err}");
     assert!(err.to_string().contains("falcon"), "{err}");
 
@@ -92,23 +106,35 @@ fn unknown_architectures_are_named() {
     std::fs::create_dir(&folder).unwrap();
     std::fs::write(folder.join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
     let err = load(&folder).err().expect("mamba loaded");
-    assert!(matches!(err, Error::UnknownArchitecture(ref a) if a == "mamba"), "{err}");
+    assert!(
+        matches!(err, Error::UnknownArchitecture(ref a) if a == "mamba"),
+        "{err}"
+    );
 }
 
 /// A copy of a tiny model folder with its tensors edited by `edit`.
-fn edited_copy(dir: &tempfile::TempDir, edit: impl Fn(&str, Vec<i64>) -> Option<Vec<i64>>) -> PathBuf {
+fn edited_copy(
+    dir: &tempfile::TempDir,
+    edit: impl Fn(&str, Vec<i64>) -> Option<Vec<i64>>,
+) -> PathBuf {
     let src = tiny("qwen2");
     let dst = dir.path().join("edited");
     std::fs::create_dir_all(&dst).unwrap();
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(src.join(f), dst.join(f)).unwrap();
     }
-    let tensors = saescope::model::safetensors_io::read_safetensors(&src.join("model.safetensors")).unwrap();
+    let tensors =
+        saescope::model::safetensors_io::read_safetensors(&src.join("model.safetensors")).unwrap();
     let mut kept: Vec<(String, tch::Tensor)> = Vec::new();
     for (name, t) in tensors {
         if let Some(shape) = edit(&name, t.size()) {
             let numel: i64 = shape.iter().product();
-            kept.push((name, t.reshape([-1]).narrow(0, 0, numel.min(t.numel() as i64)).reshape(shape.as_slice())));
+            kept.push((
+                name,
+                t.reshape([-1])
+                    .narrow(0, 0, numel.min(t.numel() as i64))
+                    .reshape(shape.as_slice()),
+            ));
         }
     }
     tch::Tensor::write_safetensors(&kept, dst.join("model.safetensors")).unwrap();
@@ -118,16 +144,25 @@ fn edited_copy(dir: &tempfile::TempDir, edit: impl Fn(&str, Vec<i64>) -> Option<
 #[test]
 fn missing_tensors_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let folder = edited_copy(&dir, |name, shape| (name != "model.layers.1.mlp.up_proj.weight").then_some(shape));
+    let folder = edited_copy(&dir, |name, shape| {
+        (name != "model.layers.1.mlp.up_proj.weight").then_some(shape)
+    });
     let err = load(&folder).err().expect("loaded without a tensor");
-    assert!(matches!(err, Error::MissingTensor { ref name, .. } if name == "model.layers.1.mlp.up_proj.weight"), "{err}");
+    assert!(
+        matches!(err, Error::MissingTensor { ref name, .. } if name == "model.layers.1.mlp.up_proj.weight"),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_shapes_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let folder = edited_copy(&dir, |name, shape| {
-        Some(if name == "model.layers.0.self_attn.o_proj.weight" { vec![shape[0], shape[1] / 2] } else { shape })
+        Some(if name == "model.layers.0.self_attn.o_proj.weight" {
+            vec![shape[0], shape[1] / 2]
+        } else {
+            shape
+        })
     });
     let err = load(&folder).err().expect("loaded a wrong shape");
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
@@ -156,7 +191,9 @@ fn bad_devices_dtypes_and_hooks_are_refused() {
     if tch::Cuda::device_count() == 0 {
         assert!(parse_device("cuda").is_err());
     }
-    let err = "blocks.0.hook_resid_pots".parse::<saescope::hooks::HookPoint>().unwrap_err();
+    let err = "blocks.0.hook_resid_pots"
+        .parse::<saescope::hooks::HookPoint>()
+        .unwrap_err();
     assert!(matches!(err, Error::UnknownHook { .. }), "{err}");
 }
 
@@ -168,7 +205,10 @@ fn cli_reports_errors_without_panicking() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no such GGUF file") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("no such GGUF file") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 /// A hub id resolves through a pre-filled hf-hub cache, the way a download would leave it.

@@ -4,7 +4,9 @@
 
 use saescope::hooks::{ActivationCache, FnIntervention, HookPoint, Hooks};
 use saescope::model::weights::ModelWeights;
-use saescope::model::{generate, ForwardInput, GenerateConfig, LogitsFor, ModelConfig, StopAt, Transformer};
+use saescope::model::{
+    generate, ForwardInput, GenerateConfig, LogitsFor, ModelConfig, StopAt, Transformer,
+};
 use tch::{Device, Kind, Tensor};
 
 fn tiny(kind: Kind) -> Transformer {
@@ -23,7 +25,12 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 fn run(model: &Transformer, hooks: &mut Hooks) -> Tensor {
     model
-        .forward(&ForwardInput::tokens(&tokens()), None, hooks, StopAt::Logits(LogitsFor::All))
+        .forward(
+            &ForwardInput::tokens(&tokens()),
+            None,
+            hooks,
+            StopAt::Logits(LogitsFor::All),
+        )
         .unwrap()
         .unwrap()
 }
@@ -50,8 +57,14 @@ fn cached_hooks_are_consistent_with_each_other() {
         assert!(max_diff(&row_sums, &row_sums.ones_like()) < 1e-5);
         // causal: nothing above the diagonal
         assert_eq!(pattern.triu(1).abs().max().double_value(&[]), 0.0);
-        assert_eq!(get(format!("blocks.{l}.attn.hook_z").parse().unwrap()).size(), vec![2, 8, 4, 8]);
-        assert_eq!(get(format!("blocks.{l}.mlp.hook_post").parse().unwrap()).size(), vec![2, 8, 48]);
+        assert_eq!(
+            get(format!("blocks.{l}.attn.hook_z").parse().unwrap()).size(),
+            vec![2, 8, 4, 8]
+        );
+        assert_eq!(
+            get(format!("blocks.{l}.mlp.hook_post").parse().unwrap()).size(),
+            vec![2, 8, 48]
+        );
     }
     // ln_final is what the unembedding reads.
     let normed = cache.get(HookPoint::LnFinal).unwrap();
@@ -67,7 +80,11 @@ fn identity_intervention_changes_nothing() {
     let clean = run(&model, &mut Hooks::new());
     let mut identity = FnIntervention::new(HookPoint::all(3), |_, x, _| Ok(Some(x.copy())));
     let hooked = run(&model, &mut Hooks::new().with(&mut identity));
-    assert!(max_diff(&clean, &hooked) < 1e-5, "{}", max_diff(&clean, &hooked));
+    assert!(
+        max_diff(&clean, &hooked) < 1e-5,
+        "{}",
+        max_diff(&clean, &hooked)
+    );
 }
 
 #[test]
@@ -81,25 +98,42 @@ fn adding_at_resid_post_equals_adding_by_hand() {
     // By hand: stop after the hook, add, and continue from block 2.
     let mut cache = ActivationCache::new([hook]);
     let stopped = model
-        .forward(&ForwardInput::tokens(&tokens()), None, &mut Hooks::new().with(&mut cache), StopAt::After(hook))
+        .forward(
+            &ForwardInput::tokens(&tokens()),
+            None,
+            &mut Hooks::new().with(&mut cache),
+            StopAt::After(hook),
+        )
         .unwrap();
     assert!(stopped.is_none());
     let resid = cache.get(hook).unwrap() + &v;
     let toks = tokens();
-    let input = ForwardInput { start_at: Some((2, &resid)), ..ForwardInput::tokens(&toks) };
+    let input = ForwardInput {
+        start_at: Some((2, &resid)),
+        ..ForwardInput::tokens(&toks)
+    };
     let by_hand = model
-        .forward(&input, None, &mut Hooks::new(), StopAt::Logits(LogitsFor::All))
+        .forward(
+            &input,
+            None,
+            &mut Hooks::new(),
+            StopAt::Logits(LogitsFor::All),
+        )
         .unwrap()
         .unwrap();
     assert!(max_diff(&hooked, &by_hand) < 1e-5);
-    assert!(max_diff(&hooked, &run(&model, &mut Hooks::new())) > 1e-2, "the vector had no effect");
+    assert!(
+        max_diff(&hooked, &run(&model, &mut Hooks::new())) > 1e-2,
+        "the vector had no effect"
+    );
 }
 
 #[test]
 fn scalar_gradient_matches_finite_difference() {
     let model = tiny(Kind::Double);
     let objective = |s: &Tensor| -> Tensor {
-        let mut scale = FnIntervention::new(vec![HookPoint::attn_out(1)], |_, x, _| Ok(Some(x * s)));
+        let mut scale =
+            FnIntervention::new(vec![HookPoint::attn_out(1)], |_, x, _| Ok(Some(x * s)));
         let logits = run(&model, &mut Hooks::new().with(&mut scale));
         // A log-prob, as the steering objectives use.
         logits.log_softmax(-1, Kind::Double).get(0).get(-1).get(5)
@@ -111,7 +145,10 @@ fn scalar_gradient_matches_finite_difference() {
     let h = 1e-5;
     let f = |x: f64| tch::no_grad(|| objective(&Tensor::from(x)).double_value(&[]));
     let numeric = (f(1.3 + h) - f(1.3 - h)) / (2.0 * h);
-    assert!((grad - numeric).abs() < 1e-6 * (1.0 + numeric.abs()), "autograd {grad} vs numeric {numeric}");
+    assert!(
+        (grad - numeric).abs() < 1e-6 * (1.0 + numeric.abs()),
+        "autograd {grad} vs numeric {numeric}"
+    );
     assert!(grad.abs() > 1e-4, "degenerate test: zero gradient");
 }
 
@@ -124,15 +161,27 @@ fn stopping_early_gives_the_same_cache_as_a_full_forward() {
 
     let mut early = ActivationCache::new(wanted);
     // A hook past the stop point must not be reached.
-    let mut later = FnIntervention::new(vec![HookPoint::resid_post(1), HookPoint::LnFinal], |h, _, _| {
-        panic!("{h} ran after the stop point")
-    });
+    let mut later = FnIntervention::new(
+        vec![HookPoint::resid_post(1), HookPoint::LnFinal],
+        |h, _, _| panic!("{h} ran after the stop point"),
+    );
     let mut hooks = Hooks::new().with(&mut early).with(&mut later);
     let stop = HookPoint::resid_mid(1);
-    let out = model.forward(&ForwardInput::tokens(&tokens()), None, &mut hooks, StopAt::After(stop)).unwrap();
+    let out = model
+        .forward(
+            &ForwardInput::tokens(&tokens()),
+            None,
+            &mut hooks,
+            StopAt::After(stop),
+        )
+        .unwrap();
     assert!(out.is_none());
     for h in wanted {
-        assert_eq!(max_diff(full.get(h).unwrap(), early.get(h).unwrap()), 0.0, "{h}");
+        assert_eq!(
+            max_diff(full.get(h).unwrap(), early.get(h).unwrap()),
+            0.0,
+            "{h}"
+        );
     }
 }
 
@@ -140,7 +189,12 @@ fn stopping_early_gives_the_same_cache_as_a_full_forward() {
 fn unknown_or_out_of_range_hooks_are_refused() {
     let model = tiny(Kind::Float);
     let err = model
-        .forward(&ForwardInput::tokens(&tokens()), None, &mut Hooks::new(), StopAt::After(HookPoint::resid_post(3)))
+        .forward(
+            &ForwardInput::tokens(&tokens()),
+            None,
+            &mut Hooks::new(),
+            StopAt::After(HookPoint::resid_post(3)),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("3 blocks"), "{err}");
     assert!(HookPoint::parse_for("blocks.1.hook_resid_middle", 3).is_err());
@@ -150,12 +204,23 @@ fn unknown_or_out_of_range_hooks_are_refused() {
 fn generation_runs_interventions_at_every_step() {
     let model = tiny(Kind::Float);
     let prompts = vec![vec![0i64, 5, 9, 3], vec![0i64, 17, 42]];
-    let config = GenerateConfig { max_new_tokens: 6, sampling: Default::default(), stop_ids: vec![] };
+    let config = GenerateConfig {
+        max_new_tokens: 6,
+        sampling: Default::default(),
+        stop_ids: vec![],
+    };
     let last = HookPoint::resid_post(2);
     let v = Tensor::randn([32], (Kind::Float, Device::Cpu)) * 5.0;
 
     let mut plain_final = ActivationCache::new([HookPoint::LnFinal]).accumulating();
-    let plain = generate(&model, &prompts, &config, &mut Hooks::new().with(&mut plain_final), |_, _| {}).unwrap();
+    let plain = generate(
+        &model,
+        &prompts,
+        &config,
+        &mut Hooks::new().with(&mut plain_final),
+        |_, _| {},
+    )
+    .unwrap();
 
     let mut calls = Vec::new();
     let mut steer = FnIntervention::new(vec![last], |_, x, ctx| {
@@ -172,7 +237,10 @@ fn generation_runs_interventions_at_every_step() {
     assert_eq!(calls[0], (false, 4));
     assert!(calls[1..].iter().all(|&c| c == (true, 1)));
     // The final residual differs at every step.
-    let (a, b) = (plain_final.get(HookPoint::LnFinal).unwrap(), steered_final.get(HookPoint::LnFinal).unwrap());
+    let (a, b) = (
+        plain_final.get(HookPoint::LnFinal).unwrap(),
+        steered_final.get(HookPoint::LnFinal).unwrap(),
+    );
     assert_eq!(a.size(), vec![2, 6, 32]);
     for step in 0..6 {
         let d = max_diff(&a.narrow(1, step, 1), &b.narrow(1, step, 1));
@@ -188,7 +256,11 @@ fn cached_generation_matches_full_forwards() {
     // tokens as re-running the whole sequence without a cache.
     let model = tiny(Kind::Float);
     let prompts = vec![vec![0i64, 5, 9, 3, 12], vec![0i64, 17]];
-    let config = GenerateConfig { max_new_tokens: 5, sampling: Default::default(), stop_ids: vec![] };
+    let config = GenerateConfig {
+        max_new_tokens: 5,
+        sampling: Default::default(),
+        stop_ids: vec![],
+    };
     let out = generate(&model, &prompts, &config, &mut Hooks::new(), |_, _| {}).unwrap();
     for (prompt, new) in prompts.iter().zip(&out) {
         let mut seq = prompt.clone();

@@ -12,7 +12,9 @@ use saescope::model::{generate, load_model, ForwardInput, GenerateConfig, Logits
 use tch::{Device, Kind, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny")
+        .join(name)
 }
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
@@ -39,38 +41,75 @@ fn check_model(name: &str) {
     ]);
     let mut cache = ActivationCache::new(wanted);
     let logits = model
-        .forward(&ForwardInput::tokens(&r["input_ids"]), None, &mut Hooks::new().with(&mut cache), StopAt::Logits(LogitsFor::All))
+        .forward(
+            &ForwardInput::tokens(&r["input_ids"]),
+            None,
+            &mut Hooks::new().with(&mut cache),
+            StopAt::Logits(LogitsFor::All),
+        )
         .unwrap()
         .unwrap();
     let d = max_diff(&logits, &r["logits"]);
     assert!(d <= 1e-4, "{name}: logits differ by {d}");
     // HF's hidden_states: block inputs, then the final norm's output.
     for l in 0..n_layers {
-        let d = max_diff(cache.get(HookPoint::resid_pre(l)).unwrap(), &r[&format!("hidden.{l}")]);
+        let d = max_diff(
+            cache.get(HookPoint::resid_pre(l)).unwrap(),
+            &r[&format!("hidden.{l}")],
+        );
         assert!(d <= 1e-4, "{name}: resid_pre {l} differs by {d}");
     }
-    let d = max_diff(cache.get(HookPoint::LnFinal).unwrap(), &r[&format!("hidden.{n_layers}")]);
+    let d = max_diff(
+        cache.get(HookPoint::LnFinal).unwrap(),
+        &r[&format!("hidden.{n_layers}")],
+    );
     assert!(d <= 1e-4, "{name}: ln_final differs by {d}");
     let last_post = format!("resid_post.{}", n_layers - 1);
     if let Some(expected) = r.get(&last_post) {
-        let d = max_diff(cache.get(HookPoint::resid_post(n_layers - 1)).unwrap(), expected);
+        let d = max_diff(
+            cache.get(HookPoint::resid_post(n_layers - 1)).unwrap(),
+            expected,
+        );
         assert!(d <= 1e-4, "{name}: last resid_post differs by {d}");
     }
-    for (hook, key) in [(HookPoint::attn_out(0), "attn_out.0"), (HookPoint::mlp_out(0), "mlp_out.0")] {
+    for (hook, key) in [
+        (HookPoint::attn_out(0), "attn_out.0"),
+        (HookPoint::mlp_out(0), "mlp_out.0"),
+    ] {
         let d = max_diff(cache.get(hook).unwrap(), &r[key]);
         assert!(d <= 1e-4, "{name}: {key} differs by {d}");
     }
-    let pattern = cache.get("blocks.0.attn.hook_pattern".parse().unwrap()).unwrap();
+    let pattern = cache
+        .get("blocks.0.attn.hook_pattern".parse().unwrap())
+        .unwrap();
     let d = max_diff(pattern, &r["pattern.0"]);
     assert!(d <= 1e-5, "{name}: pattern differs by {d}");
-    assert!(r["logits"].std(true).double_value(&[]) > 0.5, "fixture logits are too flat to test");
+    assert!(
+        r["logits"].std(true).double_value(&[]) > 0.5,
+        "fixture logits are too flat to test"
+    );
 
     // Greedy generation with the KV cache matches transformers' generate.
     let expected = Vec::<i64>::try_from(r["greedy_ids"].view([-1])).unwrap();
     let prompt = Vec::<i64>::try_from(r["input_ids"].get(0)).unwrap();
-    let config = GenerateConfig { max_new_tokens: expected.len() - prompt.len(), sampling: Default::default(), stop_ids: vec![] };
-    let out = generate(model, &[prompt.clone()], &config, &mut Hooks::new(), |_, _| {}).unwrap();
-    assert_eq!(out[0], expected[prompt.len()..], "{name}: greedy generation differs");
+    let config = GenerateConfig {
+        max_new_tokens: expected.len() - prompt.len(),
+        sampling: Default::default(),
+        stop_ids: vec![],
+    };
+    let out = generate(
+        model,
+        std::slice::from_ref(&prompt),
+        &config,
+        &mut Hooks::new(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        out[0],
+        expected[prompt.len()..],
+        "{name}: greedy generation differs"
+    );
 }
 
 #[test]
@@ -105,11 +144,19 @@ fn left_padded_batch_matches_transformers() {
     };
     let logits = loaded
         .model
-        .forward(&input, None, &mut Hooks::new(), StopAt::Logits(LogitsFor::All))
+        .forward(
+            &input,
+            None,
+            &mut Hooks::new(),
+            StopAt::Logits(LogitsFor::All),
+        )
         .unwrap()
         .unwrap();
     // Compare real (non-padding) positions only.
     let keep = r["pad_attention_mask"].to_kind(Kind::Bool).unsqueeze(-1);
-    let d = max_diff(&logits.masked_fill(&keep.logical_not(), 0.0), &r["pad_logits"].masked_fill(&keep.logical_not(), 0.0));
+    let d = max_diff(
+        &logits.masked_fill(&keep.logical_not(), 0.0),
+        &r["pad_logits"].masked_fill(&keep.logical_not(), 0.0),
+    );
     assert!(d <= 1e-4, "padded logits differ by {d}");
 }

@@ -4,18 +4,23 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use saescope::model::source::{resolve_model, ModelSource, DEFAULT_MODEL_ALIAS};
 use saescope::model::load_model;
+use saescope::model::source::{resolve_model, ModelSource, DEFAULT_MODEL_ALIAS};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 fn reference() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_reference.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_reference.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<i64> {
-    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -35,14 +40,29 @@ fn logprobs_match_transformers_on_the_same_gguf() {
     for p in r["prompts"].as_array().unwrap() {
         let prompt = p["prompt"].as_str().unwrap();
         let expected_ids = ids(&p["ids"]);
-        assert_eq!(loaded.tokenizer.encode(prompt, true).unwrap(), expected_ids, "tokenizer: {prompt}");
+        assert_eq!(
+            loaded.tokenizer.encode(prompt, true).unwrap(),
+            expected_ids,
+            "tokenizer: {prompt}"
+        );
         let tokens = Tensor::from_slice(&expected_ids).view([1, -1]);
-        let logprobs = loaded.model.logits(&tokens).unwrap().get(0).get(-1).log_softmax(-1, Kind::Double);
+        let logprobs = loaded
+            .model
+            .logits(&tokens)
+            .unwrap()
+            .get(0)
+            .get(-1)
+            .log_softmax(-1, Kind::Double);
         let ours = Vec::<f64>::try_from(&logprobs).unwrap();
         for (id, lp) in fixed.iter().zip(p["logprobs_last_at"].as_array().unwrap()) {
             worst = worst.max((ours[*id as usize] - lp.as_f64().unwrap()).abs());
         }
-        for (id, lp) in p["logprobs_last_ids_0_100"].as_array().unwrap().iter().enumerate() {
+        for (id, lp) in p["logprobs_last_ids_0_100"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
             worst = worst.max((ours[id] - lp.as_f64().unwrap()).abs());
         }
         for entry in p["top20"].as_array().unwrap() {
@@ -50,27 +70,58 @@ fn logprobs_match_transformers_on_the_same_gguf() {
             worst = worst.max((ours[id] - entry["logprob"].as_f64().unwrap()).abs());
         }
         let top = p["top20"][0]["id"].as_i64().unwrap();
-        assert_eq!(logprobs.argmax(-1, false).int64_value(&[]), top, "{prompt}: top token");
+        assert_eq!(
+            logprobs.argmax(-1, false).int64_value(&[]),
+            top,
+            "{prompt}: top token"
+        );
     }
-    assert!(worst <= 1e-3, "log-probs differ from transformers by up to {worst}");
+    assert!(
+        worst <= 1e-3,
+        "log-probs differ from transformers by up to {worst}"
+    );
 }
 
 #[test]
 fn cli_logits_ranks_paris_first() {
     let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(["logits", "--model", "smollm2-135m", "--prompt", "The capital of France is", "--top-k", "3", "--json"])
+        .args([
+            "logits",
+            "--model",
+            "smollm2-135m",
+            "--prompt",
+            "The capital of France is",
+            "--top-k",
+            "3",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["ids"], serde_json::json!([1, 504, 3575, 282, 4649, 314]));
+    assert_eq!(
+        json["ids"],
+        serde_json::json!([1, 504, 3575, 282, 4649, 314])
+    );
     assert_eq!(json["top"][0]["token"], " Paris");
     assert_eq!(json["top"].as_array().unwrap().len(), 3);
     let lp = json["top"][0]["logprob"].as_f64().unwrap();
     assert!(lp < 0.0 && lp > -1.0, "{lp}");
 
     let no_bos = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(["logits", "--model", "smollm2-135m", "--prompt", "The capital of France is", "--json", "--no-bos"])
+        .args([
+            "logits",
+            "--model",
+            "smollm2-135m",
+            "--prompt",
+            "The capital of France is",
+            "--json",
+            "--no-bos",
+        ])
         .output()
         .unwrap();
     let json: Value = serde_json::from_slice(&no_bos.stdout).unwrap();
@@ -80,11 +131,25 @@ fn cli_logits_ranks_paris_first() {
 #[test]
 fn cli_generate_chat_answers() {
     let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(["generate", "--prompt", "What is the capital of France?", "--chat", "--max-new-tokens", "12"])
+        .args([
+            "generate",
+            "--prompt",
+            "What is the capital of France?",
+            "--chat",
+            "--max-new-tokens",
+            "12",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Paris"), "{text}");
-    assert!(!text.contains("<|im_end|>"), "the end-of-turn token must stop generation: {text}");
+    assert!(
+        !text.contains("<|im_end|>"),
+        "the end-of-turn token must stop generation: {text}"
+    );
 }

@@ -29,7 +29,12 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let loaded = args.model.load()?;
             let mut cfg = RuntimeBenchConfig::default();
             if args.quick {
-                cfg = RuntimeBenchConfig { seq: 64, new_tokens: 8, repeats: 1, ..cfg };
+                cfg = RuntimeBenchConfig {
+                    seq: 64,
+                    new_tokens: 8,
+                    repeats: 1,
+                    ..cfg
+                };
             }
             let report = runtime_bench(&loaded.model, &cfg)?;
             if args.json {

@@ -43,10 +43,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let tok = &loaded.tokenizer;
     let mut stop_ids = tok.eos_ids().to_vec();
     let (text, add_bos) = if args.chat {
-        let system = args
-            .system
-            .clone()
-            .or_else(|| loaded.chat_template.as_deref().and_then(default_system_prompt));
+        let system = args.system.clone().or_else(|| {
+            loaded
+                .chat_template
+                .as_deref()
+                .and_then(default_system_prompt)
+        });
         let (text, end_of_turn) = chat_prompt(tok, &args.prompt, system.as_deref())?;
         stop_ids.push(end_of_turn);
         (text, false)
@@ -73,21 +75,27 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut new_ids = Vec::new();
     let mut printed = 0;
     let mut stream_error = None;
-    generate(&loaded.model, &[prompt], &config, &mut Hooks::new(), |_, id| {
-        if stop_ids.contains(&id) {
-            return;
-        }
-        new_ids.push(id);
-        match tok.decode(&new_ids) {
-            Ok(text) if !text.ends_with('\u{FFFD}') && text.len() > printed => {
-                let _ = write!(stdout, "{}", &text[printed..]);
-                let _ = stdout.flush();
-                printed = text.len();
+    generate(
+        &loaded.model,
+        &[prompt],
+        &config,
+        &mut Hooks::new(),
+        |_, id| {
+            if stop_ids.contains(&id) {
+                return;
             }
-            Ok(_) => {}
-            Err(e) => stream_error = Some(e),
-        }
-    })?;
+            new_ids.push(id);
+            match tok.decode(&new_ids) {
+                Ok(text) if !text.ends_with('\u{FFFD}') && text.len() > printed => {
+                    let _ = write!(stdout, "{}", &text[printed..]);
+                    let _ = stdout.flush();
+                    printed = text.len();
+                }
+                Ok(_) => {}
+                Err(e) => stream_error = Some(e),
+            }
+        },
+    )?;
     if let Some(e) = stream_error {
         return Err(e.into());
     }

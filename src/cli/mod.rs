@@ -2,13 +2,19 @@
 
 mod bench;
 mod generate;
+mod harvest;
 mod logits;
+mod store;
 
 use clap::{Args, Parser, Subcommand};
 use saescope::model::{load_model, parse_device, parse_dtype, LoadedModel};
 
 #[derive(Parser)]
-#[command(name = "saescope", version, about = "Sparse autoencoders and interventions on language models")]
+#[command(
+    name = "saescope",
+    version,
+    about = "Sparse autoencoders and interventions on language models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +29,11 @@ enum Command {
     /// Benchmarks (machine-readable with --json).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Harvest hook-point activations over a corpus into a resumable store.
+    Harvest(harvest::HarvestArgs),
+    /// Inspect and verify activation stores.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Which model, where, in what precision.
@@ -61,6 +72,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Logits(args) => logits::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Harvest(args) => harvest::run(args),
+        Command::Store(cmd) => store::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

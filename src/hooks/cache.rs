@@ -66,7 +66,10 @@ impl Intervention for ActivationCache {
         } else {
             act.shallow_clone()
         };
-        let seq_dim = if matches!(hook, HookPoint::Block(_, super::names::BlockSite::AttnPattern)) {
+        let seq_dim = if matches!(
+            hook,
+            HookPoint::Block(_, super::names::BlockSite::AttnPattern)
+        ) {
             2
         } else {
             1

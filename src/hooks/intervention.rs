@@ -30,8 +30,12 @@ pub trait Intervention {
 
     /// Called with the activation at `hook` (shape documented on [`HookPoint`]).
     /// Return `Some(t)` to replace it (same shape), `None` to leave it.
-    fn apply(&mut self, hook: HookPoint, activation: &Tensor, ctx: &HookContext)
-        -> Result<Option<Tensor>>;
+    fn apply(
+        &mut self,
+        hook: HookPoint,
+        activation: &Tensor,
+        ctx: &HookContext,
+    ) -> Result<Option<Tensor>>;
 }
 
 /// An intervention from a closure, for quick experiments and tests.
@@ -57,7 +61,12 @@ where
         self.hooks.contains(&hook)
     }
 
-    fn apply(&mut self, hook: HookPoint, act: &Tensor, ctx: &HookContext) -> Result<Option<Tensor>> {
+    fn apply(
+        &mut self,
+        hook: HookPoint,
+        act: &Tensor,
+        ctx: &HookContext,
+    ) -> Result<Option<Tensor>> {
         (self.f)(hook, act, ctx)
     }
 }

@@ -98,7 +98,9 @@ impl HookPoint {
             if layer >= n_layers {
                 return Err(Error::UnknownHook {
                     name: name.to_string(),
-                    reason: format!("layer {layer} is out of range, the model has {n_layers} blocks"),
+                    reason: format!(
+                        "layer {layer} is out of range, the model has {n_layers} blocks"
+                    ),
                 });
             }
         }
@@ -109,7 +111,11 @@ impl HookPoint {
     pub fn all(n_layers: usize) -> Vec<HookPoint> {
         let mut out = vec![HookPoint::Embed, HookPoint::PosEmbed];
         for l in 0..n_layers {
-            out.extend(BlockSite::ALL.iter().map(|(site, _)| HookPoint::Block(l, *site)));
+            out.extend(
+                BlockSite::ALL
+                    .iter()
+                    .map(|(site, _)| HookPoint::Block(l, *site)),
+            );
         }
         out.push(HookPoint::LnFinal);
         out
@@ -156,7 +162,10 @@ impl FromStr for HookPoint {
             .map(|(site, _)| *site)
             .ok_or_else(|| {
                 let sites: Vec<&str> = BlockSite::ALL.iter().map(|(_, s)| *s).collect();
-                unknown(&format!("unknown site `{suffix}`; known sites: {}", sites.join(", ")))
+                unknown(&format!(
+                    "unknown site `{suffix}`; known sites: {}",
+                    sites.join(", ")
+                ))
             })?;
         Ok(HookPoint::Block(layer, site))
     }

@@ -49,7 +49,8 @@ impl AttentionMask {
             AttentionMask::Explicit(m) => Some(m.shallow_clone()),
             AttentionMask::Causal => {
                 let past = seq_k - seq_q;
-                let q_pos = Tensor::arange_start(past, seq_k, (Kind::Int64, device)).view([seq_q, 1]);
+                let q_pos =
+                    Tensor::arange_start(past, seq_k, (Kind::Int64, device)).view([seq_q, 1]);
                 let k_pos = Tensor::arange(seq_k, (Kind::Int64, device)).view([1, seq_k]);
                 Some(k_pos.le_tensor(&q_pos).view([1, 1, seq_q, seq_k]))
             }
@@ -120,7 +121,9 @@ fn repeat_kv(x: &Tensor, rep: i64) -> Tensor {
     }
     let size = x.size();
     let (b, kv, s, d) = (size[0], size[1], size[2], size[3]);
-    x.unsqueeze(2).expand([b, kv, rep, s, d], false).reshape([b, kv * rep, s, d])
+    x.unsqueeze(2)
+        .expand([b, kv, rep, s, d], false)
+        .reshape([b, kv * rep, s, d])
 }
 
 #[cfg(test)]
@@ -130,7 +133,11 @@ mod tests {
     fn qkv(b: i64, h: i64, kv: i64, s: i64) -> (Tensor, Tensor, Tensor) {
         tch::manual_seed(3);
         let o = (Kind::Float, Device::Cpu);
-        (Tensor::randn([b, h, s, 16], o), Tensor::randn([b, kv, s, 16], o), Tensor::randn([b, kv, s, 16], o))
+        (
+            Tensor::randn([b, h, s, 16], o),
+            Tensor::randn([b, kv, s, 16], o),
+            Tensor::randn([b, kv, s, 16], o),
+        )
     }
 
     #[test]
@@ -160,10 +167,11 @@ mod tests {
         // One query after a cached past sees every key.
         let (q1, k1, v1) = (q.narrow(2, 6, 1), k.shallow_clone(), v.shallow_clone());
         let all = AttentionMask::build(6, 1, None, Device::Cpu);
-        let diff = (fused_attention(&q1, &k1, &v1, &all) - fused_attention(&q, &k, &v, &AttentionMask::Causal).narrow(2, 6, 1))
-            .abs()
-            .max()
-            .double_value(&[]);
+        let diff = (fused_attention(&q1, &k1, &v1, &all)
+            - fused_attention(&q, &k, &v, &AttentionMask::Causal).narrow(2, 6, 1))
+        .abs()
+        .max()
+        .double_value(&[]);
         assert!(diff < 1e-5, "{diff}");
     }
 }

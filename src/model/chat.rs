@@ -7,18 +7,27 @@ use crate::error::{Error, Result};
 
 /// Formats one user turn for an instruct model and opens the assistant turn.
 /// Returns the prompt text and the id of the token that ends a turn.
-pub fn chat_prompt(tokenizer: &ModelTokenizer, user: &str, system: Option<&str>) -> Result<(String, i64)> {
-    let (Some(_), Some(end)) = (tokenizer.token_id("<|im_start|>"), tokenizer.token_id("<|im_end|>"))
-    else {
+pub fn chat_prompt(
+    tokenizer: &ModelTokenizer,
+    user: &str,
+    system: Option<&str>,
+) -> Result<(String, i64)> {
+    let (Some(_), Some(end)) = (
+        tokenizer.token_id("<|im_start|>"),
+        tokenizer.token_id("<|im_end|>"),
+    ) else {
         return Err(Error::InvalidArgument(
-            "--chat: this model's vocabulary has no ChatML tokens (<|im_start|>, <|im_end|>)".into(),
+            "--chat: this model's vocabulary has no ChatML tokens (<|im_start|>, <|im_end|>)"
+                .into(),
         ));
     };
     let mut text = String::new();
     if let Some(system) = system {
         text.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
     }
-    text.push_str(&format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"));
+    text.push_str(&format!(
+        "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    ));
     Ok((text, end))
 }
 
@@ -35,7 +44,8 @@ pub fn default_system_prompt(template: &str) -> Option<String> {
     let end = rest.find("<|im_end|>")?;
     let prompt = &rest[..end];
     // A template that splices in the user's system message is not a default.
-    (!prompt.contains('{') && !prompt.contains('\'') && !prompt.is_empty()).then(|| prompt.to_string())
+    (!prompt.contains('{') && !prompt.contains('\'') && !prompt.is_empty())
+        .then(|| prompt.to_string())
 }
 
 #[cfg(test)]

@@ -92,7 +92,9 @@ impl ModelConfig {
         ];
         for (name, value) in positive {
             if value <= 0 {
-                return Err(Error::Config(format!("{name} must be positive, got {value}")));
+                return Err(Error::Config(format!(
+                    "{name} must be positive, got {value}"
+                )));
             }
         }
         if self.n_layers == 0 {
@@ -113,7 +115,10 @@ impl ModelConfig {
             }
         }
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
-            return Err(Error::Config(format!("norm_eps {} is not positive", self.norm_eps)));
+            return Err(Error::Config(format!(
+                "norm_eps {} is not positive",
+                self.norm_eps
+            )));
         }
         Ok(())
     }

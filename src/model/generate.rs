@@ -33,7 +33,9 @@ pub fn generate(
     mut on_token: impl FnMut(usize, i64),
 ) -> Result<Generated> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(Error::InvalidArgument("generate needs non-empty prompts".into()));
+        return Err(Error::InvalidArgument(
+            "generate needs non-empty prompts".into(),
+        ));
     }
     let batch = prompts.len() as i64;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
@@ -47,10 +49,17 @@ pub fn generate(
     for p in prompts {
         let pad = longest as usize - p.len();
         ids.extend(std::iter::repeat_n(0i64, pad).chain(p.iter().copied()));
-        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1i64, capacity as usize - pad)));
+        mask.extend(
+            std::iter::repeat_n(0i64, pad)
+                .chain(std::iter::repeat_n(1i64, capacity as usize - pad)),
+        );
     }
-    let tokens = Tensor::from_slice(&ids).view([batch, longest]).to_device(device);
-    let full_mask = Tensor::from_slice(&mask).view([batch, capacity]).to_device(device);
+    let tokens = Tensor::from_slice(&ids)
+        .view([batch, longest])
+        .to_device(device);
+    let full_mask = Tensor::from_slice(&mask)
+        .view([batch, capacity])
+        .to_device(device);
     // Position of each slot = number of real tokens before it.
     let all_positions = (full_mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
 
@@ -71,7 +80,12 @@ pub fn generate(
             start_at: None,
         };
         let logits = tch::no_grad(|| {
-            model.forward(&input, Some(&mut cache), hooks, StopAt::Logits(LogitsFor::Last))
+            model.forward(
+                &input,
+                Some(&mut cache),
+                hooks,
+                StopAt::Logits(LogitsFor::Last),
+            )
         })?
         .ok_or_else(|| Error::InvalidArgument("forward stopped before the logits".into()))?;
         // [batch, vocab]
@@ -104,5 +118,7 @@ fn choose(logits: &Tensor, sampler: &mut Sampler) -> Result<Vec<i64>> {
     let rows = logits.to_device(tch::Device::Cpu).to_kind(Kind::Float);
     let vocab = rows.size()[1];
     let flat = Vec::<f32>::try_from(&rows.view([-1]))?;
-    flat.chunks(vocab as usize).map(|row| sampler.sample(row)).collect()
+    flat.chunks(vocab as usize)
+        .map(|row| sampler.sample(row))
+        .collect()
 }

@@ -24,11 +24,14 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<ModelConfig> {
     let key = |k: &str| format!("{arch}.{k}");
     let int = |k: &str| -> Result<i64> {
         let v = gguf.meta_u64(&key(k))?;
-        i64::try_from(v).map_err(|_| Error::malformed(gguf.path(), format!("{} is too large", key(k))))
+        i64::try_from(v)
+            .map_err(|_| Error::malformed(gguf.path(), format!("{} is too large", key(k))))
     };
     let d_model = int("embedding_length")?;
     let n_heads = int("attention.head_count")?;
-    let n_kv_heads = gguf.meta_opt_u64(&key("attention.head_count_kv"))?.map_or(n_heads, |v| v as i64);
+    let n_kv_heads = gguf
+        .meta_opt_u64(&key("attention.head_count_kv"))?
+        .map_or(n_heads, |v| v as i64);
     let d_head = d_model / n_heads.max(1);
     let vocab_size = match gguf.meta_opt_u64(&key("vocab_size"))? {
         Some(v) => v as i64,
@@ -45,12 +48,18 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<ModelConfig> {
         d_head,
         d_mlp: int("feed_forward_length")?,
         norm: NormKind::RmsNorm,
-        norm_eps: gguf.meta_opt_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+        norm_eps: gguf
+            .meta_opt_f64(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5),
         activation: Activation::Silu,
         gated_mlp: true,
         positions: PositionKind::Rotary {
-            base: gguf.meta_opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0),
-            rotary_dim: gguf.meta_opt_u64(&key("rope.dimension_count"))?.map_or(d_head, |v| v as i64),
+            base: gguf
+                .meta_opt_f64(&key("rope.freq_base"))?
+                .unwrap_or(10_000.0),
+            rotary_dim: gguf
+                .meta_opt_u64(&key("rope.dimension_count"))?
+                .map_or(d_head, |v| v as i64),
             llama3_scaling: None,
         },
         parallel_residual: false,
@@ -92,7 +101,10 @@ fn read_all(gguf: &GgufFile) -> Result<TensorBag> {
     let mut tensors = HashMap::new();
     for info in gguf.tensors() {
         let (values, shape) = gguf.dequantize_info(info)?;
-        tensors.insert(info.name.clone(), Tensor::from_slice(&values).reshape(shape.as_slice()));
+        tensors.insert(
+            info.name.clone(),
+            Tensor::from_slice(&values).reshape(shape.as_slice()),
+        );
     }
     Ok(TensorBag::new(tensors, gguf.path().display().to_string()))
 }

@@ -111,7 +111,11 @@ fn gpt2(json: &Value) -> Result<ModelConfig> {
     let activation = match json.get("activation_function").and_then(Value::as_str) {
         None | Some("gelu_new") | Some("gelu_pytorch_tanh") => Activation::GeluTanh,
         Some("gelu") => Activation::Gelu,
-        Some(other) => return Err(Error::Config(format!("unsupported GPT-2 activation `{other}`"))),
+        Some(other) => {
+            return Err(Error::Config(format!(
+                "unsupported GPT-2 activation `{other}`"
+            )))
+        }
     };
     Ok(ModelConfig {
         architecture: "gpt2".into(),
@@ -121,7 +125,10 @@ fn gpt2(json: &Value) -> Result<ModelConfig> {
         n_heads,
         n_kv_heads: n_heads,
         d_head: d_model / n_heads.max(1),
-        d_mlp: json.get("n_inner").and_then(Value::as_i64).unwrap_or(4 * d_model),
+        d_mlp: json
+            .get("n_inner")
+            .and_then(Value::as_i64)
+            .unwrap_or(4 * d_model),
         norm: NormKind::LayerNorm,
         norm_eps: float_or(json, "layer_norm_epsilon", 1e-5),
         activation,
@@ -238,7 +245,10 @@ mod tests {
     #[test]
     fn unknown_model_type_is_named() {
         let err = parse_hf_config(&json!({"model_type": "mamba"})).unwrap_err();
-        assert!(matches!(err, Error::UnknownArchitecture(ref a) if a == "mamba"), "{err}");
+        assert!(
+            matches!(err, Error::UnknownArchitecture(ref a) if a == "mamba"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -257,7 +267,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             cfg.positions,
-            PositionKind::Rotary { base: 500.0, rotary_dim: 4, llama3_scaling: None }
+            PositionKind::Rotary {
+                base: 500.0,
+                rotary_dim: 4,
+                llama3_scaling: None
+            }
         );
         assert!(cfg.parallel_residual);
     }

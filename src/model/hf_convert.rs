@@ -39,7 +39,11 @@ fn unembed(cfg: &ModelConfig, bag: &mut TensorBag, name: &str, embed: &Tensor) -
 fn gpt2(cfg: &ModelConfig, bag: &mut TensorBag) -> Result<ModelWeights> {
     // `GPT2LMHeadModel` checkpoints prefix the body with `transformer.`; the
     // original OpenAI conversion does not.
-    let p = if bag.contains("transformer.wte.weight") { "transformer." } else { "" };
+    let p = if bag.contains("transformer.wte.weight") {
+        "transformer."
+    } else {
+        ""
+    };
     // GPT-2 stores projections as Conv1D `[in, out]`: transpose to `[out, in]`.
     let conv = |bag: &mut TensorBag, name: String| -> Result<Tensor> { Ok(bag.take(&name)?.tr()) };
     let embed = bag.take(&format!("{p}wte.weight"))?;

@@ -55,7 +55,11 @@ impl KvCache {
         }
         let (keys, values) = match (self.keys.get(layer), self.values.get(layer)) {
             (Some(k), Some(v)) => (k, v),
-            _ => return Err(Error::InvalidArgument(format!("KV cache has no layer {layer}"))),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "KV cache has no layer {layer}"
+                )))
+            }
         };
         keys.narrow(2, self.len, seq).f_copy_(k)?;
         values.narrow(2, self.len, seq).f_copy_(v)?;

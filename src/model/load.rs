@@ -41,7 +41,9 @@ fn load_gguf(spec: &str, path: &Path, device: Device, kind: Kind) -> Result<Load
     let cfg = gguf_config(&gguf)?;
     let tokenizer = gguf_tokenizer(&gguf)?;
     let weights = gguf_weights(&gguf, &cfg)?;
-    let chat_template = gguf.meta_opt_str("tokenizer.chat_template")?.map(str::to_string);
+    let chat_template = gguf
+        .meta_opt_str("tokenizer.chat_template")?
+        .map(str::to_string);
     Ok(LoadedModel {
         model: Transformer::new(cfg, &weights, device, kind)?,
         tokenizer,

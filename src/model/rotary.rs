@@ -24,7 +24,12 @@ pub struct RotaryTables {
 }
 
 impl Rotary {
-    pub fn new(base: f64, rotary_dim: i64, scaling: Option<Llama3RopeScaling>, device: Device) -> Self {
+    pub fn new(
+        base: f64,
+        rotary_dim: i64,
+        scaling: Option<Llama3RopeScaling>,
+        device: Device,
+    ) -> Self {
         let half = rotary_dim / 2;
         let inv: Vec<f32> = (0..half)
             .map(|i| {

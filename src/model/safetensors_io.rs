@@ -63,7 +63,10 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let kind = kind_of(view.dtype()).ok_or_else(|| {
-            Error::malformed(path, format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()))
+            Error::malformed(
+                path,
+                format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()),
+            )
         })?;
         let shape: Vec<i64> = view.shape().iter().map(|&s| s as i64).collect();
         let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)?;

@@ -43,7 +43,10 @@ impl SamplingConfig {
             )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::InvalidArgument(format!("top-p must be in (0, 1], got {}", self.top_p)));
+            return Err(Error::InvalidArgument(format!(
+                "top-p must be in (0, 1], got {}",
+                self.top_p
+            )));
         }
         Ok(())
     }
@@ -137,25 +140,48 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_and_seeds_repeat() {
-        let cfg = SamplingConfig { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 7 };
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            seed: 7,
+        };
         let mut s = Sampler::new(cfg).unwrap();
         for _ in 0..20 {
             assert_eq!(s.sample(&[0.0, 0.5, 0.4]).unwrap(), 1);
         }
         let logits = [0.0f32, 0.1, 0.2, 0.3, 0.25];
-        let cfg = SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 3 };
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 3,
+        };
         let draws = |c| {
             let mut s = Sampler::new(c).unwrap();
-            (0..50).map(|_| s.sample(&logits).unwrap()).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&logits).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(draws(cfg), draws(cfg));
-        assert!(draws(cfg).iter().collect::<std::collections::HashSet<_>>().len() > 2);
+        assert!(
+            draws(cfg)
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 2
+        );
     }
 
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         // probabilities ≈ [0.87, 0.12, 0.0...]: top-p 0.5 keeps only the first.
-        let cfg = SamplingConfig { temperature: 1.0, top_k: 0, top_p: 0.5, seed: 1 };
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            seed: 1,
+        };
         let mut s = Sampler::new(cfg).unwrap();
         for _ in 0..50 {
             assert_eq!(s.sample(&[4.0, 2.0, -3.0, -5.0]).unwrap(), 0);
@@ -164,8 +190,16 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        assert!(Sampler::new(SamplingConfig { top_p: 0.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplingConfig { temperature: -1.0, ..Default::default() }).is_err());
+        assert!(Sampler::new(SamplingConfig {
+            top_p: 0.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingConfig {
+            temperature: -1.0,
+            ..Default::default()
+        })
+        .is_err());
         let mut s = Sampler::new(SamplingConfig::default()).unwrap();
         assert!(s.sample(&[f32::NAN, 1.0]).is_err());
     }

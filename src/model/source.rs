@@ -48,7 +48,9 @@ pub fn resolve_model(spec: &str) -> Result<ModelSource> {
     }
     if path.is_dir() {
         if !path.join("config.json").is_file() {
-            return Err(Error::ModelNotFound(format!("{spec}: folder has no config.json")));
+            return Err(Error::ModelNotFound(format!(
+                "{spec}: folder has no config.json"
+            )));
         }
         return Ok(ModelSource::HfFolder(path.to_path_buf()));
     }
@@ -63,7 +65,9 @@ pub fn resolve_model(spec: &str) -> Result<ModelSource> {
 fn looks_like_hub_id(spec: &str) -> bool {
     let mut parts = spec.split('/');
     let valid = |s: &str| {
-        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if valid(a) && valid(b))
 }
@@ -76,7 +80,9 @@ pub fn hub_cache_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("HF_HOME") {
         return PathBuf::from(home).join("hub");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     home.join(".cache").join("huggingface").join("hub")
 }
 
@@ -133,9 +139,11 @@ fn download(repo_id: &str, cache: &hf_hub::Cache, file: &str) -> Result<PathBuf>
         .with_progress(true)
         .build()
         .map_err(|e| Error::Hub(format!("{repo_id}: {e}")))?;
-    api.model(repo_id.to_string())
-        .get(file)
-        .map_err(|e| Error::Hub(format!("{repo_id}/{file} is not in the cache and cannot be downloaded: {e}")))
+    api.model(repo_id.to_string()).get(file).map_err(|e| {
+        Error::Hub(format!(
+            "{repo_id}/{file} is not in the cache and cannot be downloaded: {e}"
+        ))
+    })
 }
 
 #[cfg(test)]

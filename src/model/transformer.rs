@@ -97,17 +97,31 @@ impl Pass<'_, '_> {
         } else {
             x
         };
-        Ok(if self.stop == StopAt::After(hook) { None } else { Some(x) })
+        Ok(if self.stop == StopAt::After(hook) {
+            None
+        } else {
+            Some(x)
+        })
     }
 }
 
 impl Transformer {
     /// Builds a model from validated weights, moving them to `device` and `kind`.
-    pub fn new(cfg: ModelConfig, weights: &ModelWeights, device: Device, kind: Kind) -> Result<Self> {
+    pub fn new(
+        cfg: ModelConfig,
+        weights: &ModelWeights,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
         cfg.validate()?;
         weights.validate(&cfg)?;
-        if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double) {
-            return Err(Error::InvalidArgument(format!("unsupported model dtype {kind:?}")));
+        if !matches!(
+            kind,
+            Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
+        ) {
+            return Err(Error::InvalidArgument(format!(
+                "unsupported model dtype {kind:?}"
+            )));
         }
         let rotary = match cfg.positions {
             PositionKind::Rotary {
@@ -152,7 +166,15 @@ impl Transformer {
     /// An empty KV cache sized for `capacity` positions of `batch` sequences.
     pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
         let c = &self.cfg;
-        KvCache::new(c.n_layers, batch, c.n_kv_heads, c.d_head, capacity, self.cache_kind(), self.device)
+        KvCache::new(
+            c.n_layers,
+            batch,
+            c.n_kv_heads,
+            c.d_head,
+            capacity,
+            self.cache_kind(),
+            self.device,
+        )
     }
 
     /// Plain causal attention in bf16/f16 on CPU goes through batched matmuls
@@ -177,8 +199,13 @@ impl Transformer {
     /// Logits `[batch, seq, vocab]` (model dtype) of a plain forward with no hooks.
     pub fn logits(&self, tokens: &Tensor) -> Result<Tensor> {
         let mut hooks = Hooks::new();
-        self.forward(&ForwardInput::tokens(tokens), None, &mut hooks, StopAt::Logits(LogitsFor::All))?
-            .ok_or_else(|| Error::InvalidArgument("forward stopped before the logits".into()))
+        self.forward(
+            &ForwardInput::tokens(tokens),
+            None,
+            &mut hooks,
+            StopAt::Logits(LogitsFor::All),
+        )?
+        .ok_or_else(|| Error::InvalidArgument("forward stopped before the logits".into()))
     }
 
     /// One forward call. Returns logits in the model's dtype (as transformers
@@ -225,13 +252,17 @@ impl Transformer {
             Some(p) => p.to_device(self.device),
             None => {
                 default_positions =
-                    Tensor::arange_start(past, past + seq, (Kind::Int64, self.device)).view([1, seq]);
+                    Tensor::arange_start(past, past + seq, (Kind::Int64, self.device))
+                        .view([1, seq]);
                 default_positions.shallow_clone()
             }
         };
         self.check_token_range(&tokens, &positions, past + seq)?;
         let mask = AttentionMask::build(past, seq, input.attention_mask, self.device);
-        let rotary = self.rotary.as_ref().map(|r| r.tables(&positions, self.kind));
+        let rotary = self
+            .rotary
+            .as_ref()
+            .map(|r| r.tables(&positions, self.kind));
         let mut pass = Pass {
             hooks,
             ctx: HookContext {
@@ -261,7 +292,15 @@ impl Transformer {
         };
         for (layer, block) in self.weights.blocks.iter().enumerate().skip(first_layer) {
             let cache_layer = cache.as_deref_mut().map(|c| (c, layer));
-            resid = match self.block(layer, block, resid, &mask, rotary.as_ref(), cache_layer, &mut pass)? {
+            resid = match self.block(
+                layer,
+                block,
+                resid,
+                &mask,
+                rotary.as_ref(),
+                cache_layer,
+                &mut pass,
+            )? {
                 Some(r) => r,
                 None => return Ok(None),
             };
@@ -279,15 +318,26 @@ impl Transformer {
     }
 
     /// Token (and learned position) embeddings, `[batch, seq, d_model]`.
-    fn embed(&self, tokens: &Tensor, positions: &Tensor, pass: &mut Pass) -> Result<Option<Tensor>> {
+    fn embed(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        pass: &mut Pass,
+    ) -> Result<Option<Tensor>> {
         let (batch, seq) = (tokens.size()[0], tokens.size()[1]);
-        let embed = self.weights.embed.index_select(0, &tokens.reshape([-1])).view([batch, seq, -1]);
+        let embed = self
+            .weights
+            .embed
+            .index_select(0, &tokens.reshape([-1]))
+            .view([batch, seq, -1]);
         let resid = hook!(pass, HookPoint::Embed, embed);
         match &self.weights.pos_embed {
             Some(pos_embed) => {
-                let pos = pos_embed
-                    .index_select(0, &positions.reshape([-1]))
-                    .view([positions.size()[0], seq, -1]);
+                let pos = pos_embed.index_select(0, &positions.reshape([-1])).view([
+                    positions.size()[0],
+                    seq,
+                    -1,
+                ]);
                 let pos = hook!(pass, HookPoint::PosEmbed, pos);
                 Ok(Some(resid + pos))
             }
@@ -319,11 +369,21 @@ impl Transformer {
     fn norm(&self, x: &Tensor, w: &NormWeights) -> Tensor {
         let d = [self.cfg.d_model];
         match self.cfg.norm {
-            NormKind::LayerNorm => x.layer_norm(d, Some(&w.weight), w.bias.as_ref(), self.cfg.norm_eps, false),
+            NormKind::LayerNorm => x.layer_norm(
+                d,
+                Some(&w.weight),
+                w.bias.as_ref(),
+                self.cfg.norm_eps,
+                false,
+            ),
             // Computed in f32 and cast back before the gain, as transformers does;
             // also faster than libtorch's `rms_norm` for bf16 on CPU.
             NormKind::RmsNorm => {
-                let wide = if x.kind() == Kind::Double { Kind::Double } else { Kind::Float };
+                let wide = if x.kind() == Kind::Double {
+                    Kind::Double
+                } else {
+                    Kind::Float
+                };
                 let xf = x.to_kind(wide);
                 let variance = xf.square().mean_dim(-1, true, wide);
                 (xf * (variance + self.cfg.norm_eps).rsqrt()).to_kind(x.kind()) * &w.weight
@@ -385,7 +445,10 @@ impl Transformer {
         // → [batch, heads, seq, d_head]
         let heads = |t: Tensor, n: i64| t.view([batch, seq, n, c.d_head]).transpose(1, 2);
         // Queries and keys are rotated together: half the ops of doing each.
-        let mut qk = heads(qkv.narrow(2, 0, q_width + kv_width), c.n_heads + c.n_kv_heads);
+        let mut qk = heads(
+            qkv.narrow(2, 0, q_width + kv_width),
+            c.n_heads + c.n_kv_heads,
+        );
         if let (Some(r), Some(tables)) = (&self.rotary, rotary) {
             qk = r.apply(&qk, tables);
         }
@@ -417,7 +480,13 @@ impl Transformer {
         Ok(Some(z.linear(&w.out_w, w.out_b.as_ref())))
     }
 
-    fn mlp(&self, layer: usize, w: &BlockWeights, x: &Tensor, pass: &mut Pass) -> Result<Option<Tensor>> {
+    fn mlp(
+        &self,
+        layer: usize,
+        w: &BlockWeights,
+        x: &Tensor,
+        pass: &mut Pass,
+    ) -> Result<Option<Tensor>> {
         let c = &self.cfg;
         let pre = x.linear(&w.mlp_in_w, w.mlp_in_b.as_ref());
         let act = |t: &Tensor| match c.activation {

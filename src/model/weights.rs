@@ -133,7 +133,10 @@ impl NormWeights {
     fn to(&self, device: Device, kind: Kind) -> NormWeights {
         NormWeights {
             weight: self.weight.to_device(device).to_kind(kind),
-            bias: self.bias.as_ref().map(|b| b.to_device(device).to_kind(kind)),
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.to_device(device).to_kind(kind)),
         }
     }
 }
@@ -152,7 +155,9 @@ impl ModelWeights {
                     source_desc: "learned-position model".into(),
                 })
             }
-            (PositionKind::Learned, Some(p)) => expect_shape("pos_embed", p, &[cfg.max_context, d])?,
+            (PositionKind::Learned, Some(p)) => {
+                expect_shape("pos_embed", p, &[cfg.max_context, d])?
+            }
             _ => {}
         }
         if self.blocks.len() != cfg.n_layers {
@@ -162,14 +167,22 @@ impl ModelWeights {
                 cfg.n_layers
             )));
         }
-        let mlp_rows = if cfg.gated_mlp { 2 * cfg.d_mlp } else { cfg.d_mlp };
+        let mlp_rows = if cfg.gated_mlp {
+            2 * cfg.d_mlp
+        } else {
+            cfg.d_mlp
+        };
         for (i, b) in self.blocks.iter().enumerate() {
             let p = format!("blocks.{i}");
             b.ln1.validate(&format!("{p}.ln1"), cfg)?;
             b.ln2.validate(&format!("{p}.ln2"), cfg)?;
             expect_shape(&format!("{p}.qkv_w"), &b.qkv_w, &[cfg.qkv_rows(), d])?;
             expect_opt_shape(&format!("{p}.qkv_b"), &b.qkv_b, &[cfg.qkv_rows()])?;
-            expect_shape(&format!("{p}.out_w"), &b.out_w, &[d, cfg.n_heads * cfg.d_head])?;
+            expect_shape(
+                &format!("{p}.out_w"),
+                &b.out_w,
+                &[d, cfg.n_heads * cfg.d_head],
+            )?;
             expect_opt_shape(&format!("{p}.out_b"), &b.out_b, &[d])?;
             expect_shape(&format!("{p}.mlp_in_w"), &b.mlp_in_w, &[mlp_rows, d])?;
             expect_opt_shape(&format!("{p}.mlp_in_b"), &b.mlp_in_b, &[mlp_rows])?;
@@ -228,7 +241,11 @@ impl ModelWeights {
             bias: (cfg.norm == NormKind::LayerNorm).then(|| w(&[cfg.d_model])),
         };
         let d = cfg.d_model;
-        let mlp_rows = if cfg.gated_mlp { 2 * cfg.d_mlp } else { cfg.d_mlp };
+        let mlp_rows = if cfg.gated_mlp {
+            2 * cfg.d_mlp
+        } else {
+            cfg.d_mlp
+        };
         let embed = w(&[cfg.vocab_size, d]);
         let unembed = if cfg.tied_embeddings {
             embed.shallow_clone()

@@ -1,0 +1,522 @@
+//! Harvesting: packed windows run through the model in batches (no gradients,
+//! stopping after the last requested hook), every requested hook cached in the
+//! same pass, and each hook's rows appended shard by shard to its own store.
+//!
+//! A harvest is resumable: the token stream is deterministic, so a resumed run
+//! keeps the shards its manifests list, skips the windows they hold and writes
+//! the rest; the result is identical to an uninterrupted run. Progress goes to
+//! a [`HarvestObserver`]; the library never prints.
+
+use std::path::{Path, PathBuf};
+
+use tch::Tensor;
+
+use super::atomic::sha256_file;
+use super::corpus::Corpus;
+use super::manifest::{Manifest, ModelInfo, NormStats, StoreDtype, FORMAT_VERSION};
+use super::packing::{PackConfig, Packer, Window};
+use super::store::{ShardData, StoreWriter};
+use crate::error::{Error, Result};
+use crate::hooks::{ActivationCache, BlockSite, HookPoint, Hooks};
+use crate::model::{ForwardInput, LoadedModel, ModelConfig, StopAt};
+
+/// What to harvest and where.
+#[derive(Debug, Clone)]
+pub struct HarvestConfig {
+    /// Corpus spec (see [`Corpus::open`]).
+    pub corpus: String,
+    /// JSONL text field.
+    pub text_field: String,
+    pub hooks: Vec<HookPoint>,
+    /// Activation rows to store per hook (rounded up to whole windows).
+    pub tokens: u64,
+    /// Tokens per window, BOS included.
+    pub context: usize,
+    /// Windows per forward pass.
+    pub batch: usize,
+    pub dtype: StoreDtype,
+    /// Leave each window's BOS position out of the store.
+    pub skip_bos: bool,
+    /// Recorded in the manifest; the default seed of readers of the store.
+    pub seed: u64,
+    /// Rows per shard (rounded down to whole windows, at least one window).
+    pub shard_tokens: u64,
+    /// Continue the stores in `out` instead of refusing them.
+    pub resume: bool,
+    /// The store folder (one hook), or the folder of one store per hook.
+    pub out: PathBuf,
+}
+
+/// Progress reports from [`harvest`].
+pub trait HarvestObserver {
+    /// Before the first forward: rows to reach, rows already stored.
+    fn started(&mut self, _target_rows: u64, _done_rows: u64) {}
+    /// After each forward batch, with the rows it produced (per hook).
+    fn advanced(&mut self, _rows: u64) {}
+    /// After shard `index` of every hook is written and listed.
+    fn shard_written(&mut self, _index: usize, _rows: u64) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl HarvestObserver for Silent {}
+
+/// What a harvest did.
+#[derive(Debug, Clone)]
+pub struct HarvestSummary {
+    /// One store folder per hook, in the order of the config's hooks.
+    pub stores: Vec<PathBuf>,
+    /// Rows per hook stored in total.
+    pub rows: u64,
+    pub windows: u64,
+    pub shards: usize,
+    /// Shards and rows that were already there (resume).
+    pub kept_shards: usize,
+    pub kept_rows: u64,
+    /// Seconds this run spent in model forwards (the rest is tokenization,
+    /// copies, checksums and writes).
+    pub forward_secs: f64,
+    pub corpus_exhausted: bool,
+}
+
+/// The store folder of `hook` when harvesting `hooks` into `out`: `out` itself
+/// for one hook, else `out/<hook name>`.
+pub fn store_dir(out: &Path, hooks: &[HookPoint], hook: HookPoint) -> PathBuf {
+    if hooks.len() == 1 {
+        out.to_path_buf()
+    } else {
+        out.join(hook.to_string())
+    }
+}
+
+/// The width of one row of `hook`'s activations.
+pub fn hook_width(cfg: &ModelConfig, hook: HookPoint) -> Result<usize> {
+    let d = match hook {
+        HookPoint::Block(_, BlockSite::MlpPost) => cfg.d_mlp,
+        HookPoint::Block(_, BlockSite::AttnZ) => cfg.n_heads * cfg.d_head,
+        HookPoint::Block(_, BlockSite::AttnPattern) => {
+            return Err(Error::InvalidArgument(format!(
+                "`{hook}` is [batch, heads, seq, seq], not one row per token; it cannot be harvested"
+            )))
+        }
+        _ => cfg.d_model,
+    };
+    Ok(d as usize)
+}
+
+/// sha256 of the model's file; for a folder, of the concatenated sha256s
+/// and names of its `config.json`, `tokenizer.json` and `*.safetensors`, sorted.
+pub fn model_sha256(path: &Path) -> Result<String> {
+    if path.is_file() {
+        return sha256_file(path);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name == "config.json" || name == "tokenizer.json" || name.ends_with(".safetensors")
+        })
+        .collect();
+    files.sort();
+    let mut listing = String::new();
+    for file in files {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        listing.push_str(&format!("{}  {name}\n", sha256_file(&file)?));
+    }
+    Ok(super::atomic::sha256_hex(listing.as_bytes()))
+}
+
+/// Runs `tokens [batch, seq]` through the model up to the last of `hooks`
+/// and returns each hook's activations as `[batch, seq, d]` (trailing
+/// dimensions flattened), in the order of `hooks`.
+pub fn forward_hooks(
+    model: &LoadedModel,
+    hooks: &[HookPoint],
+    tokens: &Tensor,
+) -> Result<Vec<Tensor>> {
+    let last = hooks
+        .iter()
+        .max()
+        .copied()
+        .ok_or_else(|| Error::InvalidArgument("no hook points to harvest".into()))?;
+    let mut cache = ActivationCache::new(hooks.iter().copied());
+    tch::no_grad(|| {
+        model.model.forward(
+            &ForwardInput::tokens(tokens),
+            None,
+            &mut Hooks::new().with(&mut cache),
+            StopAt::After(last),
+        )
+    })?;
+    let (b, s) = (tokens.size()[0], tokens.size()[1]);
+    hooks
+        .iter()
+        .map(|&hook| {
+            let act = cache.take(hook).ok_or_else(|| {
+                Error::InvalidArgument(format!("the forward pass never reached `{hook}`"))
+            })?;
+            Ok(act.f_reshape([b, s, -1])?)
+        })
+        .collect()
+}
+
+/// `f32`, `bf16`, `f16` or `f64` for a model's kind.
+fn kind_name(kind: tch::Kind) -> String {
+    match kind {
+        tch::Kind::Float => "f32".into(),
+        tch::Kind::BFloat16 => "bf16".into(),
+        tch::Kind::Half => "f16".into(),
+        tch::Kind::Double => "f64".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Checks `cfg` against `model`.
+fn validate(model: &LoadedModel, cfg: &HarvestConfig) -> Result<()> {
+    let mc = model.model.config();
+    if cfg.hooks.is_empty() {
+        return Err(Error::InvalidArgument("no hook points to harvest".into()));
+    }
+    let mut sorted = cfg.hooks.clone();
+    sorted.sort();
+    sorted.dedup();
+    if sorted.len() != cfg.hooks.len() {
+        return Err(Error::InvalidArgument(
+            "a hook point is listed twice".into(),
+        ));
+    }
+    for &hook in &cfg.hooks {
+        if hook.layer().is_some_and(|l| l >= mc.n_layers) {
+            return Err(Error::UnknownHook {
+                name: hook.to_string(),
+                reason: format!("the model has {} blocks", mc.n_layers),
+            });
+        }
+        if hook == HookPoint::PosEmbed
+            && !matches!(mc.positions, crate::model::config::PositionKind::Learned)
+        {
+            return Err(Error::UnknownHook {
+                name: hook.to_string(),
+                reason: "the model has no learned position embeddings".into(),
+            });
+        }
+        hook_width(mc, hook)?;
+    }
+    if cfg.context < 2 || cfg.context as i64 > mc.max_context {
+        return Err(Error::InvalidArgument(format!(
+            "context {} must be between 2 and the model's {} tokens",
+            cfg.context, mc.max_context
+        )));
+    }
+    if cfg.batch == 0 || cfg.tokens == 0 || cfg.shard_tokens == 0 {
+        return Err(Error::InvalidArgument(
+            "batch, tokens and shard size must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The manifest a fresh store of `hook` starts with.
+fn fresh_manifest(
+    model: &LoadedModel,
+    cfg: &HarvestConfig,
+    hook: HookPoint,
+    pack: &PackConfig,
+    model_sha: &str,
+    windows_per_shard: u64,
+) -> Result<Manifest> {
+    let mc = model.model.config();
+    let d = hook_width(mc, hook)?;
+    Ok(Manifest {
+        format_version: FORMAT_VERSION,
+        model: ModelInfo {
+            spec: model.spec.clone(),
+            sha256: model_sha.to_string(),
+            architecture: mc.architecture.clone(),
+            n_layers: mc.n_layers,
+            d_model: mc.d_model,
+            dtype: kind_name(model.model.kind()),
+        },
+        hook: hook.to_string(),
+        dtype: cfg.dtype,
+        d,
+        context: cfg.context,
+        skip_bos: cfg.skip_bos,
+        bos_token_id: pack.bos,
+        separator_token_id: pack.separator,
+        corpus: cfg.corpus.clone(),
+        text_field: cfg.text_field.clone(),
+        seed: cfg.seed,
+        batch: cfg.batch,
+        windows_per_shard,
+        target_tokens: cfg.tokens,
+        tokens: 0,
+        windows: 0,
+        complete: false,
+        corpus_exhausted: false,
+        shards: Vec::new(),
+        stats: NormStats::new(d),
+    })
+}
+
+/// The fields of an existing manifest that a resume must match.
+fn check_resumable(existing: &Manifest, fresh: &Manifest, dir: &Path) -> Result<()> {
+    let mut differ = Vec::new();
+    let mut check = |name: &str, a: String, b: String| {
+        if a != b {
+            differ.push(format!("{name}: stored {a}, asked {b}"));
+        }
+    };
+    check(
+        "model sha256",
+        existing.model.sha256.clone(),
+        fresh.model.sha256.clone(),
+    );
+    check(
+        "model dtype",
+        existing.model.dtype.clone(),
+        fresh.model.dtype.clone(),
+    );
+    check("hook", existing.hook.clone(), fresh.hook.clone());
+    check(
+        "dtype",
+        existing.dtype.name().into(),
+        fresh.dtype.name().into(),
+    );
+    check(
+        "context",
+        existing.context.to_string(),
+        fresh.context.to_string(),
+    );
+    check(
+        "skip_bos",
+        existing.skip_bos.to_string(),
+        fresh.skip_bos.to_string(),
+    );
+    check("corpus", existing.corpus.clone(), fresh.corpus.clone());
+    check(
+        "text field",
+        existing.text_field.clone(),
+        fresh.text_field.clone(),
+    );
+    check("batch", existing.batch.to_string(), fresh.batch.to_string());
+    check(
+        "windows per shard",
+        existing.windows_per_shard.to_string(),
+        fresh.windows_per_shard.to_string(),
+    );
+    check(
+        "target tokens",
+        existing.target_tokens.to_string(),
+        fresh.target_tokens.to_string(),
+    );
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::store(
+            dir,
+            format!("cannot resume, settings differ: {}", differ.join("; ")),
+        ))
+    }
+}
+
+/// Harvests `cfg.hooks` of `model` over `cfg.corpus` into `cfg.out`.
+pub fn harvest(
+    model: &LoadedModel,
+    cfg: &HarvestConfig,
+    observer: &mut dyn HarvestObserver,
+) -> Result<HarvestSummary> {
+    validate(model, cfg)?;
+    let corpus = Corpus::open(&cfg.corpus, &cfg.text_field)?;
+    let pack = PackConfig::for_tokenizer(&model.tokenizer, cfg.context);
+    let skip = usize::from(cfg.skip_bos && pack.bos.is_some());
+    let rows_per_window = (cfg.context - skip) as u64;
+    let windows_per_shard = (cfg.shard_tokens / rows_per_window).max(1);
+    let target_windows = cfg.tokens.div_ceil(rows_per_window);
+    let model_sha = model_sha256(&model.path)?;
+
+    let mut writers = Vec::with_capacity(cfg.hooks.len());
+    for &hook in &cfg.hooks {
+        let dir = store_dir(&cfg.out, &cfg.hooks, hook);
+        let fresh = fresh_manifest(model, cfg, hook, &pack, &model_sha, windows_per_shard)?;
+        let writer = if cfg.resume && dir.join(super::manifest::MANIFEST_FILE).exists() {
+            let writer = StoreWriter::resume(&dir)?;
+            check_resumable(writer.manifest(), &fresh, &dir)?;
+            writer
+        } else {
+            StoreWriter::create(&dir, fresh)?
+        };
+        writers.push(writer);
+    }
+    // Line the stores up on the shards they all hold.
+    let kept = writers
+        .iter()
+        .map(|w| w.manifest().shards.len())
+        .min()
+        .unwrap_or(0);
+    let most = writers
+        .iter()
+        .map(|w| w.manifest().shards.len())
+        .max()
+        .unwrap_or(0);
+    if most > kept + 1 {
+        return Err(Error::store(
+            &cfg.out,
+            format!(
+                "the hooks' stores hold between {kept} and {most} shards; a harvest interrupted \
+                 between hooks differs by at most one: resume with the same hooks"
+            ),
+        ));
+    }
+    for w in &mut writers {
+        w.truncate(kept)?;
+    }
+    let stores: Vec<PathBuf> = writers.iter().map(|w| w.dir().to_path_buf()).collect();
+    let done_windows = writers[0].manifest().windows;
+    let done_rows = writers[0].manifest().tokens;
+    if writers.iter().all(|w| w.manifest().complete) {
+        let m = writers[0].manifest();
+        return Ok(HarvestSummary {
+            stores,
+            rows: m.tokens,
+            windows: m.windows,
+            shards: m.shards.len(),
+            kept_shards: kept,
+            kept_rows: done_rows,
+            forward_secs: 0.0,
+            corpus_exhausted: m.corpus_exhausted,
+        });
+    }
+
+    let mut packer = Packer::new(&corpus, &model.tokenizer, pack)?;
+    let skipped = packer.skip(done_windows)?;
+    if skipped != done_windows {
+        return Err(Error::store(
+            &cfg.out,
+            format!("the corpus now yields {skipped} windows, fewer than the {done_windows} already stored; has it changed?"),
+        ));
+    }
+    observer.started(target_windows * rows_per_window, done_rows);
+    let device = model.model.device();
+    let mut windows_done = done_windows;
+    let mut shard_index = kept;
+    let mut exhausted = false;
+    let mut forward_secs = 0.0;
+    while windows_done < target_windows {
+        let want = (target_windows - windows_done).min(windows_per_shard) as usize;
+        let windows = packer.next_windows(want)?;
+        if windows.len() < want {
+            exhausted = true;
+        }
+        if windows.is_empty() {
+            break;
+        }
+        let shard = harvest_shard(model, cfg, &windows, skip, device, observer)?;
+        forward_secs += shard.forward_secs;
+        for (writer, acts) in writers.iter_mut().zip(shard.acts) {
+            writer.append(&ShardData {
+                acts,
+                tokens: shard.tokens.clone(),
+                positions: shard.positions.clone(),
+                first_window: windows[0].index,
+                windows: windows.len() as u64,
+            })?;
+        }
+        windows_done += windows.len() as u64;
+        observer.shard_written(shard_index, shard.tokens.len() as u64);
+        shard_index += 1;
+        if exhausted {
+            break;
+        }
+    }
+    for w in &mut writers {
+        w.finish(exhausted)?;
+    }
+    let m = writers[0].manifest();
+    Ok(HarvestSummary {
+        stores,
+        rows: m.tokens,
+        windows: m.windows,
+        shards: m.shards.len(),
+        kept_shards: kept,
+        kept_rows: done_rows,
+        forward_secs,
+        corpus_exhausted: exhausted,
+    })
+}
+
+/// The rows of one shard, for every hook.
+struct ShardRows {
+    /// Per hook, `[rows, d]` on the CPU in the store's dtype.
+    acts: Vec<Tensor>,
+    tokens: Vec<i32>,
+    positions: Vec<i32>,
+    forward_secs: f64,
+}
+
+/// Runs `windows` in batches of `cfg.batch` and gathers the kept rows.
+fn harvest_shard(
+    model: &LoadedModel,
+    cfg: &HarvestConfig,
+    windows: &[Window],
+    skip: usize,
+    device: tch::Device,
+    observer: &mut dyn HarvestObserver,
+) -> Result<ShardRows> {
+    let mut parts: Vec<Vec<Tensor>> = cfg.hooks.iter().map(|_| Vec::new()).collect();
+    let mut tokens = Vec::new();
+    let mut positions = Vec::new();
+    let mut forward_secs = 0.0;
+    for batch in windows.chunks(cfg.batch) {
+        let ids: Vec<i64> = batch
+            .iter()
+            .flat_map(|w| w.tokens.iter().copied())
+            .collect();
+        let input = Tensor::f_from_slice(&ids)?
+            .f_view([batch.len() as i64, cfg.context as i64])?
+            .f_to_device(device)?;
+        let started = std::time::Instant::now();
+        let acts = forward_hooks(model, &cfg.hooks, &input)?;
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        forward_secs += started.elapsed().as_secs_f64();
+        for (part, act) in parts.iter_mut().zip(acts) {
+            // [batch, context, d] -> [batch * (context - skip), d]
+            let kept = act.f_narrow(1, skip as i64, (cfg.context - skip) as i64)?;
+            let d = kept.size()[2];
+            let rows = kept
+                .f_reshape([-1, d])?
+                .f_to_kind(cfg.dtype.kind())?
+                .f_to_device(tch::Device::Cpu)?;
+            part.push(rows);
+        }
+        for w in batch {
+            for (pos, &id) in w.tokens.iter().enumerate().skip(skip) {
+                tokens.push(
+                    i32::try_from(id)
+                        .map_err(|_| Error::Tokenizer(format!("token id {id} exceeds int32")))?,
+                );
+                positions.push(pos as i32);
+            }
+        }
+        observer.advanced((batch.len() * (cfg.context - skip)) as u64);
+    }
+    let acts = parts
+        .iter()
+        .map(|p| Tensor::f_cat(p, 0))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(ShardRows {
+        acts,
+        tokens,
+        positions,
+        forward_secs,
+    })
+}

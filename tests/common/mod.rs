@@ -1,0 +1,71 @@
+//! Helpers shared by the data-layer tests: a deterministic English-like
+//! corpus and the tiny Llama fixture.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use saescope::model::{load_model, LoadedModel};
+use tch::{Device, Kind};
+
+pub const TINY_LLAMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/llama");
+
+pub fn tiny_llama() -> LoadedModel {
+    load_model(TINY_LLAMA, Device::Cpu, Kind::Float).expect("tiny llama fixture")
+}
+
+/// `paragraphs` paragraphs of pseudo-random words (fixed seed), blank-line separated.
+pub fn corpus_text(paragraphs: usize) -> String {
+    const WORDS: [&str; 24] = [
+        "the",
+        "model",
+        "reads",
+        "a",
+        "window",
+        "of",
+        "tokens",
+        "and",
+        "writes",
+        "its",
+        "activations",
+        "to",
+        "disk",
+        "where",
+        "shards",
+        "wait",
+        "for",
+        "training",
+        "sparse",
+        "features",
+        "emerge",
+        "slowly",
+        "from",
+        "noise",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = String::new();
+    for p in 0..paragraphs {
+        let n = 5 + (next() % 40) as usize;
+        for i in 0..n {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(WORDS[(next() % WORDS.len() as u64) as usize]);
+        }
+        out.push_str(&format!(" {p}.\n\n"));
+    }
+    out
+}
+
+/// Writes a corpus of `paragraphs` paragraphs to `dir/corpus.txt`.
+pub fn write_corpus(dir: &Path, paragraphs: usize) -> PathBuf {
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, corpus_text(paragraphs)).expect("write corpus");
+    path
+}
