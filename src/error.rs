@@ -6,11 +6,12 @@ use std::path::PathBuf;
 /// involved so that a user can act on them without a backtrace.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    // The cause is part of the message, so it is not also a `#[source]`
+    // (which would print it twice in an error chain).
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file exists but its contents are not what its format requires
     /// (truncated, corrupt, absurd sizes).
@@ -96,7 +97,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }
