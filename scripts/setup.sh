@@ -45,9 +45,9 @@ else
   say "torch $TORCH_VERSION present"
 fi
 if [ "$WITH_REFERENCE" = 1 ]; then
-  if ! "$VENV/bin/python" -c "import transformers, gguf, safetensors, tokenizers" 2>/dev/null; then
-    say "installing transformers, gguf (reference stack)"
-    "$VENV/bin/pip" install -q --disable-pip-version-check transformers gguf safetensors tokenizers numpy
+  if ! "$VENV/bin/python" -c "import transformers, gguf, safetensors, tokenizers, accelerate" 2>/dev/null; then
+    say "installing transformers, gguf, accelerate (reference stack)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check transformers gguf accelerate safetensors tokenizers numpy
   else
     say "reference stack present"
   fi
