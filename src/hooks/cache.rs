@@ -11,7 +11,9 @@ use crate::error::Result;
 /// Records the activation at each wanted hook point. On repeated calls (decode
 /// steps of generation) the newest call's tensor replaces the older one,
 /// unless `accumulate` is set, in which case calls are concatenated along the
-/// sequence dimension (dim 1 for `[batch, seq, ...]` hooks).
+/// sequence dimension (dim 1 of `[batch, seq, ...]` hooks). Attention patterns
+/// cannot accumulate across decode steps (their key length grows): that is an
+/// error.
 pub struct ActivationCache {
     wanted: Vec<HookPoint>,
     accumulate: bool,

@@ -247,14 +247,10 @@ impl Transformer {
         }
         let past = cache.as_ref().map_or(0, |c| c.len());
         let tokens = tokens.to_device(self.device);
-        let default_positions;
         let positions = match input.positions {
             Some(p) => p.to_device(self.device),
             None => {
-                default_positions =
-                    Tensor::arange_start(past, past + seq, (Kind::Int64, self.device))
-                        .view([1, seq]);
-                default_positions.shallow_clone()
+                Tensor::arange_start(past, past + seq, (Kind::Int64, self.device)).view([1, seq])
             }
         };
         self.check_token_range(&tokens, &positions, past + seq)?;
