@@ -230,11 +230,24 @@ impl ModelWeights {
 
 impl ModelWeights {
     /// Random weights for `cfg` (normal, std 0.2; norm gains near 1), for tests
-    /// and tiny experiments. Deterministic for a `seed`.
+    /// and tiny experiments. Deterministic for a `seed`, and independent of
+    /// libtorch's global generator (which concurrent tests share).
     pub fn random(cfg: &ModelConfig, seed: i64) -> ModelWeights {
-        tch::manual_seed(seed);
+        use rand::{Rng, SeedableRng};
         let opts = (Kind::Float, Device::Cpu);
-        let w = |shape: &[i64]| Tensor::randn(shape, opts) * 0.2;
+        let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(seed as u64));
+        let w = |shape: &[i64]| {
+            let n: i64 = shape.iter().product();
+            // Box–Muller: two uniforms → one standard normal.
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    let mut rng = rng.borrow_mut();
+                    let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * 0.2) as f32
+                })
+                .collect();
+            Tensor::from_slice(&values).reshape(shape)
+        };
         let bias = |on: bool, n: i64| on.then(|| w(&[n]));
         let norm = || NormWeights {
             weight: Tensor::ones([cfg.d_model], opts) + w(&[cfg.d_model]),
