@@ -82,19 +82,10 @@ fn logprobs_match_transformers_on_the_same_gguf() {
     );
 }
 
-#[test]
-fn cli_logits_ranks_paris_first() {
+/// Runs the binary and returns its stdout, failing with its stderr.
+fn saescope(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args([
-            "logits",
-            "--model",
-            "smollm2-135m",
-            "--prompt",
-            "The capital of France is",
-            "--top-k",
-            "3",
-            "--json",
-        ])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -102,7 +93,24 @@ fn cli_logits_ranks_paris_first() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const FRANCE: &str = "The capital of France is";
+
+#[test]
+fn cli_logits_ranks_paris_first() {
+    let out = saescope(&[
+        "logits",
+        "--model",
+        "smollm2-135m",
+        "--prompt",
+        FRANCE,
+        "--top-k",
+        "3",
+        "--json",
+    ]);
+    let json: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         json["ids"],
         serde_json::json!([1, 504, 3575, 282, 4649, 314])
@@ -112,41 +120,29 @@ fn cli_logits_ranks_paris_first() {
     let lp = json["top"][0]["logprob"].as_f64().unwrap();
     assert!(lp < 0.0 && lp > -1.0, "{lp}");
 
-    let no_bos = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args([
-            "logits",
-            "--model",
-            "smollm2-135m",
-            "--prompt",
-            "The capital of France is",
-            "--json",
-            "--no-bos",
-        ])
-        .output()
-        .unwrap();
-    let json: Value = serde_json::from_slice(&no_bos.stdout).unwrap();
+    let out = saescope(&[
+        "logits",
+        "--model",
+        "smollm2-135m",
+        "--prompt",
+        FRANCE,
+        "--json",
+        "--no-bos",
+    ]);
+    let json: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["ids"], serde_json::json!([504, 3575, 282, 4649, 314]));
 }
 
 #[test]
 fn cli_generate_chat_answers() {
-    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args([
-            "generate",
-            "--prompt",
-            "What is the capital of France?",
-            "--chat",
-            "--max-new-tokens",
-            "12",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = saescope(&[
+        "generate",
+        "--prompt",
+        "What is the capital of France?",
+        "--chat",
+        "--max-new-tokens",
+        "12",
+    ]);
     assert!(text.contains("Paris"), "{text}");
     assert!(
         !text.contains("<|im_end|>"),
