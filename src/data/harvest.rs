@@ -268,55 +268,37 @@ fn fresh_manifest(
 
 /// The fields of an existing manifest that a resume must match.
 fn check_resumable(existing: &Manifest, fresh: &Manifest, dir: &Path) -> Result<()> {
-    let mut differ = Vec::new();
-    let mut check = |name: &str, a: String, b: String| {
-        if a != b {
-            differ.push(format!("{name}: stored {a}, asked {b}"));
-        }
-    };
-    check(
-        "model sha256",
-        existing.model.sha256.clone(),
-        fresh.model.sha256.clone(),
-    );
-    check(
-        "model dtype",
-        existing.model.dtype.clone(),
-        fresh.model.dtype.clone(),
-    );
-    check("hook", existing.hook.clone(), fresh.hook.clone());
-    check(
-        "dtype",
-        existing.dtype.name().into(),
-        fresh.dtype.name().into(),
-    );
-    check(
-        "context",
-        existing.context.to_string(),
-        fresh.context.to_string(),
-    );
-    check(
-        "skip_bos",
-        existing.skip_bos.to_string(),
-        fresh.skip_bos.to_string(),
-    );
-    check("corpus", existing.corpus.clone(), fresh.corpus.clone());
-    check(
-        "text field",
-        existing.text_field.clone(),
-        fresh.text_field.clone(),
-    );
-    check("batch", existing.batch.to_string(), fresh.batch.to_string());
-    check(
-        "windows per shard",
-        existing.windows_per_shard.to_string(),
-        fresh.windows_per_shard.to_string(),
-    );
-    check(
-        "target tokens",
-        existing.target_tokens.to_string(),
-        fresh.target_tokens.to_string(),
-    );
+    let (e, f) = (existing, fresh);
+    let settings: [(&str, String, String); 11] = [
+        (
+            "model sha256",
+            e.model.sha256.clone(),
+            f.model.sha256.clone(),
+        ),
+        ("model dtype", e.model.dtype.clone(), f.model.dtype.clone()),
+        ("hook", e.hook.clone(), f.hook.clone()),
+        ("dtype", e.dtype.name().into(), f.dtype.name().into()),
+        ("context", e.context.to_string(), f.context.to_string()),
+        ("skip_bos", e.skip_bos.to_string(), f.skip_bos.to_string()),
+        ("corpus", e.corpus.clone(), f.corpus.clone()),
+        ("text field", e.text_field.clone(), f.text_field.clone()),
+        ("batch", e.batch.to_string(), f.batch.to_string()),
+        (
+            "windows per shard",
+            e.windows_per_shard.to_string(),
+            f.windows_per_shard.to_string(),
+        ),
+        (
+            "target tokens",
+            e.target_tokens.to_string(),
+            f.target_tokens.to_string(),
+        ),
+    ];
+    let differ: Vec<String> = settings
+        .iter()
+        .filter(|(_, stored, asked)| stored != asked)
+        .map(|(name, stored, asked)| format!("{name}: stored {stored}, asked {asked}"))
+        .collect();
     if differ.is_empty() {
         Ok(())
     } else {
