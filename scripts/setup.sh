@@ -79,8 +79,11 @@ fi
 
 # 3. Default corpora --------------------------------------------------------------------
 SUMS="$CACHE/corpora/SHA256SUMS"
+# Bump when the extraction changes, so existing caches are rebuilt.
+CORPORA_FORMAT=2
 corpora_ok() {
-  [ -s "$SUMS" ] && (cd "$CACHE/corpora" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1)
+  [ -s "$SUMS" ] && [ "$(cat "$CACHE/corpora/FORMAT" 2>/dev/null)" = "$CORPORA_FORMAT" ] \
+    && (cd "$CACHE/corpora" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1)
 }
 if corpora_ok; then
   say "corpora present"
@@ -103,9 +106,14 @@ else
     | xargs -0 cat > "$CACHE/corpora/fortunes.txt.part"
   for f in gcide python-docs fortunes; do
     [ -s "$CACHE/corpora/$f.txt.part" ] || { echo "empty corpus $f" >&2; exit 1; }
+    # GCIDE holds a few stray Windows-1252 bytes; make every file valid UTF-8
+    # (U+FFFD for the invalid bytes) so readers can insist on UTF-8.
+    python3 -c 'import sys; p = sys.argv[1]; t = open(p, "rb").read().decode("utf-8", "replace"); open(p, "w", encoding="utf-8").write(t)' \
+      "$CACHE/corpora/$f.txt.part"
     mv "$CACHE/corpora/$f.txt.part" "$CACHE/corpora/$f.txt"
   done
   (cd "$CACHE/corpora" && sha256sum gcide.txt python-docs.txt fortunes.txt > SHA256SUMS.part && mv SHA256SUMS.part SHA256SUMS)
+  echo "$CORPORA_FORMAT" > "$CACHE/corpora/FORMAT"
 fi
 
 # 4. Build --------------------------------------------------------------------------------

@@ -55,6 +55,9 @@ pub enum Error {
     /// inconsistent with what was asked of it.
     #[error("activation store {}: {reason}", path.display())]
     Store { path: PathBuf, reason: String },
+    /// Training diverged or cannot go on (NaN loss, incompatible checkpoint).
+    #[error("training: {0}")]
+    Training(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("json: {0}")]

@@ -1,13 +1,21 @@
 //! saescope: sparse autoencoders and interventions on language models, on libtorch.
 //!
 //! Layers, top to bottom (see DESIGN.md): `model` (architectures, weights,
-//! tokenizer, generation) → `hooks` (hook points and interventions).
+//! tokenizer, generation) → `hooks` (hook points and interventions) → `data`
+//! (corpora, activation stores) → `sae` (architectures, files) → `train`
+//! (the trainer) → `eval` (SAE metrics).
 
 pub mod alloc_tuning;
+pub mod atomic;
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod hooks;
 pub mod model;
+pub mod plots;
+pub mod rng;
+pub mod sae;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,10 +1,12 @@
 //! Subcommands and the option groups they share.
 
 mod bench;
+mod eval;
 mod generate;
 mod harvest;
 mod logits;
 mod store;
+mod train;
 
 use clap::{Args, Parser, Subcommand};
 use saescope::model::{load_model, parse_device, parse_dtype, LoadedModel};
@@ -34,6 +36,11 @@ enum Command {
     /// Inspect and verify activation stores.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Train one or more SAEs from a store or straight from the model.
+    Train(Box<train::TrainArgs>),
+    /// Evaluate SAEs.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 /// Which model, where, in what precision.
@@ -74,6 +81,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Harvest(args) => harvest::run(args),
         Command::Store(cmd) => store::run(cmd),
+        Command::Train(args) => train::run(*args),
+        Command::Eval(cmd) => eval::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

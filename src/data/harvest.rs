@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 
-use super::atomic::sha256_file;
 use super::corpus::Corpus;
 use super::manifest::{Manifest, ModelInfo, NormStats, StoreDtype, FORMAT_VERSION};
 use super::packing::{PackConfig, Packer, Window};
 use super::store::{ShardData, StoreWriter};
+use crate::atomic::sha256_file;
 use crate::error::{Error, Result};
 use crate::hooks::{ActivationCache, BlockSite, HookPoint, Hooks};
 use crate::model::{ForwardInput, LoadedModel, ModelConfig, StopAt};
@@ -130,7 +130,7 @@ pub fn model_sha256(path: &Path) -> Result<String> {
             .unwrap_or_default();
         listing.push_str(&format!("{}  {name}\n", sha256_file(&file)?));
     }
-    Ok(super::atomic::sha256_hex(listing.as_bytes()))
+    Ok(crate::atomic::sha256_hex(listing.as_bytes()))
 }
 
 /// Runs `tokens [batch, seq]` through the model up to the last of `hooks`

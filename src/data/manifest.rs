@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::atomic::write_atomic;
+use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
 
 /// The manifest's file name inside a store folder.

@@ -4,7 +4,6 @@
 //! Knows the model only through its public API (`load_model`, `forward`,
 //! hook caches); never its internals.
 
-pub mod atomic;
 pub mod corpus;
 pub mod harvest;
 pub mod hub;

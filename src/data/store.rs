@@ -15,8 +15,8 @@ use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 use tch::{Device, Kind, Tensor};
 
-use super::atomic::{sha256_hex, write_atomic, TMP_SUFFIX};
 use super::manifest::{Manifest, ShardEntry, MANIFEST_FILE};
+use crate::atomic::{sha256_hex, write_atomic, TMP_SUFFIX};
 use crate::error::{Error, Result};
 
 /// The file name of shard `index`.
@@ -320,6 +320,33 @@ impl Store {
             tokens: get("tokens", safetensors::Dtype::I32, &[rows], Kind::Int)?,
             positions: get("positions", safetensors::Dtype::I32, &[rows], Kind::Int)?,
         })
+    }
+
+    /// `[count, d]` f32 activation rows `first..first + count` in shard order
+    /// (across shard boundaries), e.g. a held-out tail.
+    pub fn read_rows(&self, first: u64, count: u64) -> Result<Tensor> {
+        let total = self.manifest.tokens;
+        if first.checked_add(count).is_none_or(|end| end > total) || count == 0 {
+            return Err(Error::store(
+                &self.dir,
+                format!(
+                    "rows {first}..{} asked of a store of {total} rows",
+                    first.saturating_add(count)
+                ),
+            ));
+        }
+        let mut parts = Vec::new();
+        let mut start = 0u64;
+        for (i, entry) in self.manifest.shards.iter().enumerate() {
+            let end = start + entry.rows;
+            let (lo, hi) = (first.max(start), (first + count).min(end));
+            if lo < hi {
+                let acts = self.load_shard(i)?.acts.f_to_kind(Kind::Float)?;
+                parts.push(acts.f_narrow(0, (lo - start) as i64, (hi - lo) as i64)?);
+            }
+            start = end;
+        }
+        Ok(Tensor::f_cat(&parts, 0)?)
     }
 
     /// Checks every shard's size and sha256, and that the manifest's counts

@@ -1,5 +1,6 @@
 //! Reads Hugging Face safetensors checkpoints (one file or shards listed in
-//! `model.safetensors.index.json`) into a [`TensorBag`].
+//! `model.safetensors.index.json`) into a [`TensorBag`], and writes named
+//! tensors as one safetensors file, atomically.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,57 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
         Dtype::BOOL => Some(Kind::Bool),
         _ => None,
     }
+}
+
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    match kind {
+        Kind::Float => Some(Dtype::F32),
+        Kind::Half => Some(Dtype::F16),
+        Kind::BFloat16 => Some(Dtype::BF16),
+        Kind::Double => Some(Dtype::F64),
+        Kind::Int64 => Some(Dtype::I64),
+        Kind::Int => Some(Dtype::I32),
+        Kind::Uint8 => Some(Dtype::U8),
+        Kind::Bool => Some(Dtype::BOOL),
+        _ => None,
+    }
+}
+
+/// The bytes of a safetensors file holding `tensors` (copied to the CPU).
+pub fn safetensors_bytes(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let cpu = t
+            .f_detach()?
+            .f_to_device(tch::Device::Cpu)?
+            .f_contiguous()?;
+        let dtype = dtype_of(cpu.kind()).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "tensor `{name}` has unsupported kind {:?}",
+                cpu.kind()
+            ))
+        })?;
+        let numel = cpu.numel();
+        let mut bytes = vec![0u8; numel * cpu.kind().elt_size_in_bytes()];
+        cpu.f_copy_data_u8(&mut bytes, numel)?;
+        let shape: Vec<usize> = cpu.size().iter().map(|&s| s as usize).collect();
+        owned.push((name.to_string(), dtype, shape, bytes));
+    }
+    let views = owned
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.as_str(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::InvalidArgument(format!("cannot serialise tensors: {e}")))?;
+    safetensors::serialize(views, None)
+        .map_err(|e| Error::InvalidArgument(format!("cannot serialise tensors: {e}")))
+}
+
+/// Writes `tensors` to `path` as safetensors, atomically (temporary file, then rename).
+pub fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    crate::atomic::write_atomic(path, &safetensors_bytes(tensors)?)
 }
 
 /// Reads every tensor of one safetensors file onto the CPU, as stored.

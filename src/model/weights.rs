@@ -233,21 +233,10 @@ impl ModelWeights {
     /// and tiny experiments. Deterministic for a `seed`, and independent of
     /// libtorch's global generator (which concurrent tests share).
     pub fn random(cfg: &ModelConfig, seed: i64) -> ModelWeights {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let opts = (Kind::Float, Device::Cpu);
         let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(seed as u64));
-        let w = |shape: &[i64]| {
-            let n: i64 = shape.iter().product();
-            // Box–Muller: two uniforms → one standard normal.
-            let values: Vec<f32> = (0..n)
-                .map(|_| {
-                    let mut rng = rng.borrow_mut();
-                    let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
-                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * 0.2) as f32
-                })
-                .collect();
-            Tensor::from_slice(&values).reshape(shape)
-        };
+        let w = |shape: &[i64]| crate::rng::normal(&mut rng.borrow_mut(), shape, 0.2);
         let bias = |on: bool, n: i64| on.then(|| w(&[n]));
         let norm = || NormWeights {
             weight: Tensor::ones([cfg.d_model], opts) + w(&[cfg.d_model]),

@@ -1,0 +1,158 @@
+//! `saescope eval sae`: an SAE's reconstruction, sparsity and loss recovered
+//! on held-out text, as a JSON report, a table and a density histogram.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use saescope::atomic::write_atomic;
+use saescope::data::corpus::Corpus;
+use saescope::data::DEFAULT_CORPUS;
+use saescope::eval::{evaluate_sae, EvalObserver, SaeEvalConfig, SaeEvalReport};
+use saescope::hooks::HookPoint;
+use saescope::plots::{histogram_svg, log10_densities};
+use saescope::sae::load_sae;
+
+use super::ModelArgs;
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Reconstruction, sparsity and CE loss recovered of an SAE spliced into the model.
+    Sae(EvalSaeArgs),
+}
+
+#[derive(Args)]
+pub struct EvalSaeArgs {
+    /// SAE folder (SAELens or sparsify layout).
+    #[arg(long)]
+    sae: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value = DEFAULT_CORPUS)]
+    corpus: String,
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Hook point (default: the one in the SAE's metadata).
+    #[arg(long)]
+    hook: Option<String>,
+    /// Tokens to evaluate on.
+    #[arg(long, default_value_t = 16384)]
+    tokens: u64,
+    #[arg(long, default_value_t = 128)]
+    context: usize,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Corpus windows to skip first (e.g. the ones the SAE was trained on).
+    #[arg(long, default_value_t = 0)]
+    skip_windows: u64,
+    /// Write the JSON report here (and the density histogram beside it as .svg).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Bar(ProgressBar);
+
+impl EvalObserver for Bar {
+    fn on_batch(&mut self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+}
+
+pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
+    match cmd {
+        EvalCommand::Sae(args) => eval_sae(args),
+    }
+}
+
+pub fn print_table(r: &SaeEvalReport) {
+    let m = &r.reconstruction;
+    let rows: [(&str, String); 13] = [
+        ("tokens", format!("{}", m.tokens)),
+        ("FVU", format!("{:.4}", m.fvu)),
+        ("explained variance", format!("{:.4}", m.explained_variance)),
+        ("MSE", format!("{:.5}", m.mse)),
+        ("L0", format!("{:.2}", m.l0)),
+        ("cosine similarity", format!("{:.4}", m.cosine_similarity)),
+        ("dead fraction", format!("{:.2}%", 100.0 * m.dead_fraction)),
+        (
+            "dense fraction (>10%)",
+            format!("{:.2}%", 100.0 * m.dense_fraction),
+        ),
+        ("CE loss, clean", format!("{:.4}", r.ce_loss_clean)),
+        ("CE loss, SAE spliced", format!("{:.4}", r.ce_loss_with_sae)),
+        (
+            "CE loss, zero ablation",
+            format!("{:.4}", r.ce_loss_with_ablation),
+        ),
+        ("ce_loss_score", format!("{:.4}", r.ce_loss_score)),
+        (
+            "KL to clean, SAE spliced",
+            format!("{:.4}", r.kl_div_with_sae),
+        ),
+    ];
+    println!(
+        "SAE {} ({} → {}) at {} of {}",
+        r.architecture, r.d_in, r.d_sae, r.hook, r.model
+    );
+    for (name, value) in rows {
+        println!("  {name:<26} {value:>12}");
+    }
+}
+
+fn eval_sae(args: EvalSaeArgs) -> anyhow::Result<()> {
+    let sae = load_sae(&args.sae)?;
+    let hook_name = match (&args.hook, sae.hook_name()) {
+        (Some(h), _) => h.clone(),
+        (None, Some(h)) => h.to_string(),
+        (None, None) => anyhow::bail!("the SAE's metadata names no hook point; pass --hook"),
+    };
+    let model = args.model.load()?;
+    let sae = sae.to_device(model.model.device())?;
+    let hook = HookPoint::parse_for(&hook_name, model.model.config().n_layers)?;
+    let corpus = Corpus::open(&args.corpus, &args.text_field)?;
+    let cfg = SaeEvalConfig {
+        tokens: args.tokens,
+        context: args.context,
+        batch: args.batch,
+        skip_windows: args.skip_windows,
+    };
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(ProgressStyle::with_template(
+        "{elapsed_precise} {wide_bar} {human_pos}/{human_len} tokens  {per_sec}  ETA {eta}",
+    )?);
+    let mut observer = Bar(bar);
+    let report = evaluate_sae(&model, &sae, hook, &corpus, &cfg, &mut observer)?;
+    observer.0.finish_and_clear();
+    if let Some(out) = &args.out {
+        write_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        let svg = histogram_svg(
+            &log10_densities(&report.reconstruction.densities),
+            50,
+            &format!("feature density, {} tokens", report.reconstruction.tokens),
+            "log10(fraction of tokens a latent fires on)",
+        )?;
+        write_atomic(&out.with_extension("svg"), svg.as_bytes())?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+        if let Some(out) = &args.out {
+            println!(
+                "report: {}  density histogram: {}",
+                out.display(),
+                out.with_extension("svg").display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! Pictures of a run as SVG (plotters): training curves and a
+//! feature-density histogram. SVG needs no font files, so it works on a bare
+//! machine and opens in any browser.
+
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::train::metrics::StepRecord;
+
+fn plot_error(e: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("cannot draw plot: {e}"))
+}
+
+/// Four panels against training tokens: FVU, L0, dead fraction, learning rate.
+pub fn training_curves_svg(records: &[StepRecord], title: &str) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1100, 760)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let root = root.titled(title, ("sans-serif", 22)).map_err(plot_error)?;
+        let panels = root.split_evenly((2, 2));
+        type Metric = fn(&StepRecord) -> f64;
+        let series: [(&str, Metric, bool); 4] = [
+            ("FVU (log scale)", |r| r.fvu, true),
+            ("L0 (active latents per token)", |r| r.l0, false),
+            ("dead fraction", |r| r.dead_fraction, false),
+            ("learning rate", |r| r.lr, false),
+        ];
+        let max_tokens = records.last().map_or(1, |r| r.tokens.max(1)) as f64;
+        for (panel, (name, get, log)) in panels.iter().zip(series) {
+            let points: Vec<(f64, f64)> = records
+                .iter()
+                .map(|r| (r.tokens as f64, get(r)))
+                .filter(|(_, y)| y.is_finite() && (!log || *y > 0.0))
+                .collect();
+            let (lo, hi) = points
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                    (lo.min(p.1), hi.max(p.1))
+                });
+            let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+            let pad = ((hi - lo) * 0.05).max(1e-12);
+            let mut chart = ChartBuilder::on(panel);
+            chart
+                .caption(name, ("sans-serif", 16))
+                .margin(12)
+                .x_label_area_size(32)
+                .y_label_area_size(64);
+            if log {
+                let mut c = chart
+                    .build_cartesian_2d(0.0..max_tokens, (lo * 0.9..hi * 1.1).log_scale())
+                    .map_err(plot_error)?;
+                c.configure_mesh()
+                    .x_desc("tokens")
+                    .draw()
+                    .map_err(plot_error)?;
+                c.draw_series(LineSeries::new(points, &BLUE))
+                    .map_err(plot_error)?;
+            } else {
+                let lo = if lo >= 0.0 {
+                    (lo - pad).max(0.0)
+                } else {
+                    lo - pad
+                };
+                let mut c = chart
+                    .build_cartesian_2d(0.0..max_tokens, lo..hi + pad)
+                    .map_err(plot_error)?;
+                c.configure_mesh()
+                    .x_desc("tokens")
+                    .draw()
+                    .map_err(plot_error)?;
+                c.draw_series(LineSeries::new(points, &BLUE))
+                    .map_err(plot_error)?;
+            }
+        }
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
+/// Histogram of `values` (already on the axis they are drawn on), with
+/// `bins` equal bins between their min and max, and a count of the values
+/// left out (e.g. never-firing latents on a log axis) in the title.
+pub fn histogram_svg(values: &[f64], bins: usize, title: &str, x_desc: &str) -> Result<String> {
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let left_out = values.len() - finite.len();
+    let (lo, hi) = finite
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(*v), hi.max(*v))
+        });
+    let (lo, hi) = if lo.is_finite() {
+        (lo, hi.max(lo + 1e-9))
+    } else {
+        (0.0, 1.0)
+    };
+    let bins = bins.max(1);
+    let width = (hi - lo) / bins as f64;
+    let mut counts = vec![0u32; bins];
+    for v in &finite {
+        let i = (((v - lo) / width) as usize).min(bins - 1);
+        counts[i] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(1).max(1);
+    let caption = if left_out > 0 {
+        format!("{title} ({left_out} not shown)")
+    } else {
+        title.to_string()
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(14)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc("latents")
+            .draw()
+            .map_err(plot_error)?;
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                let x0 = lo + i as f64 * width;
+                Rectangle::new([(x0, 0), (x0 + width, c)], BLUE.mix(0.6).filled())
+            }))
+            .map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
+/// `log10` of each latent's firing frequency; never-firing latents give −∞.
+pub fn log10_densities(frequencies: &[f64]) -> Vec<f64> {
+    frequencies.iter().map(|f| f.log10()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plots_are_svg_documents_with_their_titles() {
+        let records: Vec<StepRecord> = (0..5)
+            .map(|i| StepRecord {
+                step: i,
+                tokens: (i + 1) * 100,
+                loss: 1.0 / (i + 1) as f64,
+                mse: 0.1,
+                fvu: 1.0 / (i + 1) as f64,
+                explained_variance: 0.5,
+                l0: 32.0,
+                dead_fraction: 0.0,
+                lr: 1e-3,
+                sparsity_coefficient: 0.0,
+                sparsity_loss: 0.0,
+                aux_loss: 0.0,
+            })
+            .collect();
+        let svg = training_curves_svg(&records, "run A").unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("run A") && svg.contains("FVU"));
+        let hist =
+            histogram_svg(&log10_densities(&[0.1, 0.01, 0.0]), 10, "density", "log10").unwrap();
+        assert!(hist.contains("1 not shown"), "{}", &hist[..200]);
+    }
+}

@@ -1,0 +1,52 @@
+//! AuxK (Gao et al. 2024, "Scaling and evaluating sparse autoencoders"): the
+//! `k_aux` most active *dead* latents are asked to reconstruct the residual the
+//! live ones left, which gives dead latents a gradient. `k_aux = d_in / 2`, and
+//! the loss is scaled down while fewer latents than that are dead, as sparsify does.
+
+use tch::{Kind, Tensor};
+
+use crate::error::Result;
+
+/// The latents AuxK uses for one batch.
+pub struct AuxkSelection {
+    /// `[batch, k_aux]` pre-activations of the chosen dead latents.
+    pub values: Tensor,
+    /// `[batch, k_aux]` their indices.
+    pub indices: Tensor,
+    /// `min(dead / (d_in / 2), 1)`.
+    pub scale: f64,
+}
+
+/// Picks the top dead latents of `pre` `[batch, d_sae]`; `None` when no latent is dead.
+pub fn select_dead(pre: &Tensor, dead_mask: &Tensor, d_in: i64) -> Result<Option<AuxkSelection>> {
+    let dead = dead_mask.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+    if dead == 0 {
+        return Ok(None);
+    }
+    let k_aux_base = (d_in / 2).max(1);
+    let k_aux = k_aux_base.min(dead);
+    let live = dead_mask.f_logical_not()?;
+    let masked = pre.f_masked_fill(&live, f64::NEG_INFINITY)?;
+    let (values, indices) = masked.f_topk(k_aux, -1, true, false)?;
+    Ok(Some(AuxkSelection {
+        values,
+        indices,
+        scale: (dead as f64 / k_aux_base as f64).min(1.0),
+    }))
+}
+
+/// `scale · ‖ê − r‖² / total_variance`, where `ê` is the dead latents'
+/// reconstruction (no decoder bias) and `r` the (detached) residual.
+pub fn auxk_loss(
+    e_hat: &Tensor,
+    residual: &Tensor,
+    scale: f64,
+    total_variance: &Tensor,
+) -> Result<Tensor> {
+    Ok(e_hat
+        .f_sub(&residual.f_detach()?)?
+        .f_square()?
+        .f_sum(Kind::Float)?
+        .f_div(total_variance)?
+        .f_mul_scalar(scale)?)
+}

@@ -1,0 +1,169 @@
+//! BatchTopK SAE (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders"): in
+//! training, the `k·batch` largest ReLU'd pre-activations of the whole batch
+//! are kept, so k is an average per token; at inference a single threshold θ
+//! (a running average of the smallest kept activation) replaces the batch,
+//! which makes it a JumpReLU SAE with a constant threshold. That is how it is
+//! saved, as SAELens does. Loss as TopK: FVU plus AuxK.
+
+use tch::{Kind, Tensor};
+
+use super::architecture::{
+    autograd_step_with_acts, decode, encoder_input, pre_activations, total_variance, Architecture,
+    Losses, StepContext, StepOutput,
+};
+use super::auxk::{auxk_loss, select_dead};
+use super::config::SaeConfig;
+use super::topk::scatter_dense;
+use super::weights::SaeWeights;
+use crate::error::{Error, Result};
+
+pub struct BatchTopK;
+
+/// The threshold before the first batch has set it.
+const UNSET: f64 = -1.0;
+
+fn batch_threshold(w: &SaeWeights) -> Result<&Tensor> {
+    w.batch_threshold
+        .as_ref()
+        .ok_or_else(|| Error::MissingTensor {
+            name: "batch_threshold".into(),
+            source_desc: "a BatchTopK SAE".into(),
+        })
+}
+
+/// `[batch, d_sae]` the `k·batch` largest entries of `relu(pre)`, zero elsewhere.
+fn batch_topk(pre: &Tensor, k: usize) -> Result<Tensor> {
+    let (rows, d_sae) = (pre.size()[0], pre.size()[1]);
+    let flat = pre.f_relu()?.f_reshape([1, -1])?;
+    let keep = (k as i64 * rows).min(rows * d_sae);
+    let (values, indices) = flat.f_topk(keep, -1, true, false)?;
+    scatter_dense(&values, &indices, rows * d_sae)?
+        .f_reshape([rows, d_sae])
+        .map_err(Into::into)
+}
+
+impl Architecture for BatchTopK {
+    fn name(&self) -> &'static str {
+        "batchtopk"
+    }
+
+    fn needs_k(&self) -> bool {
+        true
+    }
+
+    fn init_extra(&self, w: &mut SaeWeights) -> Result<()> {
+        w.batch_threshold = Some(Tensor::f_full([], UNSET, (Kind::Float, w.device()))?);
+        Ok(())
+    }
+
+    /// Inference: JumpReLU with the learned threshold.
+    fn encode(&self, w: &SaeWeights, cfg: &SaeConfig, x: &Tensor) -> Result<Tensor> {
+        let pre = pre_activations(&encoder_input(w, cfg, x)?, &w.w_enc, &w.b_enc, Kind::Float)?
+            .f_relu()?;
+        let theta = batch_threshold(w)?.f_clamp_min(0.0)?;
+        Ok(pre.f_mul(&pre.f_gt_tensor(&theta)?.f_to_kind(Kind::Float)?)?)
+    }
+
+    fn loss(
+        &self,
+        w: &SaeWeights,
+        cfg: &SaeConfig,
+        x: &Tensor,
+        ctx: &StepContext,
+    ) -> Result<Losses> {
+        let k = ctx.k.map_or_else(|| cfg.require_k(), Ok)?;
+        let pre = pre_activations(
+            &encoder_input(w, cfg, x)?,
+            &w.w_enc,
+            &w.b_enc,
+            ctx.compute_kind,
+        )?;
+        let acts = batch_topk(&pre, k)?;
+        let recon = decode(w, &acts)?;
+        let tv = total_variance(x)?;
+        let residual = x.f_sub(&recon)?;
+        let fvu = residual.f_square()?.f_sum(Kind::Float)?.f_div(&tv)?;
+        let mut aux = None;
+        if let Some(dead) = &ctx.dead_mask {
+            if let Some(sel) = select_dead(&pre, dead, w.d_in())? {
+                let aux_acts = scatter_dense(&sel.values.f_relu()?, &sel.indices, w.d_sae())?;
+                let e_hat = aux_acts.f_matmul(&w.w_dec)?;
+                aux = Some(
+                    auxk_loss(&e_hat, &residual, sel.scale, &tv)?.f_mul_scalar(ctx.auxk_alpha)?,
+                );
+            }
+        }
+        let total = match &aux {
+            Some(a) => fvu.f_add(a)?,
+            None => fvu,
+        };
+        Ok(Losses {
+            total,
+            recon,
+            acts,
+            sparsity: None,
+            aux,
+        })
+    }
+
+    fn train_step(
+        &self,
+        w: &mut SaeWeights,
+        cfg: &SaeConfig,
+        x: &Tensor,
+        ctx: &StepContext,
+    ) -> Result<StepOutput> {
+        let (out, acts) = autograd_step_with_acts(self, w, cfg, x, ctx)?;
+        // The smallest activation the batch kept, folded into the running threshold.
+        tch::no_grad(|| -> Result<()> {
+            let positive = acts.f_masked_select(&acts.f_gt(0.0)?)?;
+            if positive.numel() == 0 {
+                return Ok(());
+            }
+            let smallest = positive.f_min()?;
+            let momentum = ctx.threshold_momentum;
+            if let Some(theta) = w.batch_threshold.as_mut() {
+                let next = if theta.f_double_value(&[])? == UNSET {
+                    smallest
+                } else {
+                    theta
+                        .f_mul_scalar(1.0 - momentum)?
+                        .f_add(&smallest.f_mul_scalar(momentum)?)?
+                };
+                theta.f_copy_(&next)?;
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::architecture::testutil::{assert_close, cfg, t, tiny};
+    use super::*;
+
+    #[test]
+    fn keeps_k_per_row_on_average_across_the_batch() {
+        // Two rows, k = 1: the two largest of the whole batch, both in row 0.
+        let pre = t(&[3.0, 2.0, 0.5, 1.0, -1.0, 0.1], &[2, 3]);
+        assert_close(
+            &batch_topk(&pre, 1).unwrap(),
+            &[3.0, 2.0, 0.0, 0.0, 0.0, 0.0],
+        );
+    }
+
+    #[test]
+    fn inference_uses_the_learned_threshold() {
+        let mut w = tiny([0.0, 0.5, -1.0], [0.5, 0.0]);
+        w.batch_threshold = Some(Tensor::from(1.2f32));
+        let acts = BatchTopK
+            .encode(
+                &w,
+                &cfg("batchtopk", Some(1), true),
+                &t(&[1.5, 1.0], &[1, 2]),
+            )
+            .unwrap();
+        assert_close(&acts, &[0.0, 1.5, 0.0]);
+    }
+}

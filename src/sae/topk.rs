@@ -1,0 +1,138 @@
+//! TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders";
+//! the recipe of EleutherAI's sparsify): keep the k largest pre-activations of
+//! each token, ReLU them, decode with unit-norm decoder rows. The loss is the
+//! fraction of variance unexplained plus AuxK on dead latents.
+//!
+//! Training takes the sparse path of [`super::topk_sparse`] by default; the
+//! dense autograd path here is the reference it is tested against.
+
+use tch::{Kind, Tensor};
+
+use super::architecture::{
+    decode, encoder_input, pre_activations, total_variance, Architecture, Losses, StepContext,
+    StepOutput,
+};
+use super::auxk::{auxk_loss, select_dead};
+use super::config::SaeConfig;
+use super::topk_sparse::sparse_topk_step;
+use super::weights::SaeWeights;
+use crate::error::Result;
+
+pub struct TopK;
+
+/// `[batch, d_sae]`: `values` scattered at `indices`, zero elsewhere.
+pub fn scatter_dense(values: &Tensor, indices: &Tensor, d_sae: i64) -> Result<Tensor> {
+    let rows = values.size()[0];
+    Ok(
+        Tensor::f_zeros([rows, d_sae], (values.kind(), values.device()))?
+            .f_scatter(1, indices, values)?,
+    )
+}
+
+/// `[batch, d_sae]` dense TopK activations of pre-activations `pre`.
+pub fn topk_activations(pre: &Tensor, k: usize) -> Result<Tensor> {
+    let (values, indices) = pre.f_topk(k as i64, -1, true, false)?;
+    scatter_dense(&values.f_relu()?, &indices, pre.size()[1])
+}
+
+impl Architecture for TopK {
+    fn name(&self) -> &'static str {
+        "topk"
+    }
+
+    fn needs_k(&self) -> bool {
+        true
+    }
+
+    fn encode(&self, w: &SaeWeights, cfg: &SaeConfig, x: &Tensor) -> Result<Tensor> {
+        let pre = pre_activations(&encoder_input(w, cfg, x)?, &w.w_enc, &w.b_enc, Kind::Float)?;
+        topk_activations(&pre, cfg.require_k()?)
+    }
+
+    fn loss(
+        &self,
+        w: &SaeWeights,
+        cfg: &SaeConfig,
+        x: &Tensor,
+        ctx: &StepContext,
+    ) -> Result<Losses> {
+        let k = ctx.k.map_or_else(|| cfg.require_k(), Ok)?;
+        let pre = pre_activations(
+            &encoder_input(w, cfg, x)?,
+            &w.w_enc,
+            &w.b_enc,
+            ctx.compute_kind,
+        )?;
+        let acts = topk_activations(&pre, k)?;
+        let recon = decode(w, &acts)?;
+        let tv = total_variance(x)?;
+        let residual = x.f_sub(&recon)?;
+        let fvu = residual.f_square()?.f_sum(Kind::Float)?.f_div(&tv)?;
+        let aux = match &ctx.dead_mask {
+            Some(dead) => match select_dead(&pre, dead, w.d_in())? {
+                Some(sel) => {
+                    let aux_acts = scatter_dense(&sel.values.f_relu()?, &sel.indices, w.d_sae())?;
+                    let e_hat = aux_acts.f_matmul(&w.w_dec)?;
+                    Some(
+                        auxk_loss(&e_hat, &residual, sel.scale, &tv)?
+                            .f_mul_scalar(ctx.auxk_alpha)?,
+                    )
+                }
+                None => None,
+            },
+            None => None,
+        };
+        let total = match &aux {
+            Some(a) => fvu.f_add(a)?,
+            None => fvu,
+        };
+        Ok(Losses {
+            total,
+            recon,
+            acts,
+            sparsity: None,
+            aux,
+        })
+    }
+
+    fn train_step(
+        &self,
+        w: &mut SaeWeights,
+        cfg: &SaeConfig,
+        x: &Tensor,
+        ctx: &StepContext,
+    ) -> Result<StepOutput> {
+        if ctx.sparse {
+            sparse_topk_step(w, cfg, x, ctx)
+        } else {
+            super::architecture::autograd_step(self, w, cfg, x, ctx)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::architecture::decode;
+    use super::super::architecture::testutil::{assert_close, cfg, t, tiny};
+    use super::*;
+
+    #[test]
+    fn encodes_and_decodes_a_hand_computed_case() {
+        // x − b_dec = (1, 1); pre = (1, 1.5, 1); the top 1 is latent 1.
+        let w = tiny([0.0, 0.5, -1.0], [0.5, 0.0]);
+        let acts = TopK
+            .encode(&w, &cfg("topk", Some(1), true), &t(&[1.5, 1.0], &[1, 2]))
+            .unwrap();
+        assert_close(&acts, &[0.0, 1.5, 0.0]);
+        assert_close(&decode(&w, &acts).unwrap(), &[0.5, 3.0]);
+    }
+
+    #[test]
+    fn negative_top_values_are_clipped_by_the_relu() {
+        let w = tiny([-5.0, -5.0, -5.0], [0.0, 0.0]);
+        let acts = TopK
+            .encode(&w, &cfg("topk", Some(2), true), &t(&[1.0, 1.0], &[1, 2]))
+            .unwrap();
+        assert_close(&acts, &[0.0, 0.0, 0.0]);
+    }
+}

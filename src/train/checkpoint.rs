@@ -1,0 +1,92 @@
+//! Training checkpoints: every SAE's weights, Adam moments and dead-latent
+//! counters in `{name}.step{N}.safetensors`, then `state.json` naming them.
+//! Each file is written atomically and `state.json` last, so a kill at any
+//! moment leaves the previous checkpoint intact; older step files are removed
+//! only after the new state is durable.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::atomic::write_atomic;
+use crate::error::{Error, Result};
+use crate::model::safetensors_io::{read_safetensors, write_safetensors};
+
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub const STATE_FILE: &str = "state.json";
+
+/// One SAE's entry in `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SaeCheckpoint {
+    pub name: String,
+    pub file: String,
+    /// The input scale the SAE trains under.
+    pub scale: f64,
+    /// Length of its `metrics.jsonl` at this step.
+    pub metrics_bytes: u64,
+    pub adam_step: u64,
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointState {
+    /// Steps completed.
+    pub step: u64,
+    /// Rows consumed per SAE.
+    pub tokens: u64,
+    /// The run's config as TOML, to refuse resuming a different run.
+    pub config_toml: String,
+    pub saes: Vec<SaeCheckpoint>,
+}
+
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join(CHECKPOINT_DIR)
+}
+
+/// Writes a checkpoint: `tensors[i]` belongs to `state.saes[i]`.
+pub fn write_checkpoint(
+    dir: &Path,
+    state: &CheckpointState,
+    tensors: &[Vec<(String, Tensor)>],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for (entry, named) in state.saes.iter().zip(tensors) {
+        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        write_safetensors(&dir.join(&entry.file), &refs)?;
+    }
+    let text = serde_json::to_string_pretty(state)?;
+    write_atomic(&dir.join(STATE_FILE), text.as_bytes())?;
+    let keep: Vec<&str> = state.saes.iter().map(|s| s.file.as_str()).collect();
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".safetensors") && !keep.contains(&name.as_str()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// A checkpoint's state and, per SAE, its tensors by name.
+pub type Checkpoint = (CheckpointState, Vec<HashMap<String, Tensor>>);
+
+/// The checkpoint in `dir` with each SAE's tensors, or `None` when there is none.
+pub fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
+    let path = dir.join(STATE_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let state: CheckpointState = serde_json::from_str(&text)
+        .map_err(|e| Error::malformed(&path, format!("not a checkpoint state: {e}")))?;
+    let tensors = state
+        .saes
+        .iter()
+        .map(|s| read_safetensors(&dir.join(&s.file)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some((state, tensors)))
+}

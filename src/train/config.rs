@@ -1,0 +1,342 @@
+//! Everything a training run needs, as one TOML file (`saescope train
+//! --config FILE`; every field also has a CLI flag). The resolved config is
+//! saved next to the results.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::sae::architecture;
+
+/// Where activations come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// A store from `saescope harvest` (a folder with `manifest.json`, or one
+    /// with a subfolder per hook). Without it, activations stream from `model`.
+    pub store: Option<PathBuf>,
+    pub model: String,
+    pub corpus: String,
+    pub text_field: String,
+    pub context: usize,
+    pub model_dtype: String,
+    /// Device of the model when streaming.
+    pub model_device: String,
+    pub skip_bos: bool,
+    /// Windows per forward pass when streaming.
+    pub windows_per_forward: usize,
+    /// Activation rows per training step.
+    pub batch_size: usize,
+    /// Training tokens (rows) per SAE; a store is read for as many epochs as needed.
+    pub tokens: u64,
+    /// Shuffle seed of the store reader.
+    pub seed: u64,
+    pub buffer_shards: usize,
+    /// `expected_average_only_in` (scale inputs to mean norm √d_in, folded into
+    /// the saved weights) or `none`.
+    pub normalize: String,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            store: None,
+            model: "smollm2-135m".into(),
+            corpus: "default".into(),
+            text_field: "text".into(),
+            context: 128,
+            model_dtype: "f32".into(),
+            model_device: "cpu".into(),
+            skip_bos: true,
+            windows_per_forward: 16,
+            batch_size: 4096,
+            tokens: 5_000_000,
+            seed: 0,
+            buffer_shards: 4,
+            normalize: crate::sae::config::NORMALIZE_EXPECTED_AVERAGE.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Peak learning rate; default `2e-4 / √(d_sae / 2¹⁴)` (sparsify's rule).
+    pub lr: Option<f64>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub lr_warmup_steps: u64,
+    /// Linear decay to zero over this final fraction of the steps.
+    pub lr_decay_fraction: f64,
+    /// Clip the global gradient norm to this; 0 turns clipping off.
+    pub grad_clip: f64,
+    /// Ramp the sparsity coefficient up over this first fraction of the steps.
+    pub sparsity_warmup_fraction: f64,
+    /// `f32`, or `bf16` for the encoder matmul with f32 master weights.
+    pub compute_dtype: String,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: None,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            lr_warmup_steps: 100,
+            lr_decay_fraction: 0.2,
+            grad_clip: 1.0,
+            sparsity_warmup_fraction: 0.05,
+            compute_dtype: "f32".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    pub out: PathBuf,
+    /// Write a checkpoint every this many tokens (0: only at the end).
+    pub checkpoint_every_tokens: u64,
+    /// A latent is dead after this many tokens without firing.
+    pub dead_tokens: u64,
+    /// `geometric_median`, `mean` or `zeros`.
+    pub init_b_dec: String,
+    /// Seed of the weight initialisation.
+    pub seed: u64,
+    /// Use the sparse TopK step (else the dense autograd reference).
+    pub sparse_topk: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            out: PathBuf::from("out/train"),
+            checkpoint_every_tokens: 1_000_000,
+            dead_tokens: 10_000_000,
+            init_b_dec: "geometric_median".into(),
+            seed: 0,
+            sparse_topk: true,
+        }
+    }
+}
+
+/// One SAE of the run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SaeSpec {
+    /// Folder name under `run.out`; default `{hook}-{architecture}-x{expansion}[-k{k}][-c{coef}]`.
+    pub name: Option<String>,
+    pub architecture: String,
+    pub hook: String,
+    pub expansion: usize,
+    pub k: Option<usize>,
+    /// L1 (standard, gated) or L0 (jumprelu) weight; default per architecture.
+    pub sparsity_coefficient: Option<f64>,
+    pub bandwidth: f64,
+    pub auxk_alpha: f64,
+    pub threshold_momentum: f64,
+    pub device: String,
+}
+
+impl Default for SaeSpec {
+    fn default() -> Self {
+        SaeSpec {
+            name: None,
+            architecture: "topk".into(),
+            hook: "blocks.8.hook_resid_post".into(),
+            expansion: 16,
+            k: Some(32),
+            sparsity_coefficient: None,
+            bandwidth: 0.001,
+            auxk_alpha: 1.0 / 32.0,
+            threshold_momentum: 0.01,
+            device: "cpu".into(),
+        }
+    }
+}
+
+impl SaeSpec {
+    pub fn default_name(&self) -> String {
+        let mut name = format!("{}-{}-x{}", self.hook, self.architecture, self.expansion);
+        if let (Some(k), true) = (self.k, self.uses_k()) {
+            name.push_str(&format!("-k{k}"));
+        }
+        if let Some(c) = self.sparsity_coefficient {
+            name.push_str(&format!("-c{c}"));
+        }
+        name
+    }
+
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.default_name())
+    }
+
+    fn uses_k(&self) -> bool {
+        architecture(&self.architecture).is_ok_and(|a| a.needs_k())
+    }
+
+    /// The sparsity coefficient, or the architecture's starting point
+    /// (inputs normalised to mean norm √d_in).
+    pub fn sparsity_coefficient(&self) -> f64 {
+        self.sparsity_coefficient
+            .unwrap_or(match self.architecture.as_str() {
+                "standard" => 5.0,
+                "jumprelu" => 0.01,
+                "gated" => 1.0,
+                _ => 0.0,
+            })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub data: DataConfig,
+    pub optim: OptimConfig,
+    pub run: RunConfig,
+    #[serde(rename = "sae")]
+    pub saes: Vec<SaeSpec>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: DataConfig::default(),
+            optim: OptimConfig::default(),
+            run: RunConfig::default(),
+            saes: vec![SaeSpec::default()],
+        }
+    }
+}
+
+/// The file the resolved config is saved to, in `run.out`.
+pub const SAVED_CONFIG_FILE: &str = "train_config.toml";
+
+impl TrainConfig {
+    pub fn from_toml_file(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::malformed(path, format!("invalid training config: {e}")))
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Config(format!("cannot write config: {e}")))
+    }
+
+    /// Checks every field a run depends on before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.saes.is_empty() {
+            return bad("no SAE to train: add a [[sae]] table or --architecture".into());
+        }
+        if self.data.batch_size == 0 || self.data.tokens == 0 {
+            return bad("batch_size and tokens must be positive".into());
+        }
+        if !["none", crate::sae::config::NORMALIZE_EXPECTED_AVERAGE]
+            .contains(&self.data.normalize.as_str())
+        {
+            return bad(format!(
+                "normalize `{}`: use `{}` or `none`",
+                self.data.normalize,
+                crate::sae::config::NORMALIZE_EXPECTED_AVERAGE
+            ));
+        }
+        if !["geometric_median", "mean", "zeros"].contains(&self.run.init_b_dec.as_str()) {
+            return bad(format!(
+                "init_b_dec `{}`: use geometric_median, mean or zeros",
+                self.run.init_b_dec
+            ));
+        }
+        if !["f32", "bf16"].contains(&self.optim.compute_dtype.as_str()) {
+            return bad(format!(
+                "compute_dtype `{}`: use f32 or bf16",
+                self.optim.compute_dtype
+            ));
+        }
+        let o = &self.optim;
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || o.eps <= 0.0 {
+            return bad("Adam needs 0 ≤ beta < 1 and eps > 0".into());
+        }
+        if o.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
+            return bad("lr must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&o.lr_decay_fraction)
+            || !(0.0..=1.0).contains(&o.sparsity_warmup_fraction)
+        {
+            return bad("lr_decay_fraction and sparsity_warmup_fraction must be in [0, 1]".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for spec in &self.saes {
+            let arch = architecture(&spec.architecture)?;
+            if arch.needs_k() && spec.k.is_none_or(|k| k == 0) {
+                return bad(format!(
+                    "{}: architecture `{}` needs k > 0",
+                    spec.name(),
+                    spec.architecture
+                ));
+            }
+            if spec.expansion == 0 {
+                return bad(format!("{}: expansion must be positive", spec.name()));
+            }
+            if !names.insert(spec.name()) {
+                return bad(format!("two SAEs are both named `{}`", spec.name()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct hook points of the run, in first-mention order.
+    pub fn hooks(&self) -> Vec<String> {
+        let mut hooks: Vec<String> = Vec::new();
+        for s in &self.saes {
+            if !hooks.contains(&s.hook) {
+                hooks.push(s.hook.clone());
+            }
+        }
+        hooks
+    }
+
+    /// Steps the run takes.
+    pub fn total_steps(&self) -> u64 {
+        self.data.tokens.div_ceil(self.data.batch_size as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trips_and_unknown_keys_are_rejected() {
+        let mut cfg = TrainConfig::default();
+        cfg.saes.push(SaeSpec {
+            k: Some(16),
+            ..SaeSpec::default()
+        });
+        let text = cfg.to_toml().unwrap();
+        let back: TrainConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, cfg);
+        back.validate().unwrap();
+        let err = toml::from_str::<TrainConfig>("[data]\nbatch = 3\n").unwrap_err();
+        assert!(err.to_string().contains("batch"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_and_missing_k_are_errors() {
+        let mut cfg = TrainConfig::default();
+        cfg.saes.push(SaeSpec::default());
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("both named"));
+        cfg.saes = vec![SaeSpec {
+            k: None,
+            ..SaeSpec::default()
+        }];
+        assert!(cfg.validate().unwrap_err().to_string().contains("needs k"));
+    }
+}

@@ -1,0 +1,16 @@
+//! Training SAEs: configs, the activation feed, Adam and schedules,
+//! dead-latent tracking, checkpoints and metrics, and the trainer loop
+//! that drives several SAEs from one stream.
+
+pub mod adam;
+pub mod checkpoint;
+pub mod config;
+pub mod dead;
+pub mod feed;
+pub mod metrics;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{SaeSpec, TrainConfig};
+pub use feed::{ActivationFeed, MemoryFeed, StoreFeed, StreamFeed};
+pub use trainer::{train, TrainObserver, TrainOptions, TrainSummary, TrainedSae};

@@ -1,0 +1,592 @@
+//! The training loop. One activation stream feeds every SAE of the run; each
+//! SAE lives on its own device and takes, per step: its gradients (from its
+//! architecture), removal of the decoder-gradient component parallel to each
+//! unit-norm decoder row, global-norm clipping, Adam with the LR schedule,
+//! decoder renormalisation, dead-latent tracking and a metrics line.
+//!
+//! Checkpoints hold everything a step depends on (weights, Adam moments,
+//! dead counters, the stream position as a step count), so a resumed run
+//! repeats exactly what an uninterrupted one would have done.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use super::adam::{Adam, AdamConfig};
+use super::checkpoint::{
+    checkpoint_dir, read_checkpoint, write_checkpoint, CheckpointState, SaeCheckpoint,
+};
+use super::config::{SaeSpec, TrainConfig, SAVED_CONFIG_FILE};
+use super::dead::DeadLatents;
+use super::feed::ActivationFeed;
+use super::metrics::{MetricsLog, StepRecord, METRICS_FILE};
+use super::schedule::Schedule;
+use crate::atomic::write_atomic;
+use crate::error::{Error, Result};
+use crate::model::load::parse_device;
+use crate::plots::{histogram_svg, log10_densities, training_curves_svg};
+use crate::sae::config::{SaeMetadata, NORMALIZE_NONE};
+use crate::sae::geometric_median::geometric_median;
+use crate::sae::{save_sae, Sae, SaeConfig, StepContext};
+
+/// Plots written next to each SAE.
+pub const CURVES_FILE: &str = "training_curves.svg";
+pub const DENSITY_FILE: &str = "feature_density.svg";
+
+/// How a run is driven, beyond its config.
+#[derive(Default)]
+pub struct TrainOptions {
+    /// Continue from the checkpoint in `run.out`.
+    pub resume: bool,
+    /// Stop (after a checkpoint) once this many steps are done, as if killed
+    /// there; for tests of resuming.
+    pub stop_after_steps: Option<u64>,
+    /// Model, context and dataset recorded in each saved SAE's metadata.
+    pub metadata: SaeMetadata,
+    /// Write nothing to disk (benchmarks): no config, checkpoints, SAE folders or plots.
+    pub in_memory: bool,
+}
+
+/// Told about progress; the CLI draws a progress bar from it.
+pub trait TrainObserver {
+    fn on_start(&mut self, _start_step: u64, _total_steps: u64, _batch_size: usize) {}
+    fn on_step(&mut self, _step: u64, _tokens: u64, _records: &[StepRecord]) {}
+    fn on_checkpoint(&mut self, _step: u64) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl TrainObserver for Quiet {}
+
+/// One trained SAE.
+pub struct TrainedSae {
+    pub name: String,
+    /// Its SAELens folder (None in memory).
+    pub dir: Option<PathBuf>,
+    /// The SAE on the CPU, normalisation folded in: it reads raw activations.
+    pub sae: Sae,
+    /// The input scale that was folded in.
+    pub scale: f64,
+    /// The last step's metrics.
+    pub last: Option<StepRecord>,
+    /// Per latent, the fraction of training rows it fired on.
+    pub densities: Vec<f64>,
+}
+
+pub struct TrainSummary {
+    pub saes: Vec<TrainedSae>,
+    pub steps: u64,
+    pub tokens: u64,
+    /// Wall time of this process's steps.
+    pub seconds: f64,
+    /// Seconds of each step this process ran (for throughput without warm-up).
+    pub step_seconds: Vec<f64>,
+    /// True when `stop_after_steps` ended the run early.
+    pub interrupted: bool,
+}
+
+/// One SAE being trained.
+struct SaeRun {
+    spec: SaeSpec,
+    name: String,
+    hook_index: usize,
+    device: Device,
+    sae: Sae,
+    scale: f64,
+    adam: Adam,
+    dead: DeadLatents,
+    /// `[d_sae]` f32 rows each latent fired on, over the whole run.
+    fire_counts: Tensor,
+    metrics: Option<MetricsLog>,
+    last: Option<StepRecord>,
+}
+
+const ADAM_M: &str = "adam.m.";
+const ADAM_V: &str = "adam.v.";
+const DEAD: &str = "dead.tokens_since_fired";
+const FIRE_COUNTS: &str = "fire_counts";
+
+impl SaeRun {
+    fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .sae
+            .weights
+            .named_tensors()
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t.shallow_clone()))
+            .collect();
+        let names: Vec<&str> = self
+            .sae
+            .weights
+            .trainable()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        for ((name, m), v) in names.iter().zip(&self.adam.m).zip(&self.adam.v) {
+            out.push((format!("{ADAM_M}{name}"), m.shallow_clone()));
+            out.push((format!("{ADAM_V}{name}"), v.shallow_clone()));
+        }
+        out.push((DEAD.into(), self.dead.tokens_since_fired.shallow_clone()));
+        out.push((FIRE_COUNTS.into(), self.fire_counts.shallow_clone()));
+        out
+    }
+
+    fn restore(
+        &mut self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        entry: &SaeCheckpoint,
+    ) -> Result<()> {
+        let device = self.device;
+        let get = |name: &str| -> Result<Tensor> {
+            let t = tensors.get(name).ok_or_else(|| Error::MissingTensor {
+                name: name.into(),
+                source_desc: format!("checkpoint {}", entry.file),
+            })?;
+            Ok(t.f_to_device(device)?)
+        };
+        self.sae.weights.load_named(&|n| get(n).ok())?;
+        let names: Vec<&str> = self
+            .sae
+            .weights
+            .trainable()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        self.adam.m = names
+            .iter()
+            .map(|n| get(&format!("{ADAM_M}{n}")))
+            .collect::<Result<_>>()?;
+        self.adam.v = names
+            .iter()
+            .map(|n| get(&format!("{ADAM_V}{n}")))
+            .collect::<Result<_>>()?;
+        self.adam.step = entry.adam_step;
+        self.dead.tokens_since_fired = get(DEAD)?;
+        self.fire_counts = get(FIRE_COUNTS)?;
+        self.scale = entry.scale;
+        Ok(())
+    }
+}
+
+/// The learning rate a spec trains at: the config's, or sparsify's rule
+/// `2e-4 / √(d_sae / 2¹⁴)`.
+pub fn learning_rate(cfg: &TrainConfig, d_sae: usize) -> f64 {
+    cfg.optim
+        .lr
+        .unwrap_or_else(|| 2e-4 / (d_sae as f64 / 16384.0).sqrt())
+}
+
+/// The config a checkpoint must match to be resumed (all but the token budget).
+fn resume_key(cfg: &TrainConfig) -> Result<String> {
+    let mut c = cfg.clone();
+    c.data.tokens = 0;
+    c.to_toml()
+}
+
+/// Trains every SAE of `cfg` on `feed`.
+pub fn train(
+    cfg: &TrainConfig,
+    feed: &mut dyn ActivationFeed,
+    opts: &TrainOptions,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let hooks = cfg.hooks();
+    let widths = feed.widths();
+    if widths.len() != hooks.len() {
+        return Err(Error::InvalidArgument(format!(
+            "the feed serves {} hook(s) but the config trains on {}",
+            widths.len(),
+            hooks.len()
+        )));
+    }
+    let out = cfg.run.out.clone();
+    let ckpt_dir = checkpoint_dir(&out);
+    let checkpoint = if opts.in_memory {
+        None
+    } else {
+        let found = read_checkpoint(&ckpt_dir)?;
+        if found.is_some() && !opts.resume {
+            return Err(Error::Training(format!(
+                "{} already holds a checkpoint; pass --resume to continue it, or choose another --out",
+                out.display()
+            )));
+        }
+        found
+    };
+    if !opts.in_memory {
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        write_atomic(&out.join(SAVED_CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+    }
+
+    let compute_kind = if cfg.optim.compute_dtype == "bf16" {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
+    let adam_cfg = AdamConfig {
+        beta1: cfg.optim.beta1,
+        beta2: cfg.optim.beta2,
+        eps: cfg.optim.eps,
+    };
+    let total_steps = cfg.total_steps();
+
+    // The first batch sets the input scale and b_dec of a fresh run, and is
+    // then trained on like any other.
+    let (mut first_batch, start_step, start_tokens) = match &checkpoint {
+        Some((state, _)) => {
+            if state.config_toml != resume_key(cfg)? {
+                return Err(Error::Training(format!(
+                    "the checkpoint in {} was written by a different config (only `data.tokens` may change on --resume)",
+                    ckpt_dir.display()
+                )));
+            }
+            feed.skip_batches(state.step)?;
+            (None, state.step, state.tokens)
+        }
+        None => {
+            let batch = feed
+                .next_batch()?
+                .ok_or_else(|| Error::InvalidArgument("the activation feed is empty".into()))?;
+            (Some(batch), 0, 0)
+        }
+    };
+
+    let mut runs = Vec::new();
+    for (i, spec) in cfg.saes.iter().enumerate() {
+        let hook_index = hooks.iter().position(|h| *h == spec.hook).unwrap_or(0);
+        let d_in = widths[hook_index];
+        let device = parse_device(&spec.device)?;
+        let mut sae_cfg = SaeConfig::new(&spec.architecture, d_in, d_in * spec.expansion);
+        sae_cfg.k = spec.k;
+        let arch = crate::sae::architecture(&spec.architecture)?;
+        sae_cfg.apply_b_dec_to_input = arch.default_apply_b_dec_to_input();
+        sae_cfg.metadata = opts.metadata.clone();
+        sae_cfg.metadata.hook_name = Some(spec.hook.clone());
+        let mut sae = Sae::init(sae_cfg, cfg.run.seed + i as u64, device)?;
+        let scale = match &first_batch {
+            Some(batch) => input_scale(cfg, feed.mean_norms()[hook_index], &batch[hook_index])?,
+            None => 1.0,
+        };
+        if let Some(batch) = &first_batch {
+            let x = batch[hook_index].f_to_device(device)?.f_mul_scalar(scale)?;
+            init_b_dec(&mut sae, &cfg.run.init_b_dec, &x)?;
+        }
+        let name = spec.name();
+        let params: Vec<&Tensor> = sae
+            .weights
+            .trainable()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        let adam = Adam::new(adam_cfg, &params)?;
+        let d_sae = sae.cfg.d_sae as i64;
+        let mut run = SaeRun {
+            spec: spec.clone(),
+            hook_index,
+            device,
+            dead: DeadLatents::new(d_sae, cfg.run.dead_tokens, device)?,
+            fire_counts: Tensor::f_zeros([d_sae], (Kind::Float, device))?,
+            metrics: None,
+            last: None,
+            name,
+            sae,
+            scale,
+            adam,
+        };
+        let mut metrics_bytes = 0;
+        if let Some((state, tensors)) = &checkpoint {
+            let entry = state
+                .saes
+                .iter()
+                .position(|s| s.name == run.name)
+                .ok_or_else(|| {
+                    Error::Training(format!("the checkpoint has no SAE named `{}`", run.name))
+                })?;
+            run.restore(&tensors[entry], &state.saes[entry])?;
+            metrics_bytes = state.saes[entry].metrics_bytes;
+        }
+        if !opts.in_memory {
+            run.metrics = Some(MetricsLog::open(&out.join(&run.name), metrics_bytes)?);
+        }
+        runs.push(run);
+    }
+
+    let checkpoint_every = cfg.run.checkpoint_every_tokens;
+    let mut step = start_step;
+    let mut tokens = start_tokens;
+    let started = Instant::now();
+    let mut step_seconds = Vec::new();
+    let mut interrupted = false;
+    observer.on_start(start_step, total_steps, cfg.data.batch_size);
+    while step < total_steps {
+        let step_started = Instant::now();
+        let batch = match first_batch.take() {
+            Some(b) => b,
+            None => match feed.next_batch()? {
+                Some(b) => b,
+                None => break,
+            },
+        };
+        let rows = batch[0].size()[0];
+        let mut records = Vec::with_capacity(runs.len());
+        for run in runs.iter_mut() {
+            records.push(train_step(
+                cfg,
+                run,
+                &batch,
+                step,
+                tokens + rows as u64,
+                compute_kind,
+            )?);
+        }
+        step += 1;
+        tokens += rows as u64;
+        step_seconds.push(step_started.elapsed().as_secs_f64());
+        observer.on_step(step, tokens, &records);
+        let crossed = checkpoint_every > 0
+            && tokens / checkpoint_every != (tokens - rows as u64) / checkpoint_every;
+        let stop_here = opts.stop_after_steps == Some(step);
+        if !opts.in_memory && (crossed || stop_here) {
+            save_checkpoint(cfg, &ckpt_dir, &mut runs, step, tokens)?;
+            observer.on_checkpoint(step);
+        }
+        if stop_here {
+            interrupted = true;
+            break;
+        }
+    }
+    if !opts.in_memory && !interrupted {
+        save_checkpoint(cfg, &ckpt_dir, &mut runs, step, tokens)?;
+    }
+
+    let mut saes = Vec::new();
+    for run in runs {
+        saes.push(finish(run, &out, tokens, opts.in_memory || interrupted)?);
+    }
+    Ok(TrainSummary {
+        saes,
+        steps: step,
+        tokens,
+        seconds: started.elapsed().as_secs_f64(),
+        step_seconds,
+        interrupted,
+    })
+}
+
+/// `√d / mean‖x‖` when normalising (the store's statistic, else this batch's), else 1.
+fn input_scale(cfg: &TrainConfig, known_mean_norm: Option<f64>, batch: &Tensor) -> Result<f64> {
+    if cfg.data.normalize == NORMALIZE_NONE {
+        return Ok(1.0);
+    }
+    let mean_norm = match known_mean_norm {
+        Some(n) => n,
+        None => batch
+            .f_norm_scalaropt_dim(2.0, [1i64].as_slice(), false)?
+            .f_mean(Kind::Float)?
+            .f_double_value(&[])?,
+    };
+    if !(mean_norm > 0.0 && mean_norm.is_finite()) {
+        return Err(Error::Training(format!(
+            "the activations' mean norm is {mean_norm}; cannot normalise them"
+        )));
+    }
+    Ok((batch.size()[1] as f64).sqrt() / mean_norm)
+}
+
+fn init_b_dec(sae: &mut Sae, how: &str, x: &Tensor) -> Result<()> {
+    let centre = match how {
+        "geometric_median" => geometric_median(x, 100, 1e-5)?,
+        "mean" => x.f_mean_dim([0i64].as_slice(), false, Kind::Float)?,
+        _ => return Ok(()),
+    };
+    sae.weights.b_dec = centre.f_to_device(sae.device())?;
+    Ok(())
+}
+
+fn train_step(
+    cfg: &TrainConfig,
+    run: &mut SaeRun,
+    batch: &[Tensor],
+    step: u64,
+    tokens_after: u64,
+    compute_kind: Kind,
+) -> Result<StepRecord> {
+    let schedule = Schedule {
+        lr: learning_rate(cfg, run.sae.cfg.d_sae),
+        warmup_steps: cfg.optim.lr_warmup_steps,
+        decay_fraction: cfg.optim.lr_decay_fraction,
+        sparsity_warmup_fraction: cfg.optim.sparsity_warmup_fraction,
+        total_steps: cfg.total_steps(),
+    };
+    let x = batch[run.hook_index]
+        .f_to_device(run.device)?
+        .f_mul_scalar(run.scale)?;
+    let rows = x.size()[0];
+    let sparsity_coefficient = run.spec.sparsity_coefficient() * schedule.sparsity_factor(step);
+    let ctx = StepContext {
+        k: run.spec.k,
+        sparsity_coefficient,
+        bandwidth: run.spec.bandwidth,
+        auxk_alpha: run.spec.auxk_alpha,
+        dead_mask: Some(run.dead.mask()?),
+        compute_kind,
+        sparse: cfg.run.sparse_topk,
+        threshold_momentum: run.spec.threshold_momentum,
+    };
+    let arch = crate::sae::architecture(&run.spec.architecture)?;
+    let out = arch.train_step(&mut run.sae.weights, &run.sae.cfg, &x, &ctx)?;
+    if !out.loss.is_finite() {
+        return Err(Error::Training(format!(
+            "SAE `{}`: loss is {} at step {step}; lower the learning rate or check the activations",
+            run.name, out.loss
+        )));
+    }
+    let mut grads = out.grads;
+    let unit_norm = arch.unit_norm_decoder();
+    tch::no_grad(|| -> Result<()> {
+        if unit_norm {
+            // Remove the component of each decoder row's gradient along the row.
+            let w_dec = &run.sae.weights.w_dec;
+            let along =
+                grads[2]
+                    .f_mul(w_dec)?
+                    .f_sum_dim_intlist([1i64].as_slice(), true, Kind::Float)?;
+            grads[2] = grads[2].f_sub(&along.f_mul(w_dec)?)?;
+        }
+        if cfg.optim.grad_clip > 0.0 {
+            let total = grads
+                .iter()
+                .map(|g| g.f_square()?.f_sum(Kind::Float))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let norm = Tensor::f_stack(&total, 0)?
+                .f_sum(Kind::Float)?
+                .f_sqrt()?
+                .f_double_value(&[])?;
+            if norm > cfg.optim.grad_clip {
+                let factor = cfg.optim.grad_clip / norm;
+                for g in grads.iter_mut() {
+                    let _ = g.f_mul_scalar_(factor)?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let lr = schedule.lr(step);
+    {
+        let mut params: Vec<&mut Tensor> = run
+            .sae
+            .weights
+            .trainable_mut()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        run.adam.update(&mut params, &grads, lr)?;
+    }
+    if unit_norm {
+        run.sae.weights.normalize_decoder_rows()?;
+    }
+    run.dead.update(&out.fire_counts.f_gt(0.0)?, rows)?;
+    let _ = run.fire_counts.f_add_(&out.fire_counts)?;
+    let record = StepRecord {
+        step,
+        tokens: tokens_after,
+        loss: out.loss,
+        mse: out.mse,
+        fvu: out.fvu,
+        explained_variance: 1.0 - out.fvu,
+        l0: out.l0,
+        dead_fraction: run.dead.fraction()?,
+        lr,
+        sparsity_coefficient,
+        sparsity_loss: out.sparsity_loss,
+        aux_loss: out.aux_loss,
+    };
+    if let Some(m) = run.metrics.as_mut() {
+        m.write(&record)?;
+    }
+    run.last = Some(record.clone());
+    Ok(record)
+}
+
+fn save_checkpoint(
+    cfg: &TrainConfig,
+    dir: &Path,
+    runs: &mut [SaeRun],
+    step: u64,
+    tokens: u64,
+) -> Result<()> {
+    let mut entries = Vec::new();
+    let mut tensors = Vec::new();
+    for run in runs.iter_mut() {
+        let metrics_bytes = match run.metrics.as_mut() {
+            Some(m) => m.sync()?,
+            None => 0,
+        };
+        entries.push(SaeCheckpoint {
+            name: run.name.clone(),
+            file: format!("{}.step{step}.safetensors", run.name),
+            scale: run.scale,
+            metrics_bytes,
+            adam_step: run.adam.step,
+        });
+        tensors.push(run.checkpoint_tensors());
+    }
+    let state = CheckpointState {
+        step,
+        tokens,
+        config_toml: resume_key(cfg)?,
+        saes: entries,
+    };
+    write_checkpoint(dir, &state, &tensors)
+}
+
+/// Folds the scale in, saves the SAE folder and its plots.
+fn finish(mut run: SaeRun, out: &Path, tokens: u64, in_memory: bool) -> Result<TrainedSae> {
+    if let Some(m) = run.metrics.as_mut() {
+        m.sync()?;
+    }
+    let mut sae = run.sae.to_device(Device::Cpu)?;
+    sae.weights.fold_input_scale(run.scale)?;
+    sae.cfg.normalize_activations = NORMALIZE_NONE.into();
+    sae.cfg
+        .metadata
+        .extra
+        .insert("training_tokens".into(), tokens.into());
+    sae.cfg
+        .metadata
+        .extra
+        .insert("folded_input_scale".into(), run.scale.into());
+    let densities: Vec<f64> = Vec::<f64>::try_from(
+        &run.fire_counts
+            .f_to_device(Device::Cpu)?
+            .f_to_kind(Kind::Double)?
+            .f_div_scalar(tokens.max(1) as f64)?,
+    )?;
+    let dir = if in_memory {
+        None
+    } else {
+        let dir = out.join(&run.name);
+        save_sae(&sae, &dir)?;
+        let records = super::metrics::read_metrics(&dir.join(METRICS_FILE))?;
+        let curves = training_curves_svg(&records, &run.name)?;
+        write_atomic(&dir.join(CURVES_FILE), curves.as_bytes())?;
+        let hist = histogram_svg(
+            &log10_densities(&densities),
+            50,
+            &format!("{}: feature density over training", run.name),
+            "log10(fraction of tokens a latent fires on)",
+        )?;
+        write_atomic(&dir.join(DENSITY_FILE), hist.as_bytes())?;
+        Some(dir)
+    };
+    Ok(TrainedSae {
+        name: run.name,
+        dir,
+        sae,
+        scale: run.scale,
+        last: run.last,
+        densities,
+    })
+}
