@@ -1,14 +1,44 @@
 #!/usr/bin/env bash
-# Sets up what is missing and runs the main job on the default model
-# (SmolLM2-135M-Instruct from its GGUF): next-token log-probs and a streamed,
-# chat-formatted generation.
+# Sets up what is missing, then the main job on the default model
+# (SmolLM2-135M-Instruct from its GGUF) and corpus:
+#   1. harvest ~1M layer-8 residual activations (bf16 model, f32 store);
+#   2. train a TopK SAE on them (train/quickstart.toml);
+#   3. evaluate it spliced into the model on text it was not trained on;
+#   4. print the summary and where the plots are.
+# Each step resumes or skips what a previous run finished.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
 BIN="$ROOT/target/release/saescope"
-echo "== saescope logits --model smollm2-135m --prompt 'The capital of France is'"
-"$BIN" logits --model smollm2-135m --prompt "The capital of France is" --top-k 5
-echo "== saescope generate --chat"
-"$BIN" generate --model smollm2-135m --chat --max-new-tokens 64 \
-  --prompt "Explain in two sentences what a sparse autoencoder is."
+OUT=out/quickstart
+HOOK=blocks.8.hook_resid_post
+SAE="$OUT/sae/$HOOK-topk-x16-k32"
+mkdir -p "$OUT"
+
+echo "== 1/3 harvest: $HOOK, 1M tokens"
+resume=()
+[ -f "$OUT/acts/manifest.json" ] && resume=(--resume)
+"$BIN" harvest --model smollm2-135m --model-dtype bf16 --hook "$HOOK" --tokens 1000000 \
+  --context 128 --skip-bos --out "$OUT/acts" "${resume[@]}"
+windows=$(python3 -c "import json; print(json.load(open('$OUT/acts/manifest.json'))['windows'])")
+
+echo "== 2/3 train: TopK SAE, 16x expansion, k = 32"
+if [ -f "$SAE/sae_weights.safetensors" ]; then
+  echo "already trained: $SAE"
+else
+  resume=()
+  [ -f "$OUT/sae/checkpoint/state.json" ] && resume=(--resume)
+  "$BIN" train --config train/quickstart.toml "${resume[@]}"
+fi
+
+echo "== 3/3 evaluate on 8192 held-out tokens (the corpus after the harvested windows)"
+"$BIN" eval sae --sae "$SAE" --model smollm2-135m --dtype bf16 --tokens 8192 \
+  --skip-windows "$windows" --out "$OUT/eval.json"
+
+echo
+echo "plots:"
+echo "  training curves:          $SAE/training_curves.svg"
+echo "  feature density (train):  $SAE/feature_density.svg"
+echo "  feature density (eval):   $OUT/eval.svg"
+echo "SAE (SAELens layout):       $SAE"

@@ -116,6 +116,14 @@ struct Active {
     grad_pre: Tensor,
 }
 
+/// `[rows, k]` f32 pre-activations `x_in · W_enc[i] + b_enc[i]` of the
+/// latents `indices` `[rows, k]` only.
+fn exact_pre_activations(w: &SaeWeights, x_in: &Tensor, indices: &Tensor) -> Result<Tensor> {
+    let dots = Bags::new(indices)?.weight_grad(x_in, &w.w_enc)?;
+    let bias = w.b_enc.f_index_select(0, &indices.f_reshape([-1])?)?;
+    Ok(dots.f_add(&bias.f_view_as(&dots)?)?)
+}
+
 /// A TopK training step on the sparse path (see the module doc).
 pub fn sparse_topk_step(
     w: &mut SaeWeights,
@@ -131,8 +139,22 @@ fn step(w: &SaeWeights, cfg: &SaeConfig, x: &Tensor, ctx: &StepContext) -> Resul
     let rows = x.size()[0];
     let d_sae = w.d_sae();
     let x_in = encoder_input(w, cfg, x)?;
-    let pre = pre_activations(&x_in, &w.w_enc, &w.b_enc, ctx.compute_kind)?;
-    let (values, indices) = pre.f_topk(k as i64, -1, true, false)?;
+    // `pre` `[batch, d_sae]` only chooses latents; the chosen values are f32.
+    let (pre, values, indices) = if ctx.compute_kind == Kind::Float {
+        let pre = pre_activations(&x_in, &w.w_enc, &w.b_enc, Kind::Float)?;
+        let (values, indices) = pre.f_topk(k as i64, -1, true, false)?;
+        (pre, values, indices)
+    } else {
+        // Low-precision scores pick the latents (a near-tie may go either
+        // way); their pre-activations are then recomputed exactly in f32.
+        let pre = x_in
+            .f_to_kind(ctx.compute_kind)?
+            .f_matmul(&w.w_enc.f_to_kind(ctx.compute_kind)?.f_tr()?)?
+            .f_add(&w.b_enc.f_to_kind(ctx.compute_kind)?)?;
+        let (_, indices) = pre.f_topk(k as i64, -1, true, false)?;
+        let values = exact_pre_activations(w, &x_in, &indices)?;
+        (pre, values, indices)
+    };
     let acts = values.f_relu()?;
     let bags = Bags::new(&indices)?;
     let recon = bags.gather_sum(&w.w_dec, &acts)?.f_add(&w.b_dec)?;
@@ -157,7 +179,10 @@ fn step(w: &SaeWeights, cfg: &SaeConfig, x: &Tensor, ctx: &StepContext) -> Resul
         .table_grad(&grad_recon, &groups[0].acts, d_sae)?;
     let mut aux_loss = 0.0;
     if let Some(dead) = &ctx.dead_mask {
-        if let Some(sel) = select_dead(&pre, dead, w.d_in())? {
+        if let Some(mut sel) = select_dead(&pre, dead, w.d_in())? {
+            if ctx.compute_kind != Kind::Float {
+                sel.values = exact_pre_activations(w, &x_in, &sel.indices)?;
+            }
             let aux_bags = Bags::new(&sel.indices)?;
             let aux_acts = sel.values.f_relu()?;
             let e_hat = aux_bags.gather_sum(&w.w_dec, &aux_acts)?;
@@ -181,10 +206,14 @@ fn step(w: &SaeWeights, cfg: &SaeConfig, x: &Tensor, ctx: &StepContext) -> Resul
         }
     }
 
-    let mut grad_w_enc = Tensor::f_zeros_like(&w.w_enc)?;
+    let mut grad_w_enc = groups[0]
+        .bags
+        .table_grad(&x_in, &groups[0].grad_pre, d_sae)?;
     let mut grad_b_enc = Tensor::f_zeros([d_sae], (Kind::Float, x.device()))?;
-    for g in &groups {
-        grad_w_enc = grad_w_enc.f_add(&g.bags.table_grad(&x_in, &g.grad_pre, d_sae)?)?;
+    for (i, g) in groups.iter().enumerate() {
+        if i > 0 {
+            let _ = grad_w_enc.f_add_(&g.bags.table_grad(&x_in, &g.grad_pre, d_sae)?)?;
+        }
         grad_b_enc = grad_b_enc.f_index_add(0, &g.bags.indices, &g.grad_pre.f_reshape([-1])?)?;
     }
     let mut grad_b_dec = grad_recon.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Float)?;
@@ -266,5 +295,40 @@ mod tests {
                 assert!(diff < 1e-4, "gradient {i} differs by {diff}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod bf16_tests {
+    use tch::Device;
+
+    use super::super::autoencoder::Sae;
+    use super::*;
+
+    #[test]
+    fn bf16_selection_keeps_f32_values_of_the_chosen_latents() {
+        let mut cfg = SaeConfig::new("topk", 32, 128);
+        cfg.k = Some(8);
+        let mut sae = Sae::init(cfg.clone(), 3, Device::Cpu).unwrap();
+        let x = crate::rng::normal(&mut rand::SeedableRng::seed_from_u64(4), &[64, 32], 1.0);
+        let f32_step =
+            sparse_topk_step(&mut sae.weights, &cfg, &x, &StepContext::new(Some(8), 0.0)).unwrap();
+        let mut ctx = StepContext::new(Some(8), 0.0);
+        ctx.compute_kind = Kind::BFloat16;
+        let bf16_step = sparse_topk_step(&mut sae.weights, &cfg, &x, &ctx).unwrap();
+        // Almost every token picks the same latents, so the losses nearly agree.
+        assert!(
+            (f32_step.fvu - bf16_step.fvu).abs() < 0.01 * f32_step.fvu,
+            "{} vs {}",
+            f32_step.fvu,
+            bf16_step.fvu
+        );
+        let agree = f32_step
+            .fire_counts
+            .eq_tensor(&bf16_step.fire_counts)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[]);
+        assert!(agree > 0.9, "fire counts agree on {agree}");
     }
 }

@@ -54,6 +54,11 @@ impl Adam {
         let AdamConfig { beta1, beta2, eps } = self.cfg;
         let bias1 = 1.0 - beta1.powi(self.step as i32);
         let bias2 = 1.0 - beta2.powi(self.step as i32);
+        // Seven passes over each tensor: lerp the moments, then
+        // p += m / (√v · (−bias1 / (lr·√bias2)) − eps·bias1/lr), which is
+        // p −= (lr / bias1) · m / (√(v / bias2) + eps).
+        let scale = -bias1 / (lr * bias2.sqrt());
+        let offset = -bias1 * eps / lr;
         tch::no_grad(|| -> Result<()> {
             for (((p, g), m), v) in params
                 .iter_mut()
@@ -61,13 +66,15 @@ impl Adam {
                 .zip(&mut self.m)
                 .zip(&mut self.v)
             {
-                let _ = m.f_mul_scalar_(beta1)?;
-                let _ = m.f_add_(&g.f_mul_scalar(1.0 - beta1)?)?;
-                let _ = v.f_mul_scalar_(beta2)?;
-                let _ = v.f_addcmul_(g, &g.f_mul_scalar(1.0 - beta2)?)?;
-                let denom = v.f_div_scalar(bias2)?.f_sqrt_()?.f_add_scalar_(eps)?;
-                let update = m.f_div(&denom)?.f_mul_scalar_(lr / bias1)?;
-                let _ = p.f_sub_(&update)?;
+                let _ = m.f_lerp_(g, 1.0 - beta1)?;
+                let _ = v.f_lerp_(&g.f_square()?, 1.0 - beta2)?;
+                if lr <= 0.0 {
+                    continue;
+                }
+                let mut denom = v.f_sqrt()?;
+                let _ = denom.f_mul_scalar_(scale)?;
+                let _ = denom.f_add_scalar_(offset)?;
+                let _ = p.f_addcdiv_(m, &denom)?;
             }
             Ok(())
         })
