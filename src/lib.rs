@@ -16,6 +16,7 @@ pub mod model;
 pub mod plots;
 pub mod rng;
 pub mod sae;
+pub mod steer;
 pub mod train;
 
 pub use error::{Error, Result};

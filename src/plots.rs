@@ -135,6 +135,83 @@ pub fn histogram_svg(values: &[f64], bins: usize, title: &str, x_desc: &str) -> 
     Ok(svg)
 }
 
+/// A grid of values as coloured cells (rows top to bottom, columns left to
+/// right), diverging around 1: red above, blue below, white at 1, with the
+/// colour saturating at the largest distance from 1. Cells print their value.
+pub fn heatmap_svg(
+    values: &[Vec<f64>],
+    rows: &[String],
+    cols: &[String],
+    title: &str,
+) -> Result<String> {
+    let (n_rows, n_cols) = (rows.len(), cols.len());
+    if values.len() != n_rows
+        || values.iter().any(|r| r.len() != n_cols)
+        || n_rows == 0
+        || n_cols == 0
+    {
+        return Err(Error::InvalidArgument(
+            "heatmap values do not match its labels".into(),
+        ));
+    }
+    let spread = values
+        .iter()
+        .flatten()
+        .map(|v| (v - 1.0).abs())
+        .fold(1e-9, f64::max);
+    let cell = 38i32;
+    let (left, top) = (60i32, 50i32);
+    let width = (left + cell * n_cols as i32 + 20) as u32;
+    let height = (top + cell * n_rows as i32 + 140) as u32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width.max(400), height)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        root.draw(&Text::new(title.to_string(), (10, 15), ("sans-serif", 18)))
+            .map_err(plot_error)?;
+        for (r, row) in values.iter().enumerate() {
+            let y = top + r as i32 * cell;
+            root.draw(&Text::new(
+                rows[r].clone(),
+                (8, y + cell / 3),
+                ("sans-serif", 12),
+            ))
+            .map_err(plot_error)?;
+            for (c, v) in row.iter().enumerate() {
+                let x = left + c as i32 * cell;
+                let t = ((v - 1.0) / spread).clamp(-1.0, 1.0);
+                let fade = |x: f64| (255.0 * (1.0 - x.abs())) as u8;
+                let color = if t >= 0.0 {
+                    RGBColor(255, fade(t), fade(t))
+                } else {
+                    RGBColor(fade(t), fade(t), 255)
+                };
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell, y + cell)],
+                    color.filled(),
+                ))
+                .map_err(plot_error)?;
+                root.draw(&Text::new(
+                    format!("{v:.2}"),
+                    (x + 3, y + cell / 3),
+                    ("sans-serif", 10),
+                ))
+                .map_err(plot_error)?;
+            }
+        }
+        let bottom = top + n_rows as i32 * cell + 8;
+        for (c, name) in cols.iter().enumerate() {
+            let x = left + c as i32 * cell + cell / 3;
+            let style =
+                TextStyle::from(("sans-serif", 11).into_font()).transform(FontTransform::Rotate90);
+            root.draw(&Text::new(name.clone(), (x, bottom), style))
+                .map_err(plot_error)?;
+        }
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
 /// `log10` of each latent's firing frequency; never-firing latents give −∞.
 pub fn log10_densities(frequencies: &[f64]) -> Vec<f64> {
     frequencies.iter().map(|f| f.log10()).collect()

@@ -19,6 +19,28 @@ use super::ModelArgs;
 pub enum EvalCommand {
     /// Reconstruction, sparsity and CE loss recovered of an SAE spliced into the model.
     Sae(EvalSaeArgs),
+    /// Effectiveness, faithfulness and minimality of interventions on a task.
+    Steer(EvalSteerArgs),
+}
+
+#[derive(Args)]
+pub struct EvalSteerArgs {
+    /// Intervention file(s), applied together in order.
+    #[arg(long = "intervention", required = true)]
+    interventions: Vec<PathBuf>,
+    /// Task JSONL (prompt, target, foil), e.g. eval/tasks/country_capital/test.jsonl.
+    #[arg(long)]
+    task: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A component counts as touched when |θ − identity| exceeds this.
+    #[arg(long, default_value_t = 1e-2)]
+    eps: f64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -66,6 +88,7 @@ impl EvalObserver for Bar {
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Sae(args) => eval_sae(args),
+        EvalCommand::Steer(args) => eval_steer(args),
     }
 }
 
@@ -153,6 +176,70 @@ fn eval_sae(args: EvalSaeArgs) -> anyhow::Result<()> {
                 out.with_extension("svg").display()
             );
         }
+    }
+    Ok(())
+}
+
+fn eval_steer(args: EvalSteerArgs) -> anyhow::Result<()> {
+    let model = args.model.load()?;
+    let task = saescope::steer::Task::load(&args.task, &model.tokenizer)?;
+    let n_layers = model.model.config().n_layers;
+    let mut steers = Vec::new();
+    for path in &args.interventions {
+        steers.extend(saescope::steer::load_steers(
+            path,
+            n_layers,
+            model.model.device(),
+        )?);
+    }
+    let r = saescope::steer::evaluate_steers(&model, &task, &mut steers, args.eps)?;
+    if let Some(out) = &args.out {
+        write_atomic(out, serde_json::to_string_pretty(&r)?.as_bytes())?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!("{} prompts of {}", r.prompts, args.task.display());
+    let rows = [
+        (
+            "effectiveness: flipped to target",
+            format!(
+                "{:.1}% (clean {:.1}%)",
+                100.0 * r.flipped_fraction,
+                100.0 * r.clean_target_fraction
+            ),
+        ),
+        (
+            "  mean logit diff target-foil",
+            format!(
+                "{:+.3} (clean {:+.3})",
+                r.mean_logit_diff, r.mean_logit_diff_clean
+            ),
+        ),
+        (
+            "  mean prob diff target-foil",
+            format!(
+                "{:+.4} (clean {:+.4})",
+                r.mean_prob_diff, r.mean_prob_diff_clean
+            ),
+        ),
+        ("faithfulness: KL, other tokens", format!("{:.4}", r.kl)),
+        ("  probability mass moved", format!("{:.4}", r.mass_moved)),
+        ("minimality: L1 from identity", format!("{:.3}", r.l1)),
+        (
+            "  components touched",
+            format!(
+                "{} of {} ({:.1}%, |θ−id| > {})",
+                r.components_changed,
+                r.components_total,
+                100.0 * r.fraction_changed,
+                r.eps
+            ),
+        ),
+    ];
+    for (name, value) in rows {
+        println!("  {name:<34} {value}");
     }
     Ok(())
 }

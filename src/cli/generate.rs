@@ -36,6 +36,10 @@ pub struct GenerateArgs {
     /// Leave the BOS token out (ignored with --chat, whose template starts the text).
     #[arg(long)]
     no_bos: bool,
+    /// Intervention file(s) (from `saescope steer`): print the baseline, then
+    /// the steered continuation.
+    #[arg(long = "steer")]
+    steer: Vec<std::path::PathBuf>,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -64,8 +68,41 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             top_p: args.top_p,
             seed: args.seed,
         },
-        stop_ids: stop_ids.clone(),
+        stop_ids,
     };
+    if args.steer.is_empty() {
+        return stream(&loaded, &args, &prompt, &config, &mut Hooks::new());
+    }
+    let n_layers = loaded.model.config().n_layers;
+    let mut steers = Vec::new();
+    for path in &args.steer {
+        steers.extend(saescope::steer::load_steers(
+            path,
+            n_layers,
+            loaded.model.device(),
+        )?);
+    }
+    println!("== baseline");
+    stream(&loaded, &args, &prompt, &config, &mut Hooks::new())?;
+    let names: Vec<String> = args.steer.iter().map(|p| p.display().to_string()).collect();
+    println!("== steered ({})", names.join(" + "));
+    let mut hooks = Hooks::new();
+    for s in steers.iter_mut() {
+        hooks.push(s.as_mut());
+    }
+    stream(&loaded, &args, &prompt, &config, &mut hooks)
+}
+
+/// Generates from `prompt` with `hooks`, streaming text to stdout.
+fn stream(
+    loaded: &saescope::model::LoadedModel,
+    args: &GenerateArgs,
+    prompt: &[i64],
+    config: &GenerateConfig,
+    hooks: &mut Hooks,
+) -> anyhow::Result<()> {
+    let tok = &loaded.tokenizer;
+    let stop_ids = &config.stop_ids;
     let mut stdout = std::io::stdout().lock();
     if !args.chat {
         write!(stdout, "{}", args.prompt)?;
@@ -75,27 +112,21 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut new_ids = Vec::new();
     let mut printed = 0;
     let mut stream_error = None;
-    generate(
-        &loaded.model,
-        &[prompt],
-        &config,
-        &mut Hooks::new(),
-        |_, id| {
-            if stop_ids.contains(&id) {
-                return;
+    generate(&loaded.model, &[prompt.to_vec()], config, hooks, |_, id| {
+        if stop_ids.contains(&id) {
+            return;
+        }
+        new_ids.push(id);
+        match tok.decode(&new_ids) {
+            Ok(text) if !text.ends_with('\u{FFFD}') && text.len() > printed => {
+                let _ = write!(stdout, "{}", &text[printed..]);
+                let _ = stdout.flush();
+                printed = text.len();
             }
-            new_ids.push(id);
-            match tok.decode(&new_ids) {
-                Ok(text) if !text.ends_with('\u{FFFD}') && text.len() > printed => {
-                    let _ = write!(stdout, "{}", &text[printed..]);
-                    let _ = stdout.flush();
-                    printed = text.len();
-                }
-                Ok(_) => {}
-                Err(e) => stream_error = Some(e),
-            }
-        },
-    )?;
+            Ok(_) => {}
+            Err(e) => stream_error = Some(e),
+        }
+    })?;
     if let Some(e) = stream_error {
         return Err(e.into());
     }

@@ -5,6 +5,7 @@ mod eval;
 mod generate;
 mod harvest;
 mod logits;
+mod steer;
 mod store;
 mod train;
 
@@ -38,9 +39,12 @@ enum Command {
     Store(store::StoreCommand),
     /// Train one or more SAEs from a store or straight from the model.
     Train(Box<train::TrainArgs>),
-    /// Evaluate SAEs.
+    /// Evaluate SAEs and interventions.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Learn or write steering interventions.
+    #[command(subcommand)]
+    Steer(steer::SteerCommand),
 }
 
 /// Which model, where, in what precision.
@@ -83,6 +87,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Store(cmd) => store::run(cmd),
         Command::Train(args) => train::run(*args),
         Command::Eval(cmd) => eval::run(cmd),
+        Command::Steer(cmd) => steer::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

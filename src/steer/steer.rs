@@ -1,0 +1,25 @@
+//! What every steering intervention provides beyond [`Intervention`]: its
+//! learnable tensors, its distance from doing nothing (the minimality term),
+//! and its serialised form.
+
+use tch::Tensor;
+
+use super::spec::SteerSpec;
+use crate::error::Result;
+use crate::hooks::Intervention;
+
+pub trait Steer: Intervention {
+    /// Tensors trained by gradient descent (none for fixed interventions).
+    fn parameters(&mut self) -> Vec<&mut Tensor> {
+        Vec::new()
+    }
+
+    /// Scalar `Σ|θ − θ_identity|`, differentiable (minimality).
+    fn l1_from_identity(&self) -> Result<Tensor>;
+
+    /// Components touched: parameters with `|θ − θ_identity| > eps`, and how many there are.
+    fn components(&self, eps: f64) -> Result<(i64, i64)>;
+
+    /// The JSON spec and the tensors that go beside it.
+    fn to_spec(&self) -> Result<(SteerSpec, Vec<(String, Tensor)>)>;
+}
