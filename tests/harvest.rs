@@ -478,3 +478,113 @@ fn hooks_interrupted_between_their_shards_line_up_on_resume() {
     let err = harvest(&model, &cut, &mut Silent).unwrap_err().to_string();
     assert!(err.contains("same hooks"), "{err}");
 }
+
+/// Records the observer's calls, checking that a shard is reported only once
+/// its manifest lists it.
+struct Recorder {
+    dir: std::path::PathBuf,
+    started: Option<(u64, u64)>,
+    advanced: u64,
+    written: Vec<(usize, u64)>,
+}
+
+impl saescope::data::HarvestObserver for Recorder {
+    fn started(&mut self, target_rows: u64, done_rows: u64) {
+        self.started = Some((target_rows, done_rows));
+    }
+    fn advanced(&mut self, rows: u64) {
+        self.advanced += rows;
+    }
+    fn shard_written(&mut self, index: usize, rows: u64) {
+        let m = Manifest::read(&self.dir).unwrap();
+        assert!(
+            m.shards.len() > index,
+            "shard {index} reported before it was listed"
+        );
+        assert_eq!(m.shards[index].rows, rows);
+        self.written.push((index, rows));
+    }
+}
+
+#[test]
+fn the_observer_hears_of_every_batch_and_of_each_shard_once_listed() {
+    let model = common::tiny_llama();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), 200);
+    let cfg = config(
+        &corpus,
+        &dir.path().join("store"),
+        vec![HookPoint::resid_post(0)],
+    );
+    let mut recorder = Recorder {
+        dir: cfg.out.clone(),
+        started: None,
+        advanced: 0,
+        written: Vec::new(),
+    };
+    let summary = harvest(&model, &cfg, &mut recorder).unwrap();
+    let m = Manifest::read(&cfg.out).unwrap();
+    assert_eq!(recorder.started, Some((m.tokens, 0)));
+    assert_eq!(recorder.advanced, m.tokens);
+    let listed: Vec<(usize, u64)> = m.shards.iter().map(|s| s.rows).enumerate().collect();
+    assert_eq!(recorder.written, listed);
+    assert!(summary.forward_secs > 0.0);
+}
+
+#[test]
+fn a_failed_shard_write_is_reported_and_the_store_resumes_to_the_same() {
+    let model = common::tiny_llama();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), 200);
+    let hook = HookPoint::resid_post(1);
+    let whole = config(&corpus, &dir.path().join("whole"), vec![hook]);
+    harvest(&model, &whole, &mut Silent).unwrap();
+    let mut cut = config(&corpus, &dir.path().join("cut"), vec![hook]);
+    // The second shard cannot be written: its temporary path is a folder.
+    let blocker = cut.out.join("shard-00001.safetensors.tmp");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let err = harvest(&model, &cut, &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("shard-00001.safetensors.tmp"), "{err}");
+    let partial = Manifest::read(&cut.out).unwrap();
+    assert_eq!(partial.shards.len(), 1);
+    assert!(!partial.complete);
+    assert!(Store::open(&cut.out).unwrap().verify().is_empty());
+    std::fs::remove_dir(&blocker).unwrap();
+    cut.resume = true;
+    harvest(&model, &cut, &mut Silent).unwrap();
+    let m = Manifest::read(&whole.out).unwrap();
+    assert_eq!(Manifest::read(&cut.out).unwrap(), m);
+    for entry in &m.shards {
+        assert!(
+            std::fs::read(whole.out.join(&entry.file)).unwrap()
+                == std::fs::read(cut.out.join(&entry.file)).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_corpus_error_mid_harvest_is_reported_and_keeps_whole_shards() {
+    let model = common::tiny_llama();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    let mut text = common::corpus_text(60).into_bytes();
+    text.extend_from_slice(b"\n\nnot \xff UTF-8\n");
+    std::fs::write(&corpus, text).unwrap();
+    let mut cfg = config(
+        &corpus,
+        &dir.path().join("store"),
+        vec![HookPoint::resid_post(0)],
+    );
+    cfg.tokens = 100_000;
+    let err = harvest(&model, &cfg, &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("UTF-8"), "{err}");
+    let m = Manifest::read(&cfg.out).unwrap();
+    assert!(!m.complete && !m.shards.is_empty());
+    assert_eq!(m.tokens, m.shards.iter().map(|s| s.rows).sum::<u64>());
+    assert!(Store::open(&cfg.out).unwrap().verify().is_empty());
+    let names: Vec<String> = std::fs::read_dir(&cfg.out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), m.shards.len() + 1, "stray files: {names:?}");
+}

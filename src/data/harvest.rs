@@ -5,16 +5,18 @@
 //! A harvest is resumable: the token stream is deterministic, so a resumed run
 //! keeps the shards its manifests list, skips the windows they hold and writes
 //! the rest; the result is identical to an uninterrupted run. Progress goes to
-//! a [`HarvestObserver`]; the library never prints.
+//! a [`HarvestObserver`]; the library never prints. Packing and writing run on
+//! their own threads beside the forwards (see `pipeline`).
 
 use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 
 use super::corpus::Corpus;
-use super::manifest::{Manifest, ModelInfo, NormStats, StoreDtype, FORMAT_VERSION};
-use super::packing::{PackConfig, Packer, Window};
-use super::store::{ShardData, StoreWriter};
+use super::manifest::{Manifest, ModelInfo, NormStats, StoreDtype, FORMAT_VERSION, MANIFEST_FILE};
+use super::packing::{PackConfig, Packer};
+use super::pipeline::{Job, PackPlan};
+use super::store::StoreWriter;
 use crate::atomic::sha256_file;
 use crate::error::{Error, Result};
 use crate::hooks::{ActivationCache, BlockSite, HookPoint, Hooks};
@@ -73,8 +75,9 @@ pub struct HarvestSummary {
     /// Shards and rows that were already there (resume).
     pub kept_shards: usize,
     pub kept_rows: u64,
-    /// Seconds this run spent in model forwards (the rest is tokenization,
-    /// copies, checksums and writes).
+    /// Seconds this run spent in model forwards. Tokenization and writing
+    /// run on other threads meanwhile; the rest of the wall time is set-up,
+    /// the wait for the first windows and the last shard's write.
     pub forward_secs: f64,
     pub corpus_exhausted: bool,
 }
@@ -310,6 +313,10 @@ fn check_resumable(existing: &Manifest, fresh: &Manifest, dir: &Path) -> Result<
 }
 
 /// Harvests `cfg.hooks` of `model` over `cfg.corpus` into `cfg.out`.
+///
+/// The forward passes run on the calling thread; packing windows and writing
+/// shards run beside them (see the `pipeline` module), and so does the model's
+/// sha256 for new stores.
 pub fn harvest(
     model: &LoadedModel,
     cfg: &HarvestConfig,
@@ -322,18 +329,66 @@ pub fn harvest(
     let rows_per_window = (cfg.context - skip) as u64;
     let windows_per_shard = (cfg.shard_tokens / rows_per_window).max(1);
     let target_windows = cfg.tokens.div_ceil(rows_per_window);
-    let model_sha = model_sha256(&model.path)?;
+    let dirs: Vec<PathBuf> = cfg
+        .hooks
+        .iter()
+        .map(|&hook| store_dir(&cfg.out, &cfg.hooks, hook))
+        .collect();
+    let mut plan = PackPlan {
+        done_windows: 0,
+        target_windows,
+        windows_per_shard,
+        batch: cfg.batch,
+    };
+    let resuming = cfg.resume && dirs.iter().any(|d| d.join(MANIFEST_FILE).exists());
+    if !resuming {
+        // New stores: refused now if taken, written once the model's sha256
+        // is known, which the writer thread works out while the model runs.
+        let mut manifests = Vec::with_capacity(dirs.len());
+        for (dir, &hook) in dirs.iter().zip(&cfg.hooks) {
+            StoreWriter::check_new(dir)?;
+            manifests.push(fresh_manifest(
+                model,
+                cfg,
+                hook,
+                &pack,
+                "",
+                windows_per_shard,
+            )?);
+        }
+        let model_path = model.path.clone();
+        let open = move || {
+            let sha = model_sha256(&model_path)?;
+            dirs.iter()
+                .zip(manifests)
+                .map(|(dir, mut manifest)| {
+                    manifest.model.sha256.clone_from(&sha);
+                    StoreWriter::create(dir, manifest)
+                })
+                .collect()
+        };
+        let job = Job {
+            model,
+            cfg,
+            packer: Packer::new(&corpus, &model.tokenizer, pack)?,
+            plan,
+            skip,
+            kept_shards: 0,
+            kept_rows: 0,
+        };
+        return job.run(open, observer);
+    }
 
+    let model_sha = model_sha256(&model.path)?;
     let mut writers = Vec::with_capacity(cfg.hooks.len());
-    for &hook in &cfg.hooks {
-        let dir = store_dir(&cfg.out, &cfg.hooks, hook);
+    for (dir, &hook) in dirs.iter().zip(&cfg.hooks) {
         let fresh = fresh_manifest(model, cfg, hook, &pack, &model_sha, windows_per_shard)?;
-        let writer = if cfg.resume && dir.join(super::manifest::MANIFEST_FILE).exists() {
-            let writer = StoreWriter::resume(&dir)?;
-            check_resumable(writer.manifest(), &fresh, &dir)?;
+        let writer = if dir.join(MANIFEST_FILE).exists() {
+            let writer = StoreWriter::resume(dir)?;
+            check_resumable(writer.manifest(), &fresh, dir)?;
             writer
         } else {
-            StoreWriter::create(&dir, fresh)?
+            StoreWriter::create(dir, fresh)?
         };
         writers.push(writer);
     }
@@ -360,13 +415,12 @@ pub fn harvest(
     for w in &mut writers {
         w.truncate(kept)?;
     }
-    let stores: Vec<PathBuf> = writers.iter().map(|w| w.dir().to_path_buf()).collect();
     let done_windows = writers[0].manifest().windows;
     let done_rows = writers[0].manifest().tokens;
     if writers.iter().all(|w| w.manifest().complete) {
         let m = writers[0].manifest();
         return Ok(HarvestSummary {
-            stores,
+            stores: dirs,
             rows: m.tokens,
             windows: m.windows,
             shards: m.shards.len(),
@@ -385,120 +439,15 @@ pub fn harvest(
             format!("the corpus now yields {skipped} windows, fewer than the {done_windows} already stored; has it changed?"),
         ));
     }
-    observer.started(target_windows * rows_per_window, done_rows);
-    let device = model.model.device();
-    let mut windows_done = done_windows;
-    let mut shard_index = kept;
-    let mut exhausted = false;
-    let mut forward_secs = 0.0;
-    while windows_done < target_windows {
-        let want = (target_windows - windows_done).min(windows_per_shard) as usize;
-        let windows = packer.next_windows(want)?;
-        if windows.len() < want {
-            exhausted = true;
-        }
-        if windows.is_empty() {
-            break;
-        }
-        let shard = harvest_shard(model, cfg, &windows, skip, device, observer)?;
-        forward_secs += shard.forward_secs;
-        for (writer, acts) in writers.iter_mut().zip(shard.acts) {
-            writer.append(&ShardData {
-                acts,
-                tokens: shard.tokens.clone(),
-                positions: shard.positions.clone(),
-                first_window: windows[0].index,
-                windows: windows.len() as u64,
-            })?;
-        }
-        windows_done += windows.len() as u64;
-        observer.shard_written(shard_index, shard.tokens.len() as u64);
-        shard_index += 1;
-        if exhausted {
-            break;
-        }
-    }
-    for w in &mut writers {
-        w.finish(exhausted)?;
-    }
-    let m = writers[0].manifest();
-    Ok(HarvestSummary {
-        stores,
-        rows: m.tokens,
-        windows: m.windows,
-        shards: m.shards.len(),
+    plan.done_windows = done_windows;
+    let job = Job {
+        model,
+        cfg,
+        packer,
+        plan,
+        skip,
         kept_shards: kept,
         kept_rows: done_rows,
-        forward_secs,
-        corpus_exhausted: exhausted,
-    })
-}
-
-/// The rows of one shard, for every hook.
-struct ShardRows {
-    /// Per hook, `[rows, d]` on the CPU in the store's dtype.
-    acts: Vec<Tensor>,
-    tokens: Vec<i32>,
-    positions: Vec<i32>,
-    forward_secs: f64,
-}
-
-/// Runs `windows` in batches of `cfg.batch` and gathers the kept rows.
-fn harvest_shard(
-    model: &LoadedModel,
-    cfg: &HarvestConfig,
-    windows: &[Window],
-    skip: usize,
-    device: tch::Device,
-    observer: &mut dyn HarvestObserver,
-) -> Result<ShardRows> {
-    let mut parts: Vec<Vec<Tensor>> = cfg.hooks.iter().map(|_| Vec::new()).collect();
-    let mut tokens = Vec::new();
-    let mut positions = Vec::new();
-    let mut forward_secs = 0.0;
-    for batch in windows.chunks(cfg.batch) {
-        let ids: Vec<i64> = batch
-            .iter()
-            .flat_map(|w| w.tokens.iter().copied())
-            .collect();
-        let input = Tensor::f_from_slice(&ids)?
-            .f_view([batch.len() as i64, cfg.context as i64])?
-            .f_to_device(device)?;
-        let started = std::time::Instant::now();
-        let acts = forward_hooks(model, &cfg.hooks, &input)?;
-        if let tch::Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-        forward_secs += started.elapsed().as_secs_f64();
-        for (part, act) in parts.iter_mut().zip(acts) {
-            // [batch, context, d] -> [batch * (context - skip), d]
-            let kept = act.f_narrow(1, skip as i64, (cfg.context - skip) as i64)?;
-            let d = kept.size()[2];
-            let rows = kept
-                .f_reshape([-1, d])?
-                .f_to_kind(cfg.dtype.kind())?
-                .f_to_device(tch::Device::Cpu)?;
-            part.push(rows);
-        }
-        for w in batch {
-            for (pos, &id) in w.tokens.iter().enumerate().skip(skip) {
-                tokens.push(
-                    i32::try_from(id)
-                        .map_err(|_| Error::Tokenizer(format!("token id {id} exceeds int32")))?,
-                );
-                positions.push(pos as i32);
-            }
-        }
-        observer.advanced((batch.len() * (cfg.context - skip)) as u64);
-    }
-    let acts = parts
-        .iter()
-        .map(|p| Tensor::f_cat(p, 0))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(ShardRows {
-        acts,
-        tokens,
-        positions,
-        forward_secs,
-    })
+    };
+    job.run(move || Ok(writers), observer)
 }

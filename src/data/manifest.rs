@@ -144,6 +144,12 @@ impl NormStats {
             .f_sum(Kind::Double)?;
         let sum =
             Vec::<f64>::try_from(x.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Double)?)?;
+        self.add_sums(rows as u64, norm_sum.f_double_value(&[])?, &sum)
+    }
+
+    /// Adds the sums of `rows` rows computed elsewhere: `norm_sum` of their
+    /// L2 norms and `sum [d]` of the rows (see [`NormStats::add`]).
+    pub fn add_sums(&mut self, rows: u64, norm_sum: f64, sum: &[f64]) -> Result<()> {
         if sum.len() != self.sum.len() {
             return Err(Error::InvalidArgument(format!(
                 "activation width {} differs from the store's {}",
@@ -151,8 +157,11 @@ impl NormStats {
                 self.sum.len()
             )));
         }
-        self.rows += rows as u64;
-        self.norm_sum += norm_sum.f_double_value(&[])?;
+        if rows == 0 {
+            return Ok(());
+        }
+        self.rows += rows;
+        self.norm_sum += norm_sum;
         for (acc, v) in self.sum.iter_mut().zip(sum) {
             *acc += v;
         }

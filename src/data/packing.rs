@@ -17,8 +17,11 @@ use super::corpus::{Corpus, Documents};
 use crate::error::{Error, Result};
 use crate::model::ModelTokenizer;
 
-/// Documents tokenized together in one parallel batch.
+/// Documents tokenized together in one parallel batch, at most.
 pub const DOCS_PER_BATCH: usize = 256;
+/// Documents in the first batch; each next batch doubles up to
+/// [`DOCS_PER_BATCH`], so that the first windows come quickly.
+const FIRST_DOCS_PER_BATCH: usize = 16;
 
 /// How windows are built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,8 @@ pub struct Packer<'a> {
     pending: VecDeque<i64>,
     next_index: u64,
     exhausted: bool,
+    /// Documents in the next parallel batch.
+    docs_per_batch: usize,
 }
 
 impl<'a> Packer<'a> {
@@ -81,6 +86,7 @@ impl<'a> Packer<'a> {
             pending: VecDeque::new(),
             next_index: 0,
             exhausted: false,
+            docs_per_batch: FIRST_DOCS_PER_BATCH,
         })
     }
 
@@ -97,7 +103,8 @@ impl<'a> Packer<'a> {
     /// the corpus ends. Returns whether enough are pending.
     fn fill(&mut self, needed: usize) -> Result<bool> {
         while self.pending.len() < needed && !self.exhausted {
-            let batch = self.docs.next_batch(DOCS_PER_BATCH)?;
+            let batch = self.docs.next_batch(self.docs_per_batch)?;
+            self.docs_per_batch = (self.docs_per_batch * 2).min(DOCS_PER_BATCH);
             if batch.is_empty() {
                 self.exhausted = true;
                 break;

@@ -3,7 +3,8 @@
 //! `acts [rows, d]` (f32, bf16 or f16), `tokens [rows]` int32 token ids and
 //! `positions [rows]` int32 positions inside their window.
 //!
-//! [`StoreWriter`] appends shards atomically and rewrites the manifest after
+//! [`StoreWriter`] appends shards atomically (whole, or built batch by batch
+//! while a harvest runs, see `shard_file`) and rewrites the manifest after
 //! each one; reopened for a resume it discards partial `*.tmp` files and shard
 //! files the manifest does not list. [`Store`] reads shards back, checking each
 //! one's size and sha256 against the manifest.
@@ -11,12 +12,12 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 use tch::{Device, Kind, Tensor};
 
 use super::manifest::{Manifest, ShardEntry, MANIFEST_FILE};
-use crate::atomic::{sha256_hex, write_atomic, TMP_SUFFIX};
+use super::shard_file::{BuiltShard, ShardBuilder};
+use crate::atomic::{sha256_hex, TMP_SUFFIX};
 use crate::error::{Error, Result};
 
 /// The file name of shard `index`.
@@ -56,13 +57,7 @@ impl StoreWriter {
     /// Starts a store in `dir` (created if needed) with `manifest` (no shards
     /// yet). Refuses a folder that already holds a manifest.
     pub fn create(dir: &Path, manifest: Manifest) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        if dir.join(MANIFEST_FILE).exists() {
-            return Err(Error::store(
-                dir,
-                "already holds an activation store; pass --resume to continue it or choose another folder",
-            ));
-        }
+        Self::check_new(dir)?;
         let mut writer = StoreWriter {
             dir: dir.to_path_buf(),
             manifest,
@@ -70,6 +65,19 @@ impl StoreWriter {
         writer.discard_strays()?;
         writer.manifest.write(dir)?;
         Ok(writer)
+    }
+
+    /// Creates `dir` if needed and refuses it if it already holds a store:
+    /// what [`StoreWriter::create`] checks before writing anything.
+    pub fn check_new(dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if dir.join(MANIFEST_FILE).exists() {
+            return Err(Error::store(
+                dir,
+                "already holds an activation store; pass --resume to continue it or choose another folder",
+            ));
+        }
+        Ok(())
     }
 
     /// Reopens the store in `dir` to append to it: partial `*.tmp` files and
@@ -147,6 +155,12 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// The path of the shard that [`StoreWriter::append`] or
+    /// [`StoreWriter::commit`] adds next.
+    pub fn next_shard_path(&self) -> PathBuf {
+        self.dir.join(shard_file_name(self.manifest.shards.len()))
+    }
+
     /// Writes one shard atomically, then the manifest that lists it.
     pub fn append(&mut self, shard: &ShardData) -> Result<()> {
         let m = &self.manifest;
@@ -164,47 +178,44 @@ impl StoreWriter {
                 m.d
             )));
         }
-        let mut act_bytes = vec![0u8; rows * m.d * m.dtype.bytes()];
-        acts.f_copy_data_u8(&mut act_bytes, rows * m.d)?;
-        let token_bytes: Vec<u8> = shard.tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
-        let position_bytes: Vec<u8> = shard
-            .positions
-            .iter()
-            .flat_map(|t| t.to_le_bytes())
-            .collect();
-        let bad = |e: safetensors::SafeTensorError| {
-            Error::store(&self.dir, format!("cannot serialise shard: {e}"))
-        };
-        let views = vec![
-            (
-                "acts",
-                TensorView::new(m.dtype.safetensors(), vec![rows, m.d], &act_bytes).map_err(bad)?,
-            ),
-            (
-                "tokens",
-                TensorView::new(safetensors::Dtype::I32, vec![rows], &token_bytes).map_err(bad)?,
-            ),
-            (
-                "positions",
-                TensorView::new(safetensors::Dtype::I32, vec![rows], &position_bytes)
-                    .map_err(bad)?,
-            ),
-        ];
-        let bytes = safetensors::serialize(views, None).map_err(bad)?;
-        let file = shard_file_name(self.manifest.shards.len());
-        write_atomic(&self.dir.join(&file), &bytes)?;
+        let mut builder = ShardBuilder::new(m.dtype, m.d);
+        builder.start(&self.next_shard_path(), rows)?;
+        builder.push(&acts, &shard.tokens, &shard.positions)?;
+        let built = builder.finish()?;
+        self.commit(built, shard.first_window, shard.windows)
+    }
+
+    /// Lists a shard written by a [`ShardBuilder`] to
+    /// [`StoreWriter::next_shard_path`]: the manifest is rewritten with it.
+    pub(crate) fn commit(
+        &mut self,
+        built: BuiltShard,
+        first_window: u64,
+        windows: u64,
+    ) -> Result<()> {
+        let expected = shard_file_name(self.manifest.shards.len());
+        if built.file != expected {
+            return Err(Error::store(
+                &self.dir,
+                format!(
+                    "shard `{}` written where `{expected}` comes next",
+                    built.file
+                ),
+            ));
+        }
         let mut next = self.manifest.clone();
-        next.stats.add(&acts)?;
+        next.stats
+            .add_sums(built.rows, built.norm_sum, &built.sum)?;
         next.shards.push(ShardEntry {
-            file,
-            rows: rows as u64,
-            first_window: shard.first_window,
-            windows: shard.windows,
-            bytes: bytes.len() as u64,
-            sha256: sha256_hex(&bytes),
+            file: built.file,
+            rows: built.rows,
+            first_window,
+            windows,
+            bytes: built.bytes,
+            sha256: built.sha256,
         });
-        next.tokens += rows as u64;
-        next.windows += shard.windows;
+        next.tokens += built.rows;
+        next.windows += windows;
         next.write(&self.dir)?;
         self.manifest = next;
         Ok(())
