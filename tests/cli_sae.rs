@@ -192,3 +192,80 @@ fn train_and_eval_report_bad_arguments() {
         assert!(!ok && err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn steer_learn_evaluate_and_generate_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("task.jsonl");
+    let lines = [
+        r#"{"prompt": "the model reads a", "target": " the", "foil": " model"}"#,
+        r#"{"prompt": "a window of tokens", "target": " capital", "foil": " feature"}"#,
+    ];
+    std::fs::write(&task, lines.join("\n")).unwrap();
+    let out = dir.path().join("scale.json");
+    let (ok, stdout, err) = saescope(&[
+        "steer",
+        "learn",
+        "--method",
+        "activation-scaling",
+        "--task",
+        task.to_str().unwrap(),
+        "--model",
+        common::TINY_LLAMA,
+        "--epochs",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("heatmap"), "{stdout}");
+    assert!(out.with_extension("safetensors").is_file() && out.with_extension("svg").is_file());
+    let (ok, stdout, err) = saescope(&[
+        "eval",
+        "steer",
+        "--intervention",
+        out.to_str().unwrap(),
+        "--task",
+        task.to_str().unwrap(),
+        "--model",
+        common::TINY_LLAMA,
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["prompts"], 2);
+    assert_eq!(r["components_total"], 4, "2 layers × (attention, MLP)");
+    let (ok, stdout, err) = saescope(&[
+        "generate",
+        "--model",
+        common::TINY_LLAMA,
+        "--prompt",
+        "the model",
+        "--max-new-tokens",
+        "4",
+        "--steer",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("== baseline") && stdout.contains("== steered"),
+        "{stdout}"
+    );
+    // A task whose answer is not one token is refused with its line.
+    std::fs::write(
+        &task,
+        r#"{"prompt": "a", "target": " the model", "foil": " the"}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = saescope(&[
+        "eval",
+        "steer",
+        "--intervention",
+        out.to_str().unwrap(),
+        "--task",
+        task.to_str().unwrap(),
+        "--model",
+        common::TINY_LLAMA,
+    ]);
+    assert!(!ok && err.contains("line 1"), "{err}");
+}

@@ -19,6 +19,25 @@ pub enum BenchCommand {
     /// SAE training throughput and held-out FVU on stored activations, with
     /// sparsify's defaults (eval/bench/sae_train.py runs sparsify beside it).
     Train(TrainBenchArgs),
+    /// Greedy generation with and without interventions, alternating rounds.
+    Steer(SteerBenchArgs),
+}
+
+#[derive(Args)]
+pub struct SteerBenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Intervention file(s), applied together.
+    #[arg(long = "steer", required = true)]
+    steer: Vec<PathBuf>,
+    #[arg(long, default_value = "The city of Rome is in France. Rome is in")]
+    prompt: String,
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -55,6 +74,16 @@ pub struct TrainBenchArgs {
     /// The dense autograd TopK step instead of the sparse one.
     #[arg(long)]
     dense_topk: bool,
+    /// Input normalisation: none (sparsify's) or expected_average_only_in
+    /// (saescope's default: mean norm √d_in, folded into the weights after).
+    #[arg(long, default_value = "none")]
+    normalize: String,
+    /// b_dec initialisation: mean (sparsify's), geometric_median or zeros.
+    #[arg(long, default_value = "mean")]
+    init_b_dec: String,
+    /// W_enc = scale · W_decᵀ at initialisation.
+    #[arg(long, default_value_t = saescope::train::config::DEFAULT_ENCODER_INIT_SCALE)]
+    encoder_init_scale: f64,
     #[arg(long)]
     threads: Option<i32>,
     /// Print one JSON line only.
@@ -77,6 +106,7 @@ pub struct RuntimeArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Train(args) => train_bench(args),
+        BenchCommand::Steer(args) => steer_bench(args),
         BenchCommand::Runtime(args) => {
             let loaded = args.model.load()?;
             let mut cfg = RuntimeBenchConfig::default();
@@ -126,7 +156,7 @@ fn train_bench(args: TrainBenchArgs) -> anyhow::Result<()> {
     );
     cfg.data.batch_size = args.batch;
     cfg.data.tokens = steps * args.batch as u64;
-    cfg.data.normalize = "none".into();
+    cfg.data.normalize = args.normalize.clone();
     cfg.optim.lr = args.lr;
     cfg.optim.lr_warmup_steps = args.lr_warmup_steps;
     cfg.optim.lr_decay_fraction = if args.lr_warmup_steps < steps {
@@ -136,7 +166,7 @@ fn train_bench(args: TrainBenchArgs) -> anyhow::Result<()> {
     };
     cfg.optim.grad_clip = 0.0;
     cfg.optim.compute_dtype = args.compute_dtype.clone();
-    cfg.run.init_b_dec = "mean".into();
+    cfg.run.init_b_dec = args.init_b_dec.clone();
     cfg.run.sparse_topk = !args.dense_topk;
     cfg.saes = vec![SaeSpec {
         architecture: args.architecture.clone(),
@@ -144,6 +174,7 @@ fn train_bench(args: TrainBenchArgs) -> anyhow::Result<()> {
         expansion: args.expansion,
         k: Some(args.k),
         auxk_alpha: args.auxk_alpha,
+        encoder_init_scale: args.encoder_init_scale,
         ..SaeSpec::default()
     }];
     let mut feed = MemoryFeed::new(vec![train_rows], args.batch, cfg.data.seed)?;
@@ -181,8 +212,77 @@ fn train_bench(args: TrainBenchArgs) -> anyhow::Result<()> {
         "train_fvu_last": trained.last.as_ref().map(|r| r.fvu),
         "flops_per_token": flops_per_token,
         "compute_dtype": args.compute_dtype,
+        "normalize": args.normalize,
+        "init_b_dec": args.init_b_dec,
+        "encoder_init_scale": args.encoder_init_scale,
         "sparse_topk": !args.dense_topk,
         "lr": saescope::train::trainer::learning_rate(&cfg, n as usize),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// Tokens/s of greedy generation of `new_tokens` with `hooks`.
+fn time_generation(
+    loaded: &saescope::model::LoadedModel,
+    prompt: &[i64],
+    new_tokens: usize,
+    hooks: &mut saescope::hooks::Hooks,
+) -> anyhow::Result<f64> {
+    let config = saescope::model::GenerateConfig {
+        max_new_tokens: new_tokens,
+        sampling: saescope::model::SamplingConfig::default(),
+        stop_ids: Vec::new(),
+    };
+    let started = std::time::Instant::now();
+    let out =
+        saescope::model::generate(&loaded.model, &[prompt.to_vec()], &config, hooks, |_, _| {})?;
+    let _ = out;
+    Ok(new_tokens as f64 / started.elapsed().as_secs_f64())
+}
+
+fn steer_bench(args: SteerBenchArgs) -> anyhow::Result<()> {
+    let loaded = args.model.load()?;
+    let prompt = loaded.tokenizer.encode(&args.prompt, true)?;
+    let n_layers = loaded.model.config().n_layers;
+    let mut steers = Vec::new();
+    for path in &args.steer {
+        steers.extend(saescope::steer::load_steers(
+            path,
+            n_layers,
+            loaded.model.device(),
+        )?);
+    }
+    let (mut plain, mut steered) = (0.0f64, 0.0f64);
+    // Warm up both paths, then alternate, keeping each side's best round.
+    for round in 0..=args.rounds {
+        let p = time_generation(
+            &loaded,
+            &prompt,
+            args.new_tokens,
+            &mut saescope::hooks::Hooks::new(),
+        )?;
+        let mut hooks = saescope::hooks::Hooks::new();
+        for s in steers.iter_mut() {
+            hooks.push(s.as_mut());
+        }
+        let q = time_generation(&loaded, &prompt, args.new_tokens, &mut hooks)?;
+        if round > 0 {
+            plain = plain.max(p);
+            steered = steered.max(q);
+        }
+    }
+    let report = serde_json::json!({
+        "model": loaded.spec,
+        "interventions": args.steer.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "new_tokens": args.new_tokens,
+        "unsteered_tokens_per_s": plain,
+        "steered_tokens_per_s": steered,
+        "ratio": steered / plain,
     });
     if args.json {
         println!("{report}");

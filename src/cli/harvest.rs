@@ -169,7 +169,7 @@ pub fn run(args: HarvestArgs) -> anyhow::Result<()> {
     );
     if new_rows > 0 {
         println!(
-            "model forward: {:.1} s ({:.0}% of the run; the rest is tokenization, copies, checksums and writes)",
+            "model forward: {:.1} s ({:.0}% of the run; tokenizing and writing run beside it on other threads)",
             summary.forward_secs,
             100.0 * summary.forward_secs / secs.max(1e-9)
         );

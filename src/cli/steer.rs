@@ -101,8 +101,20 @@ pub struct SaeFeatureArgs {
     #[arg(long)]
     hook: Option<String>,
     /// FEATURE:add:ALPHA, FEATURE:clamp:VALUE or FEATURE:ablate (repeat).
-    #[arg(long = "edit", required = true)]
+    #[arg(long = "edit")]
     edits: Vec<String>,
+    /// Instead of --edit: add the --top features whose decoder rows most raise
+    /// logit(target) − logit(foil) on this task (first-order attribution), each
+    /// with --alpha.
+    #[arg(long)]
+    select_from: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    top: usize,
+    #[arg(long, default_value_t = 10.0)]
+    alpha: f64,
+    /// Model for --select-from.
+    #[command(flatten)]
+    model: ModelArgs,
     /// Clamp without the SAE's error term (the edited reconstruction replaces the activation).
     #[arg(long)]
     no_error_term: bool,
@@ -186,11 +198,25 @@ fn parse_edit(text: &str) -> anyhow::Result<FeatureEdit> {
 
 fn sae_features_cmd(args: SaeFeatureArgs) -> anyhow::Result<()> {
     let (sae, path, hook) = sae_and_hook(&args.sae, &args.hook)?;
-    let edits = args
+    let mut edits = args
         .edits
         .iter()
         .map(|e| parse_edit(e))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(task_path) = &args.select_from {
+        let model = args.model.load()?;
+        let task = Task::load(task_path, &model.tokenizer)?;
+        let point = HookPoint::parse_for(&hook, model.model.config().n_layers)?;
+        let sae_on = sae.to_device(model.model.device())?;
+        let ranked = saescope::steer::sae_select::rank_features(&model, &task, &sae_on, point)?;
+        for &(feature, score) in ranked.iter().take(args.top) {
+            println!("feature {feature}: d(logit diff)/d(activation) = {score:+.4}");
+            edits.push(FeatureEdit {
+                feature,
+                op: FeatureOp::Add { alpha: args.alpha },
+            });
+        }
+    }
     let hook_point: HookPoint = hook.parse()?;
     let steer = SaeFeatureSteer::new(sae, path, hook_point, edits, !args.no_error_term)?;
     save_steers(&args.out, None, &[&steer])?;

@@ -120,6 +120,9 @@ pub struct TrainArgs {
     pub auxk_alpha: Option<f64>,
     #[arg(long)]
     pub threshold_momentum: Option<f64>,
+    /// W_enc = scale · W_decᵀ at initialisation (default 1/√3).
+    #[arg(long)]
+    pub encoder_init_scale: Option<f64>,
     /// One device per SAE, round robin (cpu, cuda:0, cuda:1, ...).
     #[arg(long = "devices", value_delimiter = ',')]
     pub devices: Vec<String>,
@@ -247,6 +250,7 @@ impl TrainArgs {
             set(&mut spec.bandwidth, &self.bandwidth);
             set(&mut spec.auxk_alpha, &self.auxk_alpha);
             set(&mut spec.threshold_momentum, &self.threshold_momentum);
+            set(&mut spec.encoder_init_scale, &self.encoder_init_scale);
             if !self.devices.is_empty() {
                 spec.device = self.devices[i % self.devices.len()].clone();
             }

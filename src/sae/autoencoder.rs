@@ -58,7 +58,17 @@ impl Sae {
     /// A freshly initialised SAE for training: decoder rows in random
     /// directions (unit norm, or 0.1 where the decoder is free), `W_enc =
     /// W_decᵀ`, zero biases, plus the architecture's own parameters.
-    pub fn init(mut cfg: SaeConfig, seed: u64, device: Device) -> Result<Sae> {
+    pub fn init(cfg: SaeConfig, seed: u64, device: Device) -> Result<Sae> {
+        Sae::init_scaled(cfg, seed, device, 1.0)
+    }
+
+    /// [`Sae::init`] with `W_enc = encoder_scale · W_decᵀ`.
+    pub fn init_scaled(
+        mut cfg: SaeConfig,
+        seed: u64,
+        device: Device,
+        encoder_scale: f64,
+    ) -> Result<Sae> {
         let arch = architecture(&cfg.architecture)?;
         if cfg.k.is_some() && !arch.needs_k() {
             cfg.k = None;
@@ -74,7 +84,7 @@ impl Sae {
         let w_dec = raw
             .f_div(&raw.f_norm_scalaropt_dim(2.0, [1i64].as_slice(), true)?)?
             .f_mul_scalar(norm)?;
-        let mut weights = SaeWeights::from_matrices(w_dec.copy(), w_dec);
+        let mut weights = SaeWeights::from_matrices(w_dec.f_mul_scalar(encoder_scale)?, w_dec);
         arch.init_extra(&mut weights)?;
         Sae::new(cfg, weights)
     }

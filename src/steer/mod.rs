@@ -8,6 +8,7 @@ pub mod learn;
 pub mod objective;
 pub mod sae_features;
 pub mod sae_runtime;
+pub mod sae_select;
 pub mod scaling;
 pub mod spec;
 #[allow(clippy::module_inception)]

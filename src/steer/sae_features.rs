@@ -50,6 +50,11 @@ impl SaeFeatureSteer {
         edits: Vec<FeatureEdit>,
         keep_error: bool,
     ) -> Result<Self> {
+        if edits.is_empty() {
+            return Err(Error::InvalidArgument(
+                "an SAE-feature intervention needs at least one edit".into(),
+            ));
+        }
         for e in &edits {
             if e.feature >= sae.cfg.d_sae {
                 return Err(Error::InvalidArgument(format!(

@@ -123,6 +123,9 @@ impl Default for RunConfig {
     }
 }
 
+/// `1/√3`, see [`SaeSpec::encoder_init_scale`].
+pub const DEFAULT_ENCODER_INIT_SCALE: f64 = 0.577_350_269_189_625_8;
+
 /// One SAE of the run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -138,6 +141,11 @@ pub struct SaeSpec {
     pub bandwidth: f64,
     pub auxk_alpha: f64,
     pub threshold_momentum: f64,
+    /// `W_enc = encoder_init_scale · W_decᵀ` at initialisation. The default,
+    /// 1/√3, is the row norm of PyTorch's default `nn.Linear` init that
+    /// sparsify starts from; unit encoder rows train measurably worse
+    /// (eval/results/sae-train-*.json).
+    pub encoder_init_scale: f64,
     pub device: String,
 }
 
@@ -153,6 +161,7 @@ impl Default for SaeSpec {
             bandwidth: 0.001,
             auxk_alpha: 1.0 / 32.0,
             threshold_momentum: 0.01,
+            encoder_init_scale: DEFAULT_ENCODER_INIT_SCALE,
             device: "cpu".into(),
         }
     }

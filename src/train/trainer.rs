@@ -264,7 +264,12 @@ pub fn train(
         sae_cfg.apply_b_dec_to_input = arch.default_apply_b_dec_to_input();
         sae_cfg.metadata = opts.metadata.clone();
         sae_cfg.metadata.hook_name = Some(spec.hook.clone());
-        let mut sae = Sae::init(sae_cfg, cfg.run.seed + i as u64, device)?;
+        let mut sae = Sae::init_scaled(
+            sae_cfg,
+            cfg.run.seed + i as u64,
+            device,
+            spec.encoder_init_scale,
+        )?;
         let scale = match &first_batch {
             Some(batch) => input_scale(cfg, feed.mean_norms()[hook_index], &batch[hook_index])?,
             None => 1.0,
