@@ -175,6 +175,19 @@ pub fn summed_squared_error(recon: &Tensor, x: &Tensor) -> Result<Tensor> {
         .f_mean(Kind::Float)?)
 }
 
+/// Losses of `‖x̂ − x‖² + penalty` with `x̂` decoded from `acts`.
+pub fn penalised_mse(w: &SaeWeights, x: &Tensor, acts: Tensor, penalty: Tensor) -> Result<Losses> {
+    let recon = decode(w, &acts)?;
+    let total = summed_squared_error(&recon, x)?.f_add(&penalty)?;
+    Ok(Losses {
+        total,
+        recon,
+        acts,
+        sparsity: Some(penalty),
+        aux: None,
+    })
+}
+
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.f_double_value(&[])?)
 }

@@ -5,6 +5,9 @@
 
 use tch::{Kind, Tensor};
 
+use super::architecture::{decode, total_variance, Losses, StepContext};
+use super::topk::scatter_dense;
+use super::weights::SaeWeights;
 use crate::error::Result;
 
 /// The latents AuxK uses for one batch.
@@ -49,4 +52,38 @@ pub fn auxk_loss(
         .f_sum(Kind::Float)?
         .f_div(total_variance)?
         .f_mul_scalar(scale)?)
+}
+
+/// The TopK-family training loss with autograd: `FVU + α·AuxK` for the
+/// dense activations `acts` `[batch, d_sae]` chosen from `pre`.
+pub fn fvu_auxk_loss(
+    w: &SaeWeights,
+    x: &Tensor,
+    pre: &Tensor,
+    acts: Tensor,
+    ctx: &StepContext,
+) -> Result<Losses> {
+    let recon = decode(w, &acts)?;
+    let tv = total_variance(x)?;
+    let residual = x.f_sub(&recon)?;
+    let fvu = residual.f_square()?.f_sum(Kind::Float)?.f_div(&tv)?;
+    let mut aux = None;
+    if let Some(dead) = &ctx.dead_mask {
+        if let Some(sel) = select_dead(pre, dead, w.d_in())? {
+            let aux_acts = scatter_dense(&sel.values.f_relu()?, &sel.indices, w.d_sae())?;
+            let e_hat = aux_acts.f_matmul(&w.w_dec)?;
+            aux = Some(auxk_loss(&e_hat, &residual, sel.scale, &tv)?.f_mul_scalar(ctx.auxk_alpha)?);
+        }
+    }
+    let total = match &aux {
+        Some(a) => fvu.f_add(a)?,
+        None => fvu,
+    };
+    Ok(Losses {
+        total,
+        recon,
+        acts,
+        sparsity: None,
+        aux,
+    })
 }

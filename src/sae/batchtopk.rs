@@ -8,10 +8,10 @@
 use tch::{Kind, Tensor};
 
 use super::architecture::{
-    autograd_step_with_acts, decode, encoder_input, pre_activations, total_variance, Architecture,
-    Losses, StepContext, StepOutput,
+    autograd_step_with_acts, encoder_input, pre_activations, Architecture, Losses, StepContext,
+    StepOutput,
 };
-use super::auxk::{auxk_loss, select_dead};
+use super::auxk::fvu_auxk_loss;
 use super::config::SaeConfig;
 use super::topk::scatter_dense;
 use super::weights::SaeWeights;
@@ -79,31 +79,7 @@ impl Architecture for BatchTopK {
             ctx.compute_kind,
         )?;
         let acts = batch_topk(&pre, k)?;
-        let recon = decode(w, &acts)?;
-        let tv = total_variance(x)?;
-        let residual = x.f_sub(&recon)?;
-        let fvu = residual.f_square()?.f_sum(Kind::Float)?.f_div(&tv)?;
-        let mut aux = None;
-        if let Some(dead) = &ctx.dead_mask {
-            if let Some(sel) = select_dead(&pre, dead, w.d_in())? {
-                let aux_acts = scatter_dense(&sel.values.f_relu()?, &sel.indices, w.d_sae())?;
-                let e_hat = aux_acts.f_matmul(&w.w_dec)?;
-                aux = Some(
-                    auxk_loss(&e_hat, &residual, sel.scale, &tv)?.f_mul_scalar(ctx.auxk_alpha)?,
-                );
-            }
-        }
-        let total = match &aux {
-            Some(a) => fvu.f_add(a)?,
-            None => fvu,
-        };
-        Ok(Losses {
-            total,
-            recon,
-            acts,
-            sparsity: None,
-            aux,
-        })
+        fvu_auxk_loss(w, x, &pre, acts, ctx)
     }
 
     fn train_step(

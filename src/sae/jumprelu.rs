@@ -15,7 +15,7 @@
 use tch::{Kind, Tensor};
 
 use super::architecture::{
-    decode, encoder_input, pre_activations, summed_squared_error, Architecture, Losses, StepContext,
+    encoder_input, penalised_mse, pre_activations, Architecture, Losses, StepContext,
 };
 use super::config::SaeConfig;
 use super::weights::SaeWeights;
@@ -111,19 +111,10 @@ impl Architecture for JumpRelu {
         )?;
         let theta = threshold(w)?;
         let acts = jumprelu_ste(&pre, &theta, ctx.bandwidth)?;
-        let recon = decode(w, &acts)?;
         let l0 = step_ste(&pre, &theta, ctx.bandwidth)?
             .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?
             .f_mean(Kind::Float)?;
-        let sparsity = l0.f_mul_scalar(ctx.sparsity_coefficient)?;
-        let total = summed_squared_error(&recon, x)?.f_add(&sparsity)?;
-        Ok(Losses {
-            total,
-            recon,
-            acts,
-            sparsity: Some(sparsity),
-            aux: None,
-        })
+        penalised_mse(w, x, acts, l0.f_mul_scalar(ctx.sparsity_coefficient)?)
     }
 }
 

@@ -7,7 +7,7 @@
 use tch::{Kind, Tensor};
 
 use super::architecture::{
-    decode, encoder_input, pre_activations, summed_squared_error, Architecture, Losses, StepContext,
+    encoder_input, penalised_mse, pre_activations, Architecture, Losses, StepContext,
 };
 use super::config::SaeConfig;
 use super::weights::SaeWeights;
@@ -64,16 +64,8 @@ impl Architecture for Standard {
             ctx.compute_kind,
         )?
         .f_relu()?;
-        let recon = decode(w, &acts)?;
-        let sparsity = weighted_l1(&acts, w, ctx.sparsity_coefficient)?;
-        let total = summed_squared_error(&recon, x)?.f_add(&sparsity)?;
-        Ok(Losses {
-            total,
-            recon,
-            acts,
-            sparsity: Some(sparsity),
-            aux: None,
-        })
+        let penalty = weighted_l1(&acts, w, ctx.sparsity_coefficient)?;
+        penalised_mse(w, x, acts, penalty)
     }
 }
 

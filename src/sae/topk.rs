@@ -9,10 +9,9 @@
 use tch::{Kind, Tensor};
 
 use super::architecture::{
-    decode, encoder_input, pre_activations, total_variance, Architecture, Losses, StepContext,
-    StepOutput,
+    encoder_input, pre_activations, Architecture, Losses, StepContext, StepOutput,
 };
-use super::auxk::{auxk_loss, select_dead};
+use super::auxk::fvu_auxk_loss;
 use super::config::SaeConfig;
 use super::topk_sparse::sparse_topk_step;
 use super::weights::SaeWeights;
@@ -64,35 +63,7 @@ impl Architecture for TopK {
             ctx.compute_kind,
         )?;
         let acts = topk_activations(&pre, k)?;
-        let recon = decode(w, &acts)?;
-        let tv = total_variance(x)?;
-        let residual = x.f_sub(&recon)?;
-        let fvu = residual.f_square()?.f_sum(Kind::Float)?.f_div(&tv)?;
-        let aux = match &ctx.dead_mask {
-            Some(dead) => match select_dead(&pre, dead, w.d_in())? {
-                Some(sel) => {
-                    let aux_acts = scatter_dense(&sel.values.f_relu()?, &sel.indices, w.d_sae())?;
-                    let e_hat = aux_acts.f_matmul(&w.w_dec)?;
-                    Some(
-                        auxk_loss(&e_hat, &residual, sel.scale, &tv)?
-                            .f_mul_scalar(ctx.auxk_alpha)?,
-                    )
-                }
-                None => None,
-            },
-            None => None,
-        };
-        let total = match &aux {
-            Some(a) => fvu.f_add(a)?,
-            None => fvu,
-        };
-        Ok(Losses {
-            total,
-            recon,
-            acts,
-            sparsity: None,
-            aux,
-        })
+        fvu_auxk_loss(w, x, &pre, acts, ctx)
     }
 
     fn train_step(
