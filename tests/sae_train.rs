@@ -204,3 +204,24 @@ fn a_nan_in_the_data_stops_training_with_a_clear_error() {
     let err = run(&cfg, &x, &in_memory()).err().unwrap().to_string();
     assert!(err.contains("loss is NaN"), "{err}");
 }
+
+#[test]
+fn every_shipped_training_recipe_parses_and_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut seen = 0;
+    for dir in ["train", "configs"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let cfg = TrainConfig::from_toml_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                cfg.validate()
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 4, "found {seen} recipes");
+    // The written-out defaults are the defaults.
+    let defaults = TrainConfig::from_toml_file(&root.join("configs/defaults.toml")).unwrap();
+    assert_eq!(defaults, TrainConfig::default());
+}
