@@ -249,14 +249,8 @@ fn steer_bench(args: SteerBenchArgs) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
     let prompt = loaded.tokenizer.encode(&args.prompt, true)?;
     let n_layers = loaded.model.config().n_layers;
-    let mut steers = Vec::new();
-    for path in &args.steer {
-        steers.extend(saescope::steer::load_steers(
-            path,
-            n_layers,
-            loaded.model.device(),
-        )?);
-    }
+    let mut steers =
+        saescope::steer::load_steer_files(&args.steer, n_layers, loaded.model.device())?;
     let (mut plain, mut steered) = (0.0f64, 0.0f64);
     // Warm up both paths, then alternate, keeping each side's best round.
     for round in 0..=args.rounds {
@@ -266,10 +260,7 @@ fn steer_bench(args: SteerBenchArgs) -> anyhow::Result<()> {
             args.new_tokens,
             &mut saescope::hooks::Hooks::new(),
         )?;
-        let mut hooks = saescope::hooks::Hooks::new();
-        for s in steers.iter_mut() {
-            hooks.push(s.as_mut());
-        }
+        let mut hooks = saescope::steer::steer_hooks(&mut steers);
         let q = time_generation(&loaded, &prompt, args.new_tokens, &mut hooks)?;
         if round > 0 {
             plain = plain.max(p);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use saescope::atomic::write_atomic;
 use saescope::data::corpus::Corpus;
 use saescope::data::DEFAULT_CORPUS;
@@ -144,14 +144,7 @@ fn eval_sae(args: EvalSaeArgs) -> anyhow::Result<()> {
         batch: args.batch,
         skip_windows: args.skip_windows,
     };
-    let bar = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(ProgressStyle::with_template(
-        "{elapsed_precise} {wide_bar} {human_pos}/{human_len} tokens  {per_sec}  ETA {eta}",
-    )?);
+    let bar = super::token_bar(args.json, "")?;
     let mut observer = Bar(bar);
     let report = evaluate_sae(&model, &sae, hook, &corpus, &cfg, &mut observer)?;
     observer.0.finish_and_clear();
@@ -184,14 +177,8 @@ fn eval_steer(args: EvalSteerArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
     let task = saescope::steer::Task::load(&args.task, &model.tokenizer)?;
     let n_layers = model.model.config().n_layers;
-    let mut steers = Vec::new();
-    for path in &args.interventions {
-        steers.extend(saescope::steer::load_steers(
-            path,
-            n_layers,
-            model.model.device(),
-        )?);
-    }
+    let mut steers =
+        saescope::steer::load_steer_files(&args.interventions, n_layers, model.model.device())?;
     let r = saescope::steer::evaluate_steers(&model, &task, &mut steers, args.eps)?;
     if let Some(out) = &args.out {
         write_atomic(out, serde_json::to_string_pretty(&r)?.as_bytes())?;

@@ -74,22 +74,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         return stream(&loaded, &args, &prompt, &config, &mut Hooks::new());
     }
     let n_layers = loaded.model.config().n_layers;
-    let mut steers = Vec::new();
-    for path in &args.steer {
-        steers.extend(saescope::steer::load_steers(
-            path,
-            n_layers,
-            loaded.model.device(),
-        )?);
-    }
+    let mut steers =
+        saescope::steer::load_steer_files(&args.steer, n_layers, loaded.model.device())?;
     println!("== baseline");
     stream(&loaded, &args, &prompt, &config, &mut Hooks::new())?;
     let names: Vec<String> = args.steer.iter().map(|p| p.display().to_string()).collect();
     println!("== steered ({})", names.join(" + "));
-    let mut hooks = Hooks::new();
-    for s in steers.iter_mut() {
-        hooks.push(s.as_mut());
-    }
+    let mut hooks = saescope::steer::steer_hooks(&mut steers);
     stream(&loaded, &args, &prompt, &config, &mut hooks)
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use saescope::data::{harvest, HarvestConfig, HarvestObserver, StoreDtype, DEFAULT_CORPUS};
 use saescope::hooks::HookPoint;
 use saescope::model::{load_model, parse_device, parse_dtype};
@@ -120,14 +120,7 @@ pub fn run(args: HarvestArgs) -> anyhow::Result<()> {
         resume: args.resume,
         out: args.out,
     };
-    let bar = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(ProgressStyle::with_template(
-        "{elapsed_precise} {wide_bar} {human_pos}/{human_len} tokens  {per_sec}  ETA {eta}",
-    )?);
+    let bar = super::token_bar(args.json, "")?;
     let shard_delay = std::env::var("SAESCOPE_TEST_SHARD_DELAY_MS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -10,6 +10,7 @@ mod store;
 mod train;
 
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use saescope::model::{load_model, parse_device, parse_dtype, LoadedModel};
 
 #[derive(Parser)]
@@ -74,6 +75,20 @@ impl ModelArgs {
         let kind = parse_dtype(&self.dtype)?;
         Ok(load_model(&self.model, device, kind)?)
     }
+}
+
+/// A progress bar counting tokens with their rate, hidden when `hidden`
+/// (e.g. with `--json`), followed by `extra` (a template fragment).
+pub fn token_bar(hidden: bool, extra: &str) -> anyhow::Result<ProgressBar> {
+    let bar = if hidden {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(ProgressStyle::with_template(&format!(
+        "{{elapsed_precise}} {{wide_bar}} {{human_pos}}/{{human_len}} tokens  {{per_sec}}  ETA {{eta}}{extra}"
+    ))?);
+    Ok(bar)
 }
 
 pub fn main() -> std::process::ExitCode {

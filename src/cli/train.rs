@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use saescope::data::corpus::Corpus;
 use saescope::data::store::Store;
 use saescope::data::stream::StreamingSource;
@@ -266,13 +266,11 @@ pub struct BarObserver {
 }
 
 impl BarObserver {
-    pub fn new(hidden: bool) -> Self {
-        let bar = if hidden {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(0)
-        };
-        BarObserver { bar, batch: 1 }
+    pub fn new(hidden: bool) -> anyhow::Result<Self> {
+        Ok(BarObserver {
+            bar: super::token_bar(hidden, "  {msg}")?,
+            batch: 1,
+        })
     }
 }
 
@@ -282,11 +280,6 @@ impl TrainObserver for BarObserver {
         self.bar.set_length(total_steps * self.batch);
         self.bar.set_position(start_step * self.batch);
         self.bar.reset_eta();
-        if let Ok(style) = ProgressStyle::with_template(
-            "{elapsed_precise} {wide_bar} {human_pos}/{human_len} tokens  {per_sec}  ETA {eta}  {msg}",
-        ) {
-            self.bar.set_style(style);
-        }
     }
 
     fn on_step(&mut self, _step: u64, tokens: u64, records: &[StepRecord]) {
@@ -341,7 +334,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         tch::set_num_threads(n);
     }
     let cfg = args.resolve()?;
-    let mut observer = BarObserver::new(false);
+    let mut observer = BarObserver::new(false)?;
     let mut opts = TrainOptions {
         resume: args.resume,
         ..TrainOptions::default()

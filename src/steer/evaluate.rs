@@ -6,7 +6,7 @@ use tch::Kind;
 
 use super::learn::last_logits;
 use super::objective::{kl_without_answers, logit_diff, mass_moved_without_answers, prob_diff};
-use super::steer::Steer;
+use super::steer::{steer_hooks, Steer};
 use super::task::Task;
 use crate::error::Result;
 use crate::hooks::Hooks;
@@ -48,10 +48,7 @@ pub fn evaluate_steers(
     tch::no_grad(|| -> Result<()> {
         for batch in task.batches(16)? {
             let clean = last_logits(model, &batch.tokens, &mut Hooks::new())?;
-            let mut hooks = Hooks::new();
-            for s in steers.iter_mut() {
-                hooks.push(s.as_mut());
-            }
+            let mut hooks = steer_hooks(steers);
             let steered = last_logits(model, &batch.tokens, &mut hooks)?;
             let (t, f) = (
                 batch.target.f_to_device(device)?,

@@ -18,6 +18,6 @@ pub mod vector;
 
 pub use evaluate::{evaluate_steers, SteerReport};
 pub use learn::{learn, LearnConfig};
-pub use spec::{load_steers, save_steers, SteerFile, SteerSpec};
-pub use steer::Steer;
+pub use spec::{load_steer_files, load_steers, save_steers, SteerFile, SteerSpec};
+pub use steer::{steer_hooks, Steer};
 pub use task::Task;

@@ -203,3 +203,16 @@ pub fn load_steers(path: &Path, n_layers: usize, device: Device) -> Result<Vec<B
     }
     Ok(out)
 }
+
+/// [`load_steers`] for several files, their interventions in file order.
+pub fn load_steer_files(
+    paths: &[PathBuf],
+    n_layers: usize,
+    device: Device,
+) -> Result<Vec<Box<dyn Steer>>> {
+    let mut steers = Vec::new();
+    for path in paths {
+        steers.extend(load_steers(path, n_layers, device)?);
+    }
+    Ok(steers)
+}

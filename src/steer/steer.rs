@@ -6,7 +6,7 @@ use tch::Tensor;
 
 use super::spec::SteerSpec;
 use crate::error::Result;
-use crate::hooks::Intervention;
+use crate::hooks::{Hooks, Intervention};
 
 pub trait Steer: Intervention {
     /// Tensors trained by gradient descent (none for fixed interventions).
@@ -22,4 +22,13 @@ pub trait Steer: Intervention {
 
     /// The JSON spec and the tensors that go beside it.
     fn to_spec(&self) -> Result<(SteerSpec, Vec<(String, Tensor)>)>;
+}
+
+/// The hooks that apply `steers` in order.
+pub fn steer_hooks(steers: &mut [Box<dyn Steer>]) -> Hooks<'_> {
+    let mut hooks = Hooks::new();
+    for s in steers.iter_mut() {
+        hooks.push(s.as_mut());
+    }
+    hooks
 }
