@@ -4,7 +4,9 @@
 #   1. harvest ~1M layer-8 residual activations (bf16 model, f32 store);
 #   2. train a TopK SAE on them (train/quickstart.toml);
 #   3. evaluate it spliced into the model on text it was not trained on;
-#   4. print the summary and where the plots are.
+#   4. label its features (MI explanations, contexts, densities) from the
+#      harvested store into a feature dictionary with an HTML browser;
+#   5. print the summary and where the plots are.
 # Each step resumes or skips what a previous run finished.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,14 +18,14 @@ HOOK=blocks.8.hook_resid_post
 SAE="$OUT/sae/$HOOK-topk-x16-k32"
 mkdir -p "$OUT"
 
-echo "== 1/3 harvest: $HOOK, 1M tokens"
+echo "== 1/4 harvest: $HOOK, 1M tokens"
 resume=()
 [ -f "$OUT/acts/manifest.json" ] && resume=(--resume)
 "$BIN" harvest --model smollm2-135m --model-dtype bf16 --hook "$HOOK" --tokens 1000000 \
   --context 128 --skip-bos --out "$OUT/acts" "${resume[@]}"
 windows=$(python3 -c "import json; print(json.load(open('$OUT/acts/manifest.json'))['windows'])")
 
-echo "== 2/3 train: TopK SAE, 16x expansion, k = 32"
+echo "== 2/4 train: TopK SAE, 16x expansion, k = 32"
 if [ -f "$SAE/sae_weights.safetensors" ]; then
   echo "already trained: $SAE"
 else
@@ -32,9 +34,14 @@ else
   "$BIN" train --config train/quickstart.toml "${resume[@]}"
 fi
 
-echo "== 3/3 evaluate on 8192 held-out tokens (the corpus after the harvested windows)"
+echo "== 3/4 evaluate on 8192 held-out tokens (the corpus after the harvested windows)"
 "$BIN" eval sae --sae "$SAE" --model smollm2-135m --dtype bf16 --tokens 8192 \
   --skip-windows "$windows" --out "$OUT/eval.json"
+
+echo "== 4/4 label: feature dictionary from 200k harvested tokens"
+"$BIN" label --sae "$SAE" --model smollm2-135m --dtype bf16 --store "$OUT/acts" \
+  --tokens 200000 --out "$OUT/dictionary"
+"$BIN" features sample --dict "$OUT/dictionary" --n 5 --words 5
 
 echo
 echo "plots:"
@@ -42,3 +49,4 @@ echo "  training curves:          $SAE/training_curves.svg"
 echo "  feature density (train):  $SAE/feature_density.svg"
 echo "  feature density (eval):   $OUT/eval.svg"
 echo "SAE (SAELens layout):       $SAE"
+echo "feature browser:            $OUT/dictionary/index.html"

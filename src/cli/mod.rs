@@ -2,8 +2,10 @@
 
 mod bench;
 mod eval;
+mod features;
 mod generate;
 mod harvest;
+mod label;
 mod logits;
 mod steer;
 mod store;
@@ -46,6 +48,11 @@ enum Command {
     /// Learn or write steering interventions.
     #[command(subcommand)]
     Steer(steer::SteerCommand),
+    /// Build a feature dictionary: MI explanations, contexts, densities, browser.
+    Label(Box<label::LabelArgs>),
+    /// Search and show the features of a dictionary.
+    #[command(subcommand)]
+    Features(features::FeaturesCommand),
 }
 
 /// Which model, where, in what precision.
@@ -92,6 +99,12 @@ pub fn token_bar(hidden: bool, extra: &str) -> anyhow::Result<ProgressBar> {
 }
 
 pub fn main() -> std::process::ExitCode {
+    // Printing into a closed pipe (`saescope features show ... | head`) ends
+    // the process quietly, as other Unix tools do, instead of panicking.
+    // SAFETY: setting a signal disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     saescope::alloc_tuning::keep_freed_memory_mapped();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -103,6 +116,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Steer(cmd) => steer::run(cmd),
+        Command::Label(args) => label::run(*args),
+        Command::Features(cmd) => features::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

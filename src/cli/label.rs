@@ -1,0 +1,244 @@
+//! `saescope label`: builds a feature dictionary (MI explanations, baselines,
+//! contexts, densities, optional labels) and writes it with its browser.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use saescope::data::corpus::Corpus;
+use saescope::data::{Store, DEFAULT_CORPUS};
+use saescope::hooks::{HookPoint, Hooks};
+use saescope::label::llm::{HttpLabeller, LabelFn};
+use saescope::label::{
+    build_dictionary, save_dictionary, ActivationInput, Directions, LabelConfig, LabelInputs,
+    LabelProgress, MiConfig, StatsConfig, Vocabulary, VocabularyConfig,
+};
+use saescope::model::generate::{generate, GenerateConfig};
+use saescope::model::sampling::SamplingConfig;
+use saescope::model::LoadedModel;
+use saescope::sae::load_sae;
+
+use super::{token_bar, ModelArgs};
+
+#[derive(Args)]
+pub struct LabelArgs {
+    /// SAE folder (SAELens or sparsify layout).
+    #[arg(long)]
+    sae: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Corpus for the statistics pass (and the vocabulary, unless one is given).
+    #[arg(long, default_value = DEFAULT_CORPUS)]
+    corpus: String,
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Read activations and token ids from this harvested store instead of running the model.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Output folder of the dictionary.
+    #[arg(long)]
+    out: PathBuf,
+    /// Hook point (default: the one in the SAE's metadata).
+    #[arg(long)]
+    hook: Option<String>,
+    /// A saved vocabulary (vocabulary.json of an earlier dictionary).
+    #[arg(long, conflicts_with = "vocab_list")]
+    vocab: Option<PathBuf>,
+    /// A word list (`word [count]` per line) to build the vocabulary from.
+    #[arg(long)]
+    vocab_list: Option<PathBuf>,
+    /// Corpus to count words in (default: --corpus).
+    #[arg(long)]
+    vocab_from: Option<String>,
+    #[arg(long, default_value_t = 5000)]
+    vocab_size: usize,
+    #[arg(long, default_value_t = 5)]
+    min_count: u64,
+    /// Keep plural forms apart instead of folding them into the singular.
+    #[arg(long)]
+    no_stem: bool,
+    /// Temperature of p(w|c).
+    #[arg(long, default_value_t = 1.0)]
+    alpha: f64,
+    /// Temperature of p(c|w).
+    #[arg(long, default_value_t = 1.0)]
+    beta: f64,
+    /// Explanation words per feature.
+    #[arg(long, default_value_t = 20)]
+    top_words: usize,
+    /// Feature directions: decoder or encoder.
+    #[arg(long, default_value = "decoder")]
+    directions: String,
+    /// Tokens in the statistics pass.
+    #[arg(long, default_value_t = 1_000_000)]
+    tokens: u64,
+    #[arg(long, default_value_t = 128)]
+    context: usize,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Top-activating contexts kept per feature.
+    #[arg(long, default_value_t = 20)]
+    top_examples: usize,
+    /// Logit-lens tokens kept each way.
+    #[arg(long, default_value_t = 10)]
+    logit_lens_tokens: usize,
+    /// One-line labels by a language model: `local` (the loaded model) or an
+    /// OpenAI-compatible base URL such as http://localhost:8000/v1.
+    #[arg(long)]
+    labels: Option<String>,
+    /// Model name sent to the labelling endpoint.
+    #[arg(long, default_value = "gpt-4o-mini")]
+    label_model: String,
+    /// Environment variable holding the endpoint's API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    api_key_env: String,
+    /// Label only the first N features.
+    #[arg(long)]
+    label_limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run(args: LabelArgs) -> anyhow::Result<()> {
+    let model = args.model.load()?;
+    let sae = load_sae(&args.sae)?.to_device(model.model.device())?;
+    let hook_name = match (&args.hook, sae.hook_name()) {
+        (Some(h), _) => h.clone(),
+        (None, Some(h)) => h.to_string(),
+        (None, None) => anyhow::bail!("the SAE's metadata names no hook point; pass --hook"),
+    };
+    let hook = HookPoint::parse_for(&hook_name, model.model.config().n_layers)?;
+    let vocab_config = VocabularyConfig {
+        size: args.vocab_size,
+        min_count: args.min_count,
+        stem: !args.no_stem,
+    };
+    let vocabulary = match (&args.vocab, &args.vocab_list) {
+        (Some(path), _) => Vocabulary::load(path)?,
+        (None, Some(list)) => Vocabulary::from_word_list(list, vocab_config)?,
+        (None, None) => {
+            let spec = args.vocab_from.as_deref().unwrap_or(&args.corpus);
+            eprintln!("counting words in {spec}");
+            Vocabulary::from_corpus(&Corpus::open(spec, &args.text_field)?, vocab_config)?
+        }
+    };
+    eprintln!(
+        "vocabulary: {} words from {}",
+        vocabulary.len(),
+        vocabulary.source
+    );
+    let cfg = LabelConfig {
+        mi: MiConfig {
+            alpha: args.alpha,
+            beta: args.beta,
+            top_words: args.top_words,
+        },
+        directions: Directions::parse(&args.directions)?,
+        stats: StatsConfig {
+            top_examples: args.top_examples,
+            seed: args.seed,
+            ..StatsConfig::default()
+        },
+        logit_lens_tokens: args.logit_lens_tokens,
+        max_tokens: args.tokens,
+        label_limit: args.label_limit.unwrap_or(usize::MAX),
+        ..LabelConfig::default()
+    };
+    let corpus;
+    let store;
+    let input = match &args.store {
+        Some(dir) => {
+            store = Store::open(dir)?;
+            ActivationInput::Store(&store)
+        }
+        None => {
+            corpus = Corpus::open(&args.corpus, &args.text_field)?;
+            ActivationInput::Corpus {
+                corpus: &corpus,
+                context: args.context,
+                windows_per_batch: args.batch,
+            }
+        }
+    };
+    let http;
+    let mut local = |prompt: &str| local_label(&model, prompt);
+    let mut remote;
+    let labeller: Option<&mut LabelFn> = match args.labels.as_deref() {
+        None => None,
+        Some("local") => Some(&mut local),
+        Some(url) => {
+            http = HttpLabeller {
+                url: url.to_string(),
+                model: args.label_model.clone(),
+                api_key: std::env::var(&args.api_key_env).ok(),
+                timeout: std::time::Duration::from_secs(60),
+            };
+            remote = |prompt: &str| http.complete(prompt);
+            Some(&mut remote)
+        }
+    };
+
+    let bar = token_bar(false, "  {msg}")?;
+    let mut progress = |p: LabelProgress| match p {
+        LabelProgress::Stage(name) => bar.set_message(name),
+        LabelProgress::Tokens { done, total } => {
+            bar.set_length(total);
+            bar.set_position(done.min(total));
+        }
+        LabelProgress::Labelled { done, total } => {
+            bar.set_message(format!("labelled {done}/{total} features"));
+        }
+    };
+    let inputs = LabelInputs {
+        model: &model,
+        sae: &sae,
+        sae_name: args.sae.display().to_string(),
+        hook,
+        vocabulary: &vocabulary,
+        activations: input,
+    };
+    let built = build_dictionary(inputs, &cfg, labeller, &mut progress)?;
+    bar.finish_and_clear();
+    save_dictionary(&args.out, &built.entries, &built.meta, &vocabulary)?;
+    let m = &built.meta;
+    println!(
+        "{} features of {} at {} labelled from {} tokens in {:.1} s on {}",
+        m.d_sae, m.model, m.hook, m.tokens, m.seconds, m.hardware
+    );
+    println!(
+        "diversity: MI {:.4} · logit-lens baseline {:.4} · top-token baseline {:.4}",
+        m.diversity_mi.diversity,
+        m.diversity_logit_lens.diversity,
+        m.diversity_top_tokens.diversity
+    );
+    println!(
+        "wrote {}/features.jsonl, dictionary.json, vocabulary.json, feature_density.svg and index.html",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// A label from the loaded model: greedy completion of the few-shot prompt
+/// (as plain text, which small instruct models continue more faithfully
+/// than a chat turn), up to the end of the line.
+fn local_label(model: &LoadedModel, prompt: &str) -> saescope::Result<String> {
+    let tok = &model.tokenizer;
+    let mut stop_ids = tok.eos_ids().to_vec();
+    stop_ids.extend(tok.encode("\n", false)?);
+    let ids = tok.encode(prompt, true)?;
+    let config = GenerateConfig {
+        max_new_tokens: 12,
+        sampling: SamplingConfig {
+            temperature: 0.0,
+            ..SamplingConfig::default()
+        },
+        stop_ids: stop_ids.clone(),
+    };
+    let out = generate(&model.model, &[ids], &config, &mut Hooks::new(), |_, _| {})?;
+    let kept: Vec<i64> = out[0]
+        .iter()
+        .copied()
+        .filter(|id| !stop_ids.contains(id))
+        .collect();
+    tok.decode(&kept)
+}
