@@ -4,19 +4,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-fn saescope(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::saescope;
 
 fn harvest(corpus: &Path, store: &Path) {
     let (ok, _, err) = saescope(&[

@@ -7,15 +7,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::saescope;
 use saescope::data::{harvest, HarvestConfig, Silent, Store, StoreDtype};
 use saescope::hooks::HookPoint;
+use saescope::label::llm::LabelFn;
 use saescope::label::logit_lens::logit_lens;
 use saescope::label::mi::explain;
 use saescope::label::{
-    build_dictionary, save_dictionary, ActivationInput, Dictionary, LabelConfig, LabelInputs,
-    MiConfig, StatsConfig, Vocabulary, VocabularyConfig,
+    build_dictionary, save_dictionary, ActivationInput, BuiltDictionary, Dictionary, LabelConfig,
+    LabelInputs, MiConfig, StatsConfig, Vocabulary, VocabularyConfig,
 };
 use saescope::model::LoadedModel;
 use saescope::sae::{save_sae, Sae, SaeConfig};
@@ -198,12 +199,39 @@ fn streaming_contexts_equal_a_brute_force_sort_of_the_store() {
     assert!(checked > 10, "only {checked} features fired");
 }
 
+/// A dictionary of `sae` from a corpus pass, 2 windows of 16 tokens at a time.
+fn build_on_corpus(
+    model: &LoadedModel,
+    sae: &Sae,
+    corpus_path: &Path,
+    cfg: &LabelConfig,
+    labeller: Option<&mut LabelFn>,
+) -> saescope::Result<BuiltDictionary> {
+    let corpus = saescope::data::Corpus::open(corpus_path.to_str().unwrap(), "text").unwrap();
+    build_dictionary(
+        LabelInputs {
+            model,
+            sae,
+            sae_name: "sae".into(),
+            hook: HookPoint::resid_post(0),
+            vocabulary: &vocabulary(corpus_path),
+            activations: ActivationInput::Corpus {
+                corpus: &corpus,
+                context: 16,
+                windows_per_batch: 2,
+            },
+        },
+        cfg,
+        labeller,
+        &mut |_| {},
+    )
+}
+
 #[test]
 fn labels_come_from_the_given_model_and_stop_at_the_limit() {
     let model = common::tiny_llama();
     let dir = tempfile::tempdir().unwrap();
     let corpus_path = common::write_corpus(dir.path(), 30);
-    let corpus = saescope::data::Corpus::open(corpus_path.to_str().unwrap(), "text").unwrap();
     let sae = topk_sae(&model, 2);
     let cfg = LabelConfig {
         max_tokens: 64,
@@ -215,24 +243,7 @@ fn labels_come_from_the_given_model_and_stop_at_the_limit() {
         prompts.push(prompt.to_string());
         Ok(format!("Label: \"topic {}\"\nignored", prompts.len()))
     };
-    let built = build_dictionary(
-        LabelInputs {
-            model: &model,
-            sae: &sae,
-            sae_name: "sae".into(),
-            hook: HookPoint::resid_post(0),
-            vocabulary: &vocabulary(&corpus_path),
-            activations: ActivationInput::Corpus {
-                corpus: &corpus,
-                context: 16,
-                windows_per_batch: 2,
-            },
-        },
-        &cfg,
-        Some(&mut labeller),
-        &mut |_| {},
-    )
-    .unwrap();
+    let built = build_on_corpus(&model, &sae, &corpus_path, &cfg, Some(&mut labeller)).unwrap();
     assert_eq!(prompts.len(), 3);
     let first_word = &built.entries[0].explanation[0].word;
     assert!(prompts[0].contains(first_word.as_str()), "{}", prompts[0]);
@@ -252,47 +263,18 @@ fn an_sae_of_the_wrong_width_is_refused() {
     let model = common::tiny_llama();
     let dir = tempfile::tempdir().unwrap();
     let corpus_path = common::write_corpus(dir.path(), 10);
-    let corpus = saescope::data::Corpus::open(corpus_path.to_str().unwrap(), "text").unwrap();
     let d = model.model.config().d_model as usize;
     let mut cfg = SaeConfig::new("topk", d + 1, 4 * d);
     cfg.k = Some(2);
     let sae = Sae::init(cfg, 1, Device::Cpu).unwrap();
-    let err = build_dictionary(
-        LabelInputs {
-            model: &model,
-            sae: &sae,
-            sae_name: "sae".into(),
-            hook: HookPoint::resid_post(0),
-            vocabulary: &vocabulary(&corpus_path),
-            activations: ActivationInput::Corpus {
-                corpus: &corpus,
-                context: 16,
-                windows_per_batch: 2,
-            },
-        },
-        &small_config(),
-        None,
-        &mut |_| {},
-    )
-    .err()
-    .expect("width mismatch must fail");
+    let err = build_on_corpus(&model, &sae, &corpus_path, &small_config(), None)
+        .err()
+        .expect("width mismatch must fail");
     let msg = err.to_string();
     assert!(
         msg.contains(&format!("{}-wide", d + 1)) && msg.contains(&format!("{d} wide")),
         "{msg}"
     );
-}
-
-fn saescope(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -382,6 +364,21 @@ fn cli_builds_searches_and_shows_a_dictionary_and_reports_bad_input() {
     std::fs::remove_file(out.join("vocabulary.json")).unwrap();
     let (ok, _, stderr) = saescope(&["features", "search", "--dict", &out_s, &word]);
     assert!(!ok && stderr.contains("does not exist"), "{stderr}");
+
+    // A truncated features.jsonl (a copy cut mid-line) names the file and line.
+    let jsonl = std::fs::read(out.join("features.jsonl")).unwrap();
+    let cut = dir.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    std::fs::copy(out.join("dictionary.json"), cut.join("dictionary.json")).unwrap();
+    vocabulary(&corpus)
+        .save(&cut.join("vocabulary.json"))
+        .unwrap();
+    std::fs::write(cut.join("features.jsonl"), &jsonl[..jsonl.len() / 2]).unwrap();
+    let (ok, _, stderr) = saescope(&["features", "show", "--dict", cut.to_str().unwrap(), "0"]);
+    assert!(
+        !ok && stderr.contains("features.jsonl") && stderr.contains("line "),
+        "{stderr}"
+    );
 
     // The saved dictionary round-trips.
     let reread = Dictionary::open(&out)

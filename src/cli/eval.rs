@@ -7,13 +7,10 @@ use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 use saescope::atomic::write_atomic;
 use saescope::data::corpus::Corpus;
-use saescope::data::DEFAULT_CORPUS;
 use saescope::eval::{evaluate_sae, EvalObserver, SaeEvalConfig, SaeEvalReport};
-use saescope::hooks::HookPoint;
 use saescope::plots::{histogram_svg, log10_densities};
-use saescope::sae::load_sae;
 
-use super::ModelArgs;
+use super::{ModelArgs, SaeOnCorpusArgs};
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -45,18 +42,8 @@ pub struct EvalSteerArgs {
 
 #[derive(Args)]
 pub struct EvalSaeArgs {
-    /// SAE folder (SAELens or sparsify layout).
-    #[arg(long)]
-    sae: PathBuf,
     #[command(flatten)]
-    model: ModelArgs,
-    #[arg(long, default_value = DEFAULT_CORPUS)]
-    corpus: String,
-    #[arg(long, default_value = "text")]
-    text_field: String,
-    /// Hook point (default: the one in the SAE's metadata).
-    #[arg(long)]
-    hook: Option<String>,
+    target: SaeOnCorpusArgs,
     /// Tokens to evaluate on.
     #[arg(long, default_value_t = 16384)]
     tokens: u64,
@@ -128,16 +115,8 @@ pub fn print_table(r: &SaeEvalReport) {
 }
 
 fn eval_sae(args: EvalSaeArgs) -> anyhow::Result<()> {
-    let sae = load_sae(&args.sae)?;
-    let hook_name = match (&args.hook, sae.hook_name()) {
-        (Some(h), _) => h.clone(),
-        (None, Some(h)) => h.to_string(),
-        (None, None) => anyhow::bail!("the SAE's metadata names no hook point; pass --hook"),
-    };
-    let model = args.model.load()?;
-    let sae = sae.to_device(model.model.device())?;
-    let hook = HookPoint::parse_for(&hook_name, model.model.config().n_layers)?;
-    let corpus = Corpus::open(&args.corpus, &args.text_field)?;
+    let (model, sae, hook) = args.target.load()?;
+    let corpus = Corpus::open(&args.target.corpus, &args.target.text_field)?;
     let cfg = SaeEvalConfig {
         tokens: args.tokens,
         context: args.context,

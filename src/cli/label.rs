@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use saescope::data::corpus::Corpus;
-use saescope::data::{Store, DEFAULT_CORPUS};
-use saescope::hooks::{HookPoint, Hooks};
+use saescope::data::Store;
+use saescope::hooks::Hooks;
 use saescope::label::llm::{HttpLabeller, LabelFn};
 use saescope::label::{
     build_dictionary, save_dictionary, ActivationInput, Directions, LabelConfig, LabelInputs,
@@ -15,31 +15,21 @@ use saescope::label::{
 use saescope::model::generate::{generate, GenerateConfig};
 use saescope::model::sampling::SamplingConfig;
 use saescope::model::LoadedModel;
-use saescope::sae::load_sae;
 
-use super::{token_bar, ModelArgs};
+use super::{token_bar, SaeOnCorpusArgs};
 
 #[derive(Args)]
 pub struct LabelArgs {
-    /// SAE folder (SAELens or sparsify layout).
-    #[arg(long)]
-    sae: PathBuf,
+    /// The corpus is read for the statistics pass (unless --store) and the
+    /// vocabulary (unless one is given).
     #[command(flatten)]
-    model: ModelArgs,
-    /// Corpus for the statistics pass (and the vocabulary, unless one is given).
-    #[arg(long, default_value = DEFAULT_CORPUS)]
-    corpus: String,
-    #[arg(long, default_value = "text")]
-    text_field: String,
+    target: SaeOnCorpusArgs,
     /// Read activations and token ids from this harvested store instead of running the model.
     #[arg(long)]
     store: Option<PathBuf>,
     /// Output folder of the dictionary.
     #[arg(long)]
     out: PathBuf,
-    /// Hook point (default: the one in the SAE's metadata).
-    #[arg(long)]
-    hook: Option<String>,
     /// A saved vocabulary (vocabulary.json of an earlier dictionary).
     #[arg(long, conflicts_with = "vocab_list")]
     vocab: Option<PathBuf>,
@@ -100,14 +90,8 @@ pub struct LabelArgs {
 }
 
 pub fn run(args: LabelArgs) -> anyhow::Result<()> {
-    let model = args.model.load()?;
-    let sae = load_sae(&args.sae)?.to_device(model.model.device())?;
-    let hook_name = match (&args.hook, sae.hook_name()) {
-        (Some(h), _) => h.clone(),
-        (None, Some(h)) => h.to_string(),
-        (None, None) => anyhow::bail!("the SAE's metadata names no hook point; pass --hook"),
-    };
-    let hook = HookPoint::parse_for(&hook_name, model.model.config().n_layers)?;
+    let (model, sae, hook) = args.target.load()?;
+    let target = &args.target;
     let vocab_config = VocabularyConfig {
         size: args.vocab_size,
         min_count: args.min_count,
@@ -117,9 +101,9 @@ pub fn run(args: LabelArgs) -> anyhow::Result<()> {
         (Some(path), _) => Vocabulary::load(path)?,
         (None, Some(list)) => Vocabulary::from_word_list(list, vocab_config)?,
         (None, None) => {
-            let spec = args.vocab_from.as_deref().unwrap_or(&args.corpus);
+            let spec = args.vocab_from.as_deref().unwrap_or(&target.corpus);
             eprintln!("counting words in {spec}");
-            Vocabulary::from_corpus(&Corpus::open(spec, &args.text_field)?, vocab_config)?
+            Vocabulary::from_corpus(&Corpus::open(spec, &target.text_field)?, vocab_config)?
         }
     };
     eprintln!(
@@ -152,7 +136,7 @@ pub fn run(args: LabelArgs) -> anyhow::Result<()> {
             ActivationInput::Store(&store)
         }
         None => {
-            corpus = Corpus::open(&args.corpus, &args.text_field)?;
+            corpus = Corpus::open(&target.corpus, &target.text_field)?;
             ActivationInput::Corpus {
                 corpus: &corpus,
                 context: args.context,
@@ -192,7 +176,7 @@ pub fn run(args: LabelArgs) -> anyhow::Result<()> {
     let inputs = LabelInputs {
         model: &model,
         sae: &sae,
-        sae_name: args.sae.display().to_string(),
+        sae_name: target.sae.display().to_string(),
         hook,
         vocabulary: &vocabulary,
         activations: input,

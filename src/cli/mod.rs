@@ -13,6 +13,7 @@ mod train;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use saescope::hooks::HookPoint;
 use saescope::model::{load_model, parse_device, parse_dtype, LoadedModel};
 
 #[derive(Parser)]
@@ -81,6 +82,47 @@ impl ModelArgs {
         let device = parse_device(&self.device)?;
         let kind = parse_dtype(&self.dtype)?;
         Ok(load_model(&self.model, device, kind)?)
+    }
+}
+
+/// The hook an SAE works on: `--hook` when given, else the one in its metadata.
+pub fn sae_hook_name(
+    explicit: &Option<String>,
+    sae: &saescope::sae::Sae,
+) -> anyhow::Result<String> {
+    match (explicit, sae.hook_name()) {
+        (Some(h), _) => Ok(h.clone()),
+        (None, Some(h)) => Ok(h.to_string()),
+        (None, None) => anyhow::bail!("the SAE's metadata names no hook point; pass --hook"),
+    }
+}
+
+/// An SAE, the model it reads, and the text to run them on.
+#[derive(Args)]
+pub struct SaeOnCorpusArgs {
+    /// SAE folder (SAELens or sparsify layout).
+    #[arg(long)]
+    pub sae: std::path::PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = saescope::data::DEFAULT_CORPUS)]
+    pub corpus: String,
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// Hook point (default: the one in the SAE's metadata).
+    #[arg(long)]
+    pub hook: Option<String>,
+}
+
+impl SaeOnCorpusArgs {
+    /// The model, the SAE on the model's device, and the SAE's hook point.
+    pub fn load(&self) -> anyhow::Result<(LoadedModel, saescope::sae::Sae, HookPoint)> {
+        let sae = saescope::sae::load_sae(&self.sae)?;
+        let hook_name = sae_hook_name(&self.hook, &sae)?;
+        let model = self.model.load()?;
+        let sae = sae.to_device(model.model.device())?;
+        let hook = HookPoint::parse_for(&hook_name, model.model.config().n_layers)?;
+        Ok((model, sae, hook))
     }
 }
 

@@ -165,11 +165,7 @@ fn sae_and_hook(
     hook: &Option<String>,
 ) -> anyhow::Result<(saescope::sae::Sae, String, String)> {
     let sae = load_sae(dir)?;
-    let hook = match (hook, sae.hook_name()) {
-        (Some(h), _) => h.clone(),
-        (None, Some(h)) => h.to_string(),
-        (None, None) => anyhow::bail!("the SAE names no hook point; pass --hook"),
-    };
+    let hook = super::sae_hook_name(hook, &sae)?;
     let path = std::fs::canonicalize(dir)?.display().to_string();
     Ok((sae, path, hook))
 }

@@ -63,6 +63,19 @@ pub fn corpus_text(paragraphs: usize) -> String {
     out
 }
 
+/// Runs the `saescope` binary: (success, stdout, stderr).
+pub fn saescope(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(args)
+        .output()
+        .expect("run saescope");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Writes a corpus of `paragraphs` paragraphs to `dir/corpus.txt`.
 pub fn write_corpus(dir: &Path, paragraphs: usize) -> PathBuf {
     let path = dir.join("corpus.txt");
