@@ -92,6 +92,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dead-feature-threshold", type=int, default=10_000_000,
                    help="tokens without firing before a latent counts as dead (sparsify default 10M)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                   help="bf16: sparsify's forward under bf16 autocast (what its SparseCoder.forward "
+                        "decorator does on bf16-capable CUDA devices, here on the CPU) against saescope "
+                        "--compute-dtype bf16; weights, Adam and the held-out evaluation stay f32 on both")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="sparsify init seed and shuffle seed")
     p.add_argument("--only", choices=["sparsify", "saescope"], help="run one side only")
@@ -169,7 +173,7 @@ def run_sparsify(args: argparse.Namespace, train_x, held_x) -> dict:
 
     log(f"sparsify {version('eai-sparsify')} ({sparsify.__file__}), decoder {decoder_impl.__name__}; "
         f"d={d} latents={n} k={args.k} batch={args.batch} steps={steps} lr={lr:.3e} "
-        f"warmup={args.lr_warmup_steps} auxk_alpha={args.auxk_alpha}")
+        f"warmup={args.lr_warmup_steps} auxk_alpha={args.auxk_alpha} forward dtype={args.dtype}")
     step_s, fvus = [], []
     t_all = time.perf_counter()
     for step in range(steps):
@@ -180,7 +184,8 @@ def run_sparsify(args: argparse.Namespace, train_x, held_x) -> dict:
         sae.set_decoder_norm_to_unit_norm()
         dead_mask = tokens_since_fired > args.dead_feature_threshold if args.auxk_alpha > 0 else None
         total_variance = (x - x.mean(0)).pow(2).sum()
-        out = sae(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+            out = sae(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
         did_fire[out.latent_indices.flatten()] = True
         fvus.append(float(out.fvu.detach()))  # the Trainer also pulls it to the host every step
         loss = out.fvu + args.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
@@ -261,7 +266,8 @@ def run_saescope(args: argparse.Namespace, lr: float) -> tuple[dict | None, str 
            "--train-tokens", str(args.train_tokens), "--held-out-tokens", str(args.held_out_tokens),
            "--batch", str(args.batch), "--architecture", "topk", "--expansion", str(args.expansion),
            "--k", str(args.k), "--lr", repr(lr), "--lr-warmup-steps", str(args.lr_warmup_steps),
-           "--threads", str(args.threads), "--json"] + args.saescope_extra.split()
+           "--threads", str(args.threads), "--compute-dtype", args.dtype,
+           "--json"] + args.saescope_extra.split()
     log("running " + " ".join(cmd))
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     try:
@@ -285,10 +291,11 @@ def run_saescope(args: argparse.Namespace, lr: float) -> tuple[dict | None, str 
 # --- machine ------------------------------------------------------------------------------
 
 
-def matmul_gflops(rows: int, d: int, n: int, repeats: int = 5) -> float:
+def matmul_gflops(rows: int, d: int, n: int, dtype: str = "f32", repeats: int = 5) -> float:
     import torch
 
-    a, b = torch.randn(rows, d), torch.randn(d, n)
+    kind = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = torch.randn(rows, d).to(kind), torch.randn(d, n).to(kind)
     a @ b  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -329,7 +336,7 @@ def print_table(theirs: dict | None, ours: dict | None, gflops: float) -> dict:
         rows.append((label, unit, fmt(num(theirs, key), kind), fmt(num(ours, key), kind), fmt(r, "x")))
     fp = derived["fraction_of_matmul_peak"]
     rows.append(("fraction of matmul peak", "", fmt(fp["sparsify"], "pct"), fmt(fp["saescope"], "pct"), ""))
-    rows.append(("f32 matmul rate", "GFLOP/s", f"{gflops:.1f}", "", ""))
+    rows.append(("matmul rate (run dtype)", "GFLOP/s", f"{gflops:.1f}", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["", "SAE training: TopK, sparsify vs saescope"]
     for j, r in enumerate(rows):
@@ -365,8 +372,8 @@ def main() -> None:
     d = int(manifest["d"])
     n = d * args.expansion
     lr = args.lr or 2e-4 / (n / 2**14) ** 0.5
-    gflops_before = matmul_gflops(args.batch, d, n)
-    log(f"f32 matmul [{args.batch}, {d}] @ [{d}, {n}] before the runs: {gflops_before:.1f} GFLOP/s")
+    gflops_before = matmul_gflops(args.batch, d, n, args.dtype)
+    log(f"{args.dtype} matmul [{args.batch}, {d}] @ [{d}, {n}] before the runs: {gflops_before:.1f} GFLOP/s")
     for _ in range(max(1, args.rounds)):  # alternate: one heavy thing at a time
         if args.only != "saescope":
             theirs_runs.append(run_sparsify(args, train_x, held_x))
@@ -379,9 +386,9 @@ def main() -> None:
     theirs = max(theirs_runs, key=lambda r: r["tokens_per_s"]) if theirs_runs else None
     ours = max(ours_runs, key=lambda r: num(r, "tokens_per_s") or 0.0) if ours_runs else None
 
-    gflops_after = matmul_gflops(args.batch, d, n)
+    gflops_after = matmul_gflops(args.batch, d, n, args.dtype)
     gflops = max(gflops_before, gflops_after)
-    log(f"f32 matmul after the runs: {gflops_after:.1f} GFLOP/s; using the best, {gflops:.1f}")
+    log(f"{args.dtype} matmul after the runs: {gflops_after:.1f} GFLOP/s; using the best, {gflops:.1f}")
     derived = print_table(theirs, ours, gflops)
     result = {
         "store": str(store),
@@ -399,8 +406,9 @@ def main() -> None:
                        "(transformers get_linear_schedule_with_warmup)",
         "threads": args.threads,
         "rounds": args.rounds,
-        "matmul_gflops_f32": gflops,
-        "matmul_gflops_f32_before_after": [gflops_before, gflops_after],
+        "dtype": args.dtype,
+        f"matmul_gflops_{args.dtype}": gflops,
+        f"matmul_gflops_{args.dtype}_before_after": [gflops_before, gflops_after],
         "sparsify": theirs,
         "saescope": ours,
         "saescope_error": err if args.only != "sparsify" else None,
