@@ -15,8 +15,9 @@ use saescope::label::llm::LabelFn;
 use saescope::label::logit_lens::logit_lens;
 use saescope::label::mi::explain;
 use saescope::label::{
-    build_dictionary, save_dictionary, ActivationInput, BuiltDictionary, Dictionary, LabelConfig,
-    LabelInputs, MiConfig, StatsConfig, Vocabulary, VocabularyConfig,
+    build_dictionary, save_dictionary, ActivationInput, BuiltDictionary, CheckpointConfig,
+    Dictionary, LabelConfig, LabelInputs, LabelProgress, MiConfig, StatsConfig, Vocabulary,
+    VocabularyConfig,
 };
 use saescope::model::LoadedModel;
 use saescope::sae::{save_sae, Sae, SaeConfig};
@@ -225,6 +226,85 @@ fn build_on_corpus(
         labeller,
         &mut |_| {},
     )
+}
+
+/// A pass killed after a checkpoint (here: a panic in the progress report,
+/// after the checkpoint at 300 tokens) and resumed equals an uninterrupted
+/// one, reservoir samples included, for a store and for a corpus.
+#[test]
+fn a_killed_pass_resumes_to_the_same_dictionary() {
+    let model = common::tiny_llama();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus_path = common::write_corpus(dir.path(), 80);
+    let store = Store::open(&harvest_store(&model, dir.path(), &corpus_path)).unwrap();
+    let corpus = saescope::data::Corpus::open(corpus_path.to_str().unwrap(), "text").unwrap();
+    let sae = topk_sae(&model, 3);
+    let vocab = vocabulary(&corpus_path);
+    let inputs = |from_store: bool| LabelInputs {
+        model: &model,
+        sae: &sae,
+        sae_name: "sae".into(),
+        hook: HookPoint::resid_post(0),
+        vocabulary: &vocab,
+        activations: if from_store {
+            ActivationInput::Store(&store)
+        } else {
+            ActivationInput::Corpus {
+                corpus: &corpus,
+                context: 16,
+                windows_per_batch: 2,
+            }
+        },
+    };
+    for from_store in [true, false] {
+        let ckpt = dir.path().join(format!("ckpt-{from_store}"));
+        let cfg = |resume: bool| LabelConfig {
+            max_tokens: 540,
+            checkpoint: Some(CheckpointConfig {
+                dir: ckpt.clone(),
+                every_tokens: 100,
+                resume,
+            }),
+            ..small_config()
+        };
+        let whole = build_dictionary(
+            inputs(from_store),
+            &small_config_with(540),
+            None,
+            &mut |_| {},
+        )
+        .unwrap();
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            build_dictionary(inputs(from_store), &cfg(false), None, &mut |p| {
+                if let LabelProgress::Tokens { done, .. } = p {
+                    assert!(done < 300, "killed at {done} tokens");
+                }
+            })
+        }));
+        assert!(killed.is_err(), "the pass should have been killed");
+        assert!(ckpt.join("state.json").is_file());
+        // Other settings refuse the checkpoint.
+        let other = LabelConfig {
+            max_tokens: 600,
+            ..cfg(true)
+        };
+        let err = build_dictionary(inputs(from_store), &other, None, &mut |_| {})
+            .err()
+            .expect("a resume with other settings must fail")
+            .to_string();
+        assert!(err.contains("other settings"), "{err}");
+        let resumed = build_dictionary(inputs(from_store), &cfg(true), None, &mut |_| {}).unwrap();
+        assert!(!ckpt.exists(), "a finished pass removes its checkpoint");
+        assert_eq!(resumed.meta.tokens, whole.meta.tokens);
+        assert_eq!(resumed.entries, whole.entries, "store input: {from_store}");
+    }
+}
+
+fn small_config_with(max_tokens: u64) -> LabelConfig {
+    LabelConfig {
+        max_tokens,
+        ..small_config()
+    }
 }
 
 #[test]

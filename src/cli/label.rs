@@ -9,8 +9,8 @@ use saescope::data::Store;
 use saescope::hooks::Hooks;
 use saescope::label::llm::{HttpLabeller, LabelFn};
 use saescope::label::{
-    build_dictionary, save_dictionary, ActivationInput, Directions, LabelConfig, LabelInputs,
-    LabelProgress, MiConfig, StatsConfig, Vocabulary, VocabularyConfig,
+    build_dictionary, save_dictionary, ActivationInput, CheckpointConfig, Directions, LabelConfig,
+    LabelInputs, LabelProgress, MiConfig, StatsConfig, Vocabulary, VocabularyConfig,
 };
 use saescope::model::generate::{generate, GenerateConfig};
 use saescope::model::sampling::SamplingConfig;
@@ -87,6 +87,12 @@ pub struct LabelArgs {
     label_limit: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Checkpoint the statistics pass every N tokens (into OUT/.checkpoint).
+    #[arg(long, default_value_t = 250_000)]
+    checkpoint_every: u64,
+    /// Continue a killed run from its checkpoint (same settings).
+    #[arg(long)]
+    resume: bool,
 }
 
 pub fn run(args: LabelArgs) -> anyhow::Result<()> {
@@ -126,6 +132,11 @@ pub fn run(args: LabelArgs) -> anyhow::Result<()> {
         logit_lens_tokens: args.logit_lens_tokens,
         max_tokens: args.tokens,
         label_limit: args.label_limit.unwrap_or(usize::MAX),
+        checkpoint: Some(CheckpointConfig {
+            dir: args.out.join(".checkpoint"),
+            every_tokens: args.checkpoint_every.max(1),
+            resume: args.resume,
+        }),
         ..LabelConfig::default()
     };
     let corpus;

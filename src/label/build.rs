@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
+use super::checkpoint::{self, CheckpointConfig};
 use super::dictionary::{
     ActivationExample, DictionaryMeta, ExplanationWord, FeatureEntry, QuantileExamples,
 };
@@ -53,6 +54,8 @@ pub struct LabelConfig {
     pub examples_per_band: usize,
     /// Features labelled by a language model (the first ones), when a labeller is given.
     pub label_limit: usize,
+    /// Checkpoint the corpus pass (and resume from a checkpoint).
+    pub checkpoint: Option<CheckpointConfig>,
 }
 
 impl Default for LabelConfig {
@@ -66,6 +69,7 @@ impl Default for LabelConfig {
             quantile_bands: 4,
             examples_per_band: 3,
             label_limit: usize::MAX,
+            checkpoint: None,
         }
     }
 }
@@ -141,7 +145,21 @@ pub fn build_dictionary(
     )?;
 
     let source_name = input_name(&input);
-    let (stats, tokens) = corpus_pass(model, sae, hook, input, cfg, progress)?;
+    // What must match for a checkpoint to be resumed.
+    let fingerprint = format!(
+        "sae {sae_name}, hook {hook}, input {source_name} {}, {:?}, max tokens {}",
+        match &input {
+            ActivationInput::Corpus {
+                context,
+                windows_per_batch,
+                ..
+            } => format!("context {context} batch {windows_per_batch}"),
+            ActivationInput::Store(_) => String::new(),
+        },
+        cfg.stats,
+        cfg.max_tokens
+    );
+    let (stats, tokens) = corpus_pass(model, sae, hook, input, cfg, &fingerprint, progress)?;
 
     let mut texts = TokenTexts::new(model);
     let mut entries: Vec<FeatureEntry> = Vec::with_capacity(d_sae);
@@ -217,10 +235,22 @@ fn corpus_pass(
     hook: HookPoint,
     input: ActivationInput,
     cfg: &LabelConfig,
+    fingerprint: &str,
     progress: &mut dyn FnMut(LabelProgress),
 ) -> Result<(Vec<FeatureStats>, u64)> {
     progress(LabelProgress::Stage("corpus pass"));
-    let mut acc = FeatureStatsAccumulator::new(sae.cfg.d_sae, cfg.stats);
+    let d_sae = sae.cfg.d_sae;
+    let mut acc = match &cfg.checkpoint {
+        Some(c) if c.resume => FeatureStatsAccumulator::from_state(
+            d_sae,
+            cfg.stats,
+            checkpoint::load(&c.dir, fingerprint)?,
+        )?,
+        _ => FeatureStatsAccumulator::new(d_sae, cfg.stats),
+    };
+    // Batches hold whole windows, so a checkpoint falls on a window boundary.
+    let resume_rows = acc.rows_seen();
+    let mut saved_at = resume_rows;
     let sae_device = sae.device();
     let mut add = |acc: &mut FeatureStatsAccumulator,
                    acts: &Tensor,
@@ -231,6 +261,12 @@ fn corpus_pass(
             tch::no_grad(|| sae.encode(&acts.f_to_device(sae_device)?.f_to_kind(Kind::Float)?))?;
         acc.add(&feature_acts, &tokens, &starts)?;
         let done = acc.rows_seen();
+        if let Some(c) = &cfg.checkpoint {
+            if done - saved_at >= c.every_tokens && done < cfg.max_tokens {
+                checkpoint::save(&c.dir, &acc.state(), fingerprint)?;
+                saved_at = done;
+            }
+        }
         progress(LabelProgress::Tokens {
             done,
             total: cfg.max_tokens,
@@ -246,6 +282,7 @@ fn corpus_pass(
             let mut source =
                 StreamingSource::new(model, corpus, hook, context, windows_per_batch, true, true)?;
             let per_window = source.rows_per_window();
+            source.skip_windows(resume_rows / per_window as u64)?;
             while let Some(rows) = source.next_rows()? {
                 let tokens = rows
                     .tokens
@@ -274,12 +311,18 @@ fn corpus_pass(
             let per_window = manifest.rows_per_window() as usize;
             // Whole windows, up to ~4096 rows per SAE encode.
             let windows_per_chunk = (4096 / per_window).max(1);
-            'shards: for index in 0..manifest.shards.len() {
+            let mut skip = resume_rows as usize;
+            'shards: for (index, entry) in manifest.shards.iter().enumerate() {
+                if skip >= entry.rows as usize {
+                    skip -= entry.rows as usize;
+                    continue;
+                }
                 let shard = store.load_shard(index)?;
                 let tokens: Vec<i32> = Vec::<i32>::try_from(&shard.tokens)?;
                 let rows = tokens.len();
                 let chunk = windows_per_chunk * per_window;
-                for first in (0..rows).step_by(chunk) {
+                let start = std::mem::take(&mut skip);
+                for first in (start..rows).step_by(chunk) {
                     let len = chunk.min(rows - first);
                     let acts = shard.acts.f_narrow(0, first as i64, len as i64)?;
                     let starts = (0..len).step_by(per_window).collect();
@@ -289,6 +332,9 @@ fn corpus_pass(
                 }
             }
         }
+    }
+    if let Some(c) = &cfg.checkpoint {
+        checkpoint::remove(&c.dir)?;
     }
     let tokens = acc.rows_seen();
     if tokens == 0 {

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod build;
+pub mod checkpoint;
 pub mod dictionary;
 pub mod diversity;
 pub mod llm;
@@ -16,6 +17,7 @@ pub mod vocabulary;
 pub use build::{
     build_dictionary, ActivationInput, BuiltDictionary, LabelConfig, LabelInputs, LabelProgress,
 };
+pub use checkpoint::CheckpointConfig;
 pub use dictionary::{save_dictionary, Dictionary, DictionaryMeta, FeatureEntry};
 pub use mi::{Directions, MiConfig};
 pub use stats::StatsConfig;

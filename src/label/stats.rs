@@ -13,8 +13,6 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -131,6 +129,18 @@ pub struct FeatureStats {
     pub histogram: [u64; HIST_BINS],
 }
 
+/// Everything an accumulator holds; examples are `(feature, example)`, a
+/// feature's sample examples in slot order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccumulatorState {
+    pub rows_seen: u64,
+    pub nonzero: Vec<u64>,
+    pub max: Vec<f32>,
+    pub histogram: Vec<u64>,
+    pub top: Vec<(usize, RawExample)>,
+    pub sample: Vec<(usize, RawExample)>,
+}
+
 /// The accumulator.
 pub struct FeatureStatsAccumulator {
     cfg: StatsConfig,
@@ -141,7 +151,6 @@ pub struct FeatureStatsAccumulator {
     histogram: Vec<u64>,
     top: Vec<BinaryHeap<Reverse<HeapEntry>>>,
     sample: Vec<Vec<RawExample>>,
-    rng: StdRng,
 }
 
 /// A batch's non-zero activations, row by row (compressed sparse rows).
@@ -197,7 +206,6 @@ impl FeatureStatsAccumulator {
             histogram: vec![0; d_sae * HIST_BINS],
             top: (0..d_sae).map(|_| BinaryHeap::new()).collect(),
             sample: vec![Vec::new(); d_sae],
-            rng: StdRng::seed_from_u64(cfg.seed),
         }
     }
 
@@ -284,7 +292,7 @@ impl FeatureStatsAccumulator {
         let slot = if self.sample[f].len() < self.cfg.reservoir {
             Some(None)
         } else if self.cfg.reservoir > 0 {
-            let j = self.rng.random_range(0..seen);
+            let j = reservoir_draw(self.cfg.seed, feature as u64, seen);
             (j < self.cfg.reservoir as u64).then_some(Some(j as usize))
         } else {
             None
@@ -316,6 +324,66 @@ impl FeatureStatsAccumulator {
             values: (first..last).map(|r| sparse.value(r, feature)).collect(),
             centre: row - first,
         }
+    }
+
+    /// The whole state, flattened for a checkpoint.
+    pub fn state(&self) -> AccumulatorState {
+        let examples = |lists: Vec<(usize, &RawExample)>| {
+            lists.into_iter().map(|(f, e)| (f, e.clone())).collect()
+        };
+        AccumulatorState {
+            rows_seen: self.rows_seen,
+            nonzero: self.nonzero.clone(),
+            max: self.max.clone(),
+            histogram: self.histogram.clone(),
+            top: examples(
+                self.top
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(f, heap)| heap.iter().map(move |Reverse(e)| (f, &e.example)))
+                    .collect(),
+            ),
+            sample: examples(
+                self.sample
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(f, list)| list.iter().map(move |e| (f, e)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// An accumulator continuing from `state` (see [`FeatureStatsAccumulator::state`]).
+    pub fn from_state(d_sae: usize, cfg: StatsConfig, state: AccumulatorState) -> Result<Self> {
+        let consistent = state.nonzero.len() == d_sae
+            && state.max.len() == d_sae
+            && state.histogram.len() == d_sae * HIST_BINS
+            && state
+                .top
+                .iter()
+                .chain(&state.sample)
+                .all(|(f, _)| *f < d_sae);
+        if !consistent {
+            return Err(Error::InvalidArgument(format!(
+                "checkpointed statistics do not fit an SAE of {d_sae} features"
+            )));
+        }
+        let mut acc = FeatureStatsAccumulator::new(d_sae, cfg);
+        acc.rows_seen = state.rows_seen;
+        acc.nonzero = state.nonzero;
+        acc.max = state.max;
+        acc.histogram = state.histogram;
+        for (f, example) in state.top {
+            let rank = Rank {
+                value: example.value,
+                row: example.row,
+            };
+            acc.top[f].push(Reverse(HeapEntry { rank, example }));
+        }
+        for (f, example) in state.sample {
+            acc.sample[f].push(example);
+        }
+        Ok(acc)
     }
 
     /// The statistics of every feature.
@@ -360,6 +428,22 @@ pub struct Band<'a> {
     pub lower: f32,
     pub upper: f32,
     pub picks: Vec<&'a RawExample>,
+}
+
+/// A uniform draw from `0..seen` for the `seen`-th activation of `feature`:
+/// a hash of the three numbers rather than a generator's state, so a pass
+/// resumed from a checkpoint draws exactly what an uninterrupted one does.
+fn reservoir_draw(seed: u64, feature: u64, seen: u64) -> u64 {
+    // splitmix64's finaliser over the combined key (a well-mixed 64-bit hash;
+    // written out because `rand`'s generators keep state we would have to save).
+    let mut z = seed
+        .wrapping_add(feature.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(seen.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // Multiply-shift maps the hash onto 0..seen without modulo bias worth noting.
+    ((z as u128 * seen as u128) >> 64) as u64
 }
 
 /// Splits a value-sorted sample into `bands` equal quantile bands and takes
