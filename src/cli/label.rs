@@ -72,9 +72,10 @@ pub struct LabelArgs {
     /// Logit-lens tokens kept each way.
     #[arg(long, default_value_t = 10)]
     logit_lens_tokens: usize,
-    /// One-line labels by a language model: `local` (the loaded model) or an
-    /// OpenAI-compatible base URL such as http://localhost:8000/v1.
-    #[arg(long)]
+    /// One-line labels by a language model: `--labels` alone or `--labels local`
+    /// uses the loaded model; `--labels URL` an OpenAI-compatible endpoint such
+    /// as http://localhost:8000/v1.
+    #[arg(long, num_args = 0..=1, default_missing_value = "local")]
     labels: Option<String>,
     /// Model name sent to the labelling endpoint.
     #[arg(long, default_value = "gpt-4o-mini")]

@@ -27,6 +27,10 @@ use crate::hooks::HookPoint;
 use crate::model::LoadedModel;
 use crate::sae::Sae;
 
+/// Feature activations encoded at once: `[rows, d_sae]` f32 stays under
+/// glibc's 32 MB mmap threshold.
+const ENCODE_ELEMENTS: usize = 7 << 20;
+
 /// Where the activations of the corpus pass come from.
 pub enum ActivationInput<'a> {
     /// Run the model over a corpus, `windows_per_batch` windows of `context` tokens at a time.
@@ -252,14 +256,26 @@ fn corpus_pass(
     let resume_rows = acc.rows_seen();
     let mut saved_at = resume_rows;
     let sae_device = sae.device();
+    // Rows of `acts` are whole windows of `per_window` rows. They are encoded
+    // a few windows at a time: a `[rows, d_sae]` block under glibc's 32 MB
+    // mmap threshold is reused from the heap instead of being page-faulted
+    // in afresh for every batch.
     let mut add = |acc: &mut FeatureStatsAccumulator,
                    acts: &Tensor,
-                   tokens: Vec<i32>,
-                   starts: Vec<usize>|
+                   tokens: &[i32],
+                   per_window: usize|
      -> Result<bool> {
-        let feature_acts =
-            tch::no_grad(|| sae.encode(&acts.f_to_device(sae_device)?.f_to_kind(Kind::Float)?))?;
-        acc.add(&feature_acts, &tokens, &starts)?;
+        let rows_per_group = (ENCODE_ELEMENTS / d_sae / per_window).max(1) * per_window;
+        for first in (0..tokens.len()).step_by(rows_per_group) {
+            let len = rows_per_group.min(tokens.len() - first);
+            let group = acts
+                .f_narrow(0, first as i64, len as i64)?
+                .f_to_device(sae_device)?
+                .f_to_kind(Kind::Float)?;
+            let feature_acts = tch::no_grad(|| sae.encode(&group))?;
+            let starts: Vec<usize> = (0..len).step_by(per_window).collect();
+            acc.add(&feature_acts, &tokens[first..first + len], &starts)?;
+        }
         let done = acc.rows_seen();
         if let Some(c) = &cfg.checkpoint {
             if done - saved_at >= c.every_tokens && done < cfg.max_tokens {
@@ -291,8 +307,7 @@ fn corpus_pass(
                     .into_iter()
                     .map(|t| t as i32)
                     .collect();
-                let starts = (0..tokens.len()).step_by(per_window).collect();
-                if !add(&mut acc, &rows.acts[0], tokens, starts)? {
+                if !add(&mut acc, &rows.acts[0], &tokens, per_window)? {
                     break;
                 }
             }
@@ -309,7 +324,7 @@ fn corpus_pass(
                 ));
             }
             let per_window = manifest.rows_per_window() as usize;
-            // Whole windows, up to ~4096 rows per SAE encode.
+            // Whole windows, up to ~4096 rows per step.
             let windows_per_chunk = (4096 / per_window).max(1);
             let mut skip = resume_rows as usize;
             'shards: for (index, entry) in manifest.shards.iter().enumerate() {
@@ -325,8 +340,7 @@ fn corpus_pass(
                 for first in (start..rows).step_by(chunk) {
                     let len = chunk.min(rows - first);
                     let acts = shard.acts.f_narrow(0, first as i64, len as i64)?;
-                    let starts = (0..len).step_by(per_window).collect();
-                    if !add(&mut acc, &acts, tokens[first..first + len].to_vec(), starts)? {
+                    if !add(&mut acc, &acts, &tokens[first..first + len], per_window)? {
                         break 'shards;
                     }
                 }
