@@ -137,6 +137,12 @@ pub fn encoder_input(w: &SaeWeights, cfg: &SaeConfig, x: &Tensor) -> Result<Tens
     })
 }
 
+/// `[batch, d_sae]` pre-activations of raw inputs `x`: [`encoder_input`]
+/// then [`pre_activations`], the matmul in `kind`.
+pub fn encoder_pre(w: &SaeWeights, cfg: &SaeConfig, x: &Tensor, kind: Kind) -> Result<Tensor> {
+    pre_activations(&encoder_input(w, cfg, x)?, &w.w_enc, &w.b_enc, kind)
+}
+
 /// `[batch, d_sae]` = `x_in · W_encᵀ + b_enc`, the matmul in `kind` (f32 master
 /// weights are cast for bf16 compute; the result is f32).
 pub fn pre_activations(

@@ -8,8 +8,7 @@
 use tch::{Kind, Tensor};
 
 use super::architecture::{
-    autograd_step_with_acts, encoder_input, pre_activations, Architecture, Losses, StepContext,
-    StepOutput,
+    autograd_step_with_acts, encoder_pre, Architecture, Losses, StepContext, StepOutput,
 };
 use super::auxk::fvu_auxk_loss;
 use super::config::SaeConfig;
@@ -58,8 +57,7 @@ impl Architecture for BatchTopK {
 
     /// Inference: JumpReLU with the learned threshold.
     fn encode(&self, w: &SaeWeights, cfg: &SaeConfig, x: &Tensor) -> Result<Tensor> {
-        let pre = pre_activations(&encoder_input(w, cfg, x)?, &w.w_enc, &w.b_enc, Kind::Float)?
-            .f_relu()?;
+        let pre = encoder_pre(w, cfg, x, Kind::Float)?.f_relu()?;
         let theta = batch_threshold(w)?.f_clamp_min(0.0)?;
         Ok(pre.f_mul(&pre.f_gt_tensor(&theta)?.f_to_kind(Kind::Float)?)?)
     }
@@ -72,12 +70,7 @@ impl Architecture for BatchTopK {
         ctx: &StepContext,
     ) -> Result<Losses> {
         let k = ctx.k.map_or_else(|| cfg.require_k(), Ok)?;
-        let pre = pre_activations(
-            &encoder_input(w, cfg, x)?,
-            &w.w_enc,
-            &w.b_enc,
-            ctx.compute_kind,
-        )?;
+        let pre = encoder_pre(w, cfg, x, ctx.compute_kind)?;
         let acts = batch_topk(&pre, k)?;
         fvu_auxk_loss(w, x, &pre, acts, ctx)
     }

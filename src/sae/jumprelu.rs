@@ -14,9 +14,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::architecture::{
-    encoder_input, penalised_mse, pre_activations, Architecture, Losses, StepContext,
-};
+use super::architecture::{encoder_pre, penalised_mse, Architecture, Losses, StepContext};
 use super::config::SaeConfig;
 use super::weights::SaeWeights;
 use crate::error::{Error, Result};
@@ -89,7 +87,7 @@ impl Architecture for JumpRelu {
     }
 
     fn encode(&self, w: &SaeWeights, cfg: &SaeConfig, x: &Tensor) -> Result<Tensor> {
-        let pre = pre_activations(&encoder_input(w, cfg, x)?, &w.w_enc, &w.b_enc, Kind::Float)?;
+        let pre = encoder_pre(w, cfg, x, Kind::Float)?;
         let theta = threshold(w)?;
         Ok(pre
             .f_relu()?
@@ -103,12 +101,7 @@ impl Architecture for JumpRelu {
         x: &Tensor,
         ctx: &StepContext,
     ) -> Result<Losses> {
-        let pre = pre_activations(
-            &encoder_input(w, cfg, x)?,
-            &w.w_enc,
-            &w.b_enc,
-            ctx.compute_kind,
-        )?;
+        let pre = encoder_pre(w, cfg, x, ctx.compute_kind)?;
         let theta = threshold(w)?;
         let acts = jumprelu_ste(&pre, &theta, ctx.bandwidth)?;
         let l0 = step_ste(&pre, &theta, ctx.bandwidth)?

@@ -6,9 +6,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::architecture::{
-    encoder_input, penalised_mse, pre_activations, Architecture, Losses, StepContext,
-};
+use super::architecture::{encoder_pre, penalised_mse, Architecture, Losses, StepContext};
 use super::config::SaeConfig;
 use super::weights::SaeWeights;
 use crate::error::Result;
@@ -44,10 +42,7 @@ impl Architecture for Standard {
     }
 
     fn encode(&self, w: &SaeWeights, cfg: &SaeConfig, x: &Tensor) -> Result<Tensor> {
-        Ok(
-            pre_activations(&encoder_input(w, cfg, x)?, &w.w_enc, &w.b_enc, Kind::Float)?
-                .f_relu()?,
-        )
+        Ok(encoder_pre(w, cfg, x, Kind::Float)?.f_relu()?)
     }
 
     fn loss(
@@ -57,13 +52,7 @@ impl Architecture for Standard {
         x: &Tensor,
         ctx: &StepContext,
     ) -> Result<Losses> {
-        let acts = pre_activations(
-            &encoder_input(w, cfg, x)?,
-            &w.w_enc,
-            &w.b_enc,
-            ctx.compute_kind,
-        )?
-        .f_relu()?;
+        let acts = encoder_pre(w, cfg, x, ctx.compute_kind)?.f_relu()?;
         let penalty = weighted_l1(&acts, w, ctx.sparsity_coefficient)?;
         penalised_mse(w, x, acts, penalty)
     }

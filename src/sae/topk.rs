@@ -8,9 +8,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::architecture::{
-    encoder_input, pre_activations, Architecture, Losses, StepContext, StepOutput,
-};
+use super::architecture::{encoder_pre, Architecture, Losses, StepContext, StepOutput};
 use super::auxk::fvu_auxk_loss;
 use super::config::SaeConfig;
 use super::topk_sparse::sparse_topk_step;
@@ -44,7 +42,7 @@ impl Architecture for TopK {
     }
 
     fn encode(&self, w: &SaeWeights, cfg: &SaeConfig, x: &Tensor) -> Result<Tensor> {
-        let pre = pre_activations(&encoder_input(w, cfg, x)?, &w.w_enc, &w.b_enc, Kind::Float)?;
+        let pre = encoder_pre(w, cfg, x, Kind::Float)?;
         topk_activations(&pre, cfg.require_k()?)
     }
 
@@ -56,12 +54,7 @@ impl Architecture for TopK {
         ctx: &StepContext,
     ) -> Result<Losses> {
         let k = ctx.k.map_or_else(|| cfg.require_k(), Ok)?;
-        let pre = pre_activations(
-            &encoder_input(w, cfg, x)?,
-            &w.w_enc,
-            &w.b_enc,
-            ctx.compute_kind,
-        )?;
+        let pre = encoder_pre(w, cfg, x, ctx.compute_kind)?;
         let acts = topk_activations(&pre, k)?;
         fvu_auxk_loss(w, x, &pre, acts, ctx)
     }
