@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import emit_result
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "release" / "saescope"
 MODEL_DIR = ROOT / ".cache" / "models" / "smollm2-135m"
@@ -145,10 +147,7 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit_result(result, args.out)
     log(f"saescope {result['saescope_tokens_per_s']:.0f} tokens/s (whole harvest) vs transformers "
         f"{hf_tps:.0f} tokens/s (forward + copy only): ratio {result['ratio_saescope_over_hf']:.2f}; "
         f"saescope outside the forward: {100 * result['saescope_outside_forward_share']:.1f}% of wall time; "

@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import last_json_object, num
+
 ROOT = Path(__file__).resolve().parents[2]
 HF_SCRIPT = ROOT / "eval" / "bench" / "runtime_hf.py"
 RESULTS = ROOT / "eval" / "results"
@@ -73,38 +75,6 @@ def parse_args() -> argparse.Namespace:
                         "(the machine's speed drifts between minutes; alternation exposes both to it)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per child process")
     return p.parse_args()
-
-
-def last_json_object(text: str) -> dict | None:
-    """The JSON object a child printed: the whole stdout, or else the last line that parses."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        obj = json.loads(text)
-        return obj if isinstance(obj, dict) else None
-    except json.JSONDecodeError:
-        pass
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                obj = json.loads(line)
-                if isinstance(obj, dict):
-                    return obj
-            except json.JSONDecodeError:
-                continue
-    # a pretty-printed object after other output: from the last line that is just "{"
-    lines = text.splitlines()
-    for i in range(len(lines) - 1, -1, -1):
-        if lines[i].strip() == "{":
-            try:
-                obj = json.loads("\n".join(lines[i:]))
-                if isinstance(obj, dict):
-                    return obj
-            except json.JSONDecodeError:
-                continue
-    return None
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -183,13 +153,6 @@ def best_of(runs: list[dict | None]) -> dict | None:
             best[k] = max(float(r[k]) for r in runs if isinstance(r.get(k), (int, float)))
     best["rounds"] = len(runs)
     return best
-
-
-def num(d: dict | None, k: str) -> float | None:
-    if not d:
-        return None
-    v = d.get(k)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

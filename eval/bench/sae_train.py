@@ -68,6 +68,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import emit_result, last_json_object, num
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "release" / "saescope"
 SAESCOPE_KEYS = ["tokens_per_s", "held_out_fvu", "flops_per_token", "steps", "seconds"]
@@ -245,19 +247,6 @@ def run_sparsify(args: argparse.Namespace, train_x, held_x) -> dict:
 # --- saescope -----------------------------------------------------------------------------
 
 
-def last_json_line(text: str) -> dict | None:
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                obj = json.loads(line)
-                if isinstance(obj, dict):
-                    return obj
-            except json.JSONDecodeError:
-                continue
-    return None
-
-
 def run_saescope(args: argparse.Namespace, lr: float) -> tuple[dict | None, str | None]:
     binary = Path(args.binary)
     if not binary.is_file() or not os.access(binary, os.X_OK):
@@ -277,7 +266,7 @@ def run_saescope(args: argparse.Namespace, lr: float) -> tuple[dict | None, str 
     sys.stderr.write(proc.stderr[-4000:])
     if proc.returncode != 0:
         return None, f"saescope exited with {proc.returncode}"
-    obj = last_json_line(proc.stdout)
+    obj = last_json_object(proc.stdout)
     if obj is None:
         return None, "saescope printed no JSON object on stdout"
     missing = [k for k in SAESCOPE_KEYS if k not in obj]
@@ -303,11 +292,6 @@ def matmul_gflops(rows: int, d: int, n: int, dtype: str = "f32", repeats: int = 
         a @ b
         best = min(best, time.perf_counter() - t0)
     return 2.0 * rows * d * n / best / 1e9
-
-
-def num(d: dict | None, k: str) -> float | None:
-    v = (d or {}).get(k)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def print_table(theirs: dict | None, ours: dict | None, gflops: float) -> dict:
@@ -418,10 +402,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit_result(result, args.out)
     if theirs is None and ours is None:
         sys.exit(1)
 
