@@ -209,17 +209,21 @@ fn steer_learn_evaluate_and_generate_from_the_command_line() {
     assert!(ok, "{err}");
     assert!(stdout.contains("heatmap"), "{stdout}");
     assert!(out.with_extension("safetensors").is_file() && out.with_extension("svg").is_file());
-    let (ok, stdout, err) = saescope(&[
-        "eval",
-        "steer",
-        "--intervention",
-        out.to_str().unwrap(),
-        "--task",
-        task.to_str().unwrap(),
-        "--model",
-        common::TINY_LLAMA,
-        "--json",
-    ]);
+    let eval_steer = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "steer",
+            "--intervention",
+            out.to_str().unwrap(),
+            "--task",
+            task.to_str().unwrap(),
+            "--model",
+            common::TINY_LLAMA,
+        ];
+        args.extend_from_slice(extra);
+        saescope(&args)
+    };
+    let (ok, stdout, err) = eval_steer(&["--json"]);
     assert!(ok, "{err}");
     let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(r["prompts"], 2);
@@ -246,15 +250,6 @@ fn steer_learn_evaluate_and_generate_from_the_command_line() {
         r#"{"prompt": "a", "target": " the model", "foil": " the"}"#,
     )
     .unwrap();
-    let (ok, _, err) = saescope(&[
-        "eval",
-        "steer",
-        "--intervention",
-        out.to_str().unwrap(),
-        "--task",
-        task.to_str().unwrap(),
-        "--model",
-        common::TINY_LLAMA,
-    ]);
+    let (ok, _, err) = eval_steer(&[]);
     assert!(!ok && err.contains("line 1"), "{err}");
 }

@@ -5,7 +5,8 @@
 
 use tch::{Kind, Tensor};
 
-use super::architecture::{decode, total_variance, Losses, StepContext};
+use super::architecture::{decode, encoder_pre, total_variance, Losses, StepContext};
+use super::config::SaeConfig;
 use super::topk::scatter_dense;
 use super::weights::SaeWeights;
 use crate::error::Result;
@@ -52,6 +53,21 @@ pub fn auxk_loss(
         .f_sum(Kind::Float)?
         .f_div(total_variance)?
         .f_mul_scalar(scale)?)
+}
+
+/// The TopK-family loss of raw inputs `x`: pre-activations in the step's
+/// compute kind, the latents `select(pre, k)` keeps, then [`fvu_auxk_loss`].
+pub fn topk_family_loss(
+    w: &SaeWeights,
+    cfg: &SaeConfig,
+    x: &Tensor,
+    ctx: &StepContext,
+    select: fn(&Tensor, usize) -> Result<Tensor>,
+) -> Result<Losses> {
+    let k = ctx.k.map_or_else(|| cfg.require_k(), Ok)?;
+    let pre = encoder_pre(w, cfg, x, ctx.compute_kind)?;
+    let acts = select(&pre, k)?;
+    fvu_auxk_loss(w, x, &pre, acts, ctx)
 }
 
 /// The TopK-family training loss with autograd: `FVU + α·AuxK` for the

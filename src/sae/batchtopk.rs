@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 use super::architecture::{
     autograd_step_with_acts, encoder_pre, Architecture, Losses, StepContext, StepOutput,
 };
-use super::auxk::fvu_auxk_loss;
+use super::auxk::topk_family_loss;
 use super::config::SaeConfig;
 use super::topk::scatter_dense;
 use super::weights::SaeWeights;
@@ -69,10 +69,7 @@ impl Architecture for BatchTopK {
         x: &Tensor,
         ctx: &StepContext,
     ) -> Result<Losses> {
-        let k = ctx.k.map_or_else(|| cfg.require_k(), Ok)?;
-        let pre = encoder_pre(w, cfg, x, ctx.compute_kind)?;
-        let acts = batch_topk(&pre, k)?;
-        fvu_auxk_loss(w, x, &pre, acts, ctx)
+        topk_family_loss(w, cfg, x, ctx, batch_topk)
     }
 
     fn train_step(

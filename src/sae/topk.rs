@@ -9,7 +9,7 @@
 use tch::{Kind, Tensor};
 
 use super::architecture::{encoder_pre, Architecture, Losses, StepContext, StepOutput};
-use super::auxk::fvu_auxk_loss;
+use super::auxk::topk_family_loss;
 use super::config::SaeConfig;
 use super::topk_sparse::sparse_topk_step;
 use super::weights::SaeWeights;
@@ -53,10 +53,7 @@ impl Architecture for TopK {
         x: &Tensor,
         ctx: &StepContext,
     ) -> Result<Losses> {
-        let k = ctx.k.map_or_else(|| cfg.require_k(), Ok)?;
-        let pre = encoder_pre(w, cfg, x, ctx.compute_kind)?;
-        let acts = topk_activations(&pre, k)?;
-        fvu_auxk_loss(w, x, &pre, acts, ctx)
+        topk_family_loss(w, cfg, x, ctx, topk_activations)
     }
 
     fn train_step(
