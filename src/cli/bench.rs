@@ -10,7 +10,7 @@ use saescope::train::config::SaeSpec;
 use saescope::train::trainer::Quiet;
 use saescope::train::{train, MemoryFeed, TrainConfig, TrainOptions};
 
-use super::ModelArgs;
+use super::{set_threads, ModelArgs};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -133,10 +133,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 const WARMUP_STEPS: usize = 3;
 
 fn train_bench(args: TrainBenchArgs) -> anyhow::Result<()> {
-    if let Some(n) = args.threads {
-        anyhow::ensure!(n > 0, "--threads must be positive");
-        tch::set_num_threads(n);
-    }
+    set_threads(args.threads)?;
     let store = Store::open(&args.store)?;
     let rows = store.manifest().tokens;
     anyhow::ensure!(

@@ -10,6 +10,8 @@ use saescope::data::{harvest, HarvestConfig, HarvestObserver, StoreDtype, DEFAUL
 use saescope::hooks::HookPoint;
 use saescope::model::{load_model, parse_device, parse_dtype};
 
+use super::set_threads;
+
 #[derive(Args)]
 pub struct HarvestArgs {
     /// A .gguf file, a Hugging Face model folder, a hub id, or `smollm2-135m`.
@@ -92,10 +94,7 @@ impl HarvestObserver for Progress {
 }
 
 pub fn run(args: HarvestArgs) -> anyhow::Result<()> {
-    if let Some(n) = args.threads {
-        anyhow::ensure!(n > 0, "--threads must be positive");
-        tch::set_num_threads(n);
-    }
+    set_threads(args.threads)?;
     let device = parse_device(&args.device)?;
     let kind = parse_dtype(&args.model_dtype)?;
     let dtype = StoreDtype::parse(&args.dtype)?;

@@ -75,14 +75,25 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
-        if let Some(n) = self.threads {
-            anyhow::ensure!(n > 0, "--threads must be positive");
-            tch::set_num_threads(n);
-        }
+        set_threads(self.threads)?;
         let device = parse_device(&self.device)?;
         let kind = parse_dtype(&self.dtype)?;
         Ok(load_model(&self.model, device, kind)?)
     }
+}
+
+/// Sets the CPU threads of libtorch and of rayon (the fused decode step's
+/// kernels) to `--threads`, when given.
+pub fn set_threads(threads: Option<i32>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be positive");
+        tch::set_num_threads(n);
+        // Fails only when the pool already exists, which keeps its size.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n as usize)
+            .build_global();
+    }
+    Ok(())
 }
 
 /// The hook an SAE works on: `--hook` when given, else the one in its metadata.

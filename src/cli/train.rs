@@ -18,6 +18,8 @@ use saescope::train::{
     train, StoreFeed, StreamFeed, TrainConfig, TrainObserver, TrainOptions, TrainSummary,
 };
 
+use super::set_threads;
+
 /// Every field of a training config as an optional flag; a flag overrides
 /// the config file. List flags (`--k 16,32`) make a sweep: one SAE per
 /// combination of hook × architecture × expansion × k × coefficient.
@@ -329,10 +331,7 @@ pub fn print_summary(summary: &TrainSummary) {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    if let Some(n) = args.threads {
-        anyhow::ensure!(n > 0, "--threads must be positive");
-        tch::set_num_threads(n);
-    }
+    set_threads(args.threads)?;
     let cfg = args.resolve()?;
     let mut observer = BarObserver::new(false)?;
     let mut opts = TrainOptions {

@@ -48,6 +48,11 @@ impl BlockSite {
         (BlockSite::ResidPost, "hook_resid_post"),
     ];
 
+    /// Every site of a block, in forward order.
+    pub fn all() -> impl Iterator<Item = BlockSite> {
+        BlockSite::ALL.iter().map(|(site, _)| *site)
+    }
+
     fn suffix(self) -> &'static str {
         BlockSite::ALL
             .iter()

@@ -5,6 +5,7 @@
 
 use tch::{Kind, Tensor};
 
+use super::decode_step::host_f32;
 use super::sampling::{Sampler, SamplingConfig};
 use super::transformer::{ForwardInput, LogitsFor, StopAt, Transformer};
 use crate::error::{Error, Result};
@@ -109,16 +110,32 @@ pub fn generate(
     Ok(outputs)
 }
 
-/// One token per row of `logits [batch, vocab]`.
+/// One token per row of `logits [batch, vocab]`. Greedy picks the first
+/// largest logit (a NaN counts as largest), as `argmax` does; both run on the
+/// host copy, which for a CPU model involves no libtorch kernel.
 fn choose(logits: &Tensor, sampler: &mut Sampler) -> Result<Vec<i64>> {
-    if sampler.config().is_greedy() {
-        let best = logits.argmax(-1, false).to_device(tch::Device::Cpu);
-        return Ok(Vec::<i64>::try_from(&best)?);
-    }
-    let rows = logits.to_device(tch::Device::Cpu).to_kind(Kind::Float);
-    let vocab = rows.size()[1];
-    let flat = Vec::<f32>::try_from(&rows.view([-1]))?;
-    flat.chunks(vocab as usize)
-        .map(|row| sampler.sample(row))
+    let vocab = logits.size()[1] as usize;
+    let flat = host_f32(logits)?;
+    flat.chunks(vocab)
+        .map(|row| {
+            if sampler.config().is_greedy() {
+                Ok(first_max(row) as i64)
+            } else {
+                sampler.sample(row)
+            }
+        })
         .collect()
+}
+
+fn first_max(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v.is_nan() {
+            return i;
+        }
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
 }

@@ -47,24 +47,28 @@ impl KvCache {
     /// the cached positions and returns views of all keys and values so far.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let seq = k.size()[2];
+        let (keys, values, _) = self.layer_tensors(layer, seq)?;
+        keys.narrow(2, self.len, seq).f_copy_(k)?;
+        values.narrow(2, self.len, seq).f_copy_(v)?;
+        let total = self.len + seq;
+        Ok((keys.narrow(2, 0, total), values.narrow(2, 0, total)))
+    }
+
+    /// The whole key and value tensors of `layer` and the capacity, after
+    /// checking that `seq` more positions fit.
+    pub fn layer_tensors(&self, layer: usize, seq: i64) -> Result<(&Tensor, &Tensor, i64)> {
         if self.len + seq > self.capacity {
             return Err(Error::InvalidArgument(format!(
                 "KV cache holds {} positions; {} cached + {seq} new exceed it",
                 self.capacity, self.len
             )));
         }
-        let (keys, values) = match (self.keys.get(layer), self.values.get(layer)) {
-            (Some(k), Some(v)) => (k, v),
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "KV cache has no layer {layer}"
-                )))
-            }
-        };
-        keys.narrow(2, self.len, seq).f_copy_(k)?;
-        values.narrow(2, self.len, seq).f_copy_(v)?;
-        let total = self.len + seq;
-        Ok((keys.narrow(2, 0, total), values.narrow(2, 0, total)))
+        match (self.keys.get(layer), self.values.get(layer)) {
+            (Some(k), Some(v)) => Ok((k, v, self.capacity)),
+            _ => Err(Error::InvalidArgument(format!(
+                "KV cache has no layer {layer}"
+            ))),
+        }
     }
 
     /// Marks `seq` more positions as cached; called once per forward, after all layers.

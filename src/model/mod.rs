@@ -4,6 +4,8 @@
 pub mod attention;
 pub mod chat;
 pub mod config;
+pub mod decode_step;
+pub mod gemv;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_load;
@@ -17,6 +19,7 @@ pub mod rotary;
 pub mod safetensors_io;
 pub mod sampling;
 pub mod source;
+pub mod team;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;

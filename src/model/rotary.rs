@@ -14,6 +14,8 @@ use super::config::Llama3RopeScaling;
 pub struct Rotary {
     /// `[rotary_dim / 2]`, f32
     inv_freq: Tensor,
+    /// The same on the host, for the fused decode step.
+    inv_freq_host: Vec<f32>,
     rotary_dim: i64,
 }
 
@@ -43,8 +45,14 @@ impl Rotary {
             .collect();
         Rotary {
             inv_freq: Tensor::from_slice(&inv).to_device(device),
+            inv_freq_host: inv,
             rotary_dim,
         }
+    }
+
+    /// `[rotary_dim / 2]` inverse frequencies.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq_host
     }
 
     /// cos/sin for `positions` `[batch or 1, seq]` (int64).

@@ -4,17 +4,29 @@
 //!
 //! Shapes: `batch` sequences of `seq` new tokens after `past` cached ones.
 
+use std::cell::OnceCell;
+
 use tch::{Device, Kind, Tensor};
 
 use super::attention::{
     apply_pattern, attention_pattern, causal_attention_bmm, fused_attention, AttentionMask,
 };
 use super::config::{Activation, ModelConfig, NormKind, PositionKind};
+use super::decode_step::{self, DecodeStep, HostBlock, HostCache, HostNorm};
 use super::kv_cache::KvCache;
 use super::rotary::{Rotary, RotaryTables};
+use super::team;
 use super::weights::{BlockWeights, ModelWeights, NormWeights};
 use crate::error::{Error, Result};
 use crate::hooks::{BlockSite, HookContext, HookPoint, Hooks};
+
+/// The residual stream between blocks: a tensor, or host rows while
+/// consecutive blocks run the fused decode step.
+enum Residual {
+    Tensor(Tensor),
+    /// `[batch·seq, d_model]` f32 rows holding values of the model's dtype.
+    Host(Vec<f32>),
+}
 
 /// Which positions get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +78,8 @@ pub struct Transformer {
     rotary: Option<Rotary>,
     device: Device,
     kind: Kind,
+    /// Decode steps may run blocks without hooks through [`DecodeStep`].
+    fused_decode: bool,
 }
 
 /// Runs the hook set at `$hook` on `$x`; returns early when the forward stops there.
@@ -88,6 +102,11 @@ struct Pass<'h, 'a> {
 impl Pass<'_, '_> {
     fn wants(&self, hook: HookPoint) -> bool {
         self.hooks.wants(hook) || self.stop == StopAt::After(hook)
+    }
+
+    /// Whether any hook point of block `layer` is wanted.
+    fn wants_block(&self, layer: usize) -> bool {
+        BlockSite::all().any(|site| self.wants(HookPoint::Block(layer, site)))
     }
 
     /// Applies interventions at `hook`; `None` when the pass stops here.
@@ -132,12 +151,14 @@ impl Transformer {
             PositionKind::Learned => None,
         };
         let weights = tch::no_grad(|| weights.to(device, kind, cfg.tied_embeddings));
+        let fused_decode = decode_step::supported(&cfg, kind, device);
         Ok(Transformer {
             cfg,
             weights,
             rotary,
             device,
             kind,
+            fused_decode,
         })
     }
 
@@ -151,6 +172,12 @@ impl Transformer {
 
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// Turns the fused CPU decode step on or off (it is on wherever it is
+    /// supported); with it off, every decode step runs through libtorch.
+    pub fn set_fused_decode(&mut self, on: bool) {
+        self.fused_decode = on && decode_step::supported(&self.cfg, self.kind, self.device);
     }
 
     /// The unembedding matrix `[vocab, d_model]` (e.g. for logit-lens analyses).
@@ -254,11 +281,39 @@ impl Transformer {
             }
         };
         self.check_token_range(&tokens, &positions, past + seq)?;
-        let mask = AttentionMask::build(past, seq, input.attention_mask, self.device);
-        let rotary = self
-            .rotary
-            .as_ref()
-            .map(|r| r.tables(&positions, self.kind));
+        // The mask and rotary tables are built only if a block runs through libtorch.
+        let mask = OnceCell::new();
+        let mask = || {
+            mask.get_or_init(|| AttentionMask::build(past, seq, input.attention_mask, self.device))
+        };
+        let tables = OnceCell::new();
+        let tables = || {
+            tables
+                .get_or_init(|| {
+                    self.rotary
+                        .as_ref()
+                        .map(|r| r.tables(&positions, self.kind))
+                })
+                .as_ref()
+        };
+        let fused_step = match (&cache, stop) {
+            (Some(_), StopAt::Logits(logits))
+                if self.fused_decode
+                    && (seq == 1 || logits == LogitsFor::Last)
+                    && batch <= decode_step::MAX_BATCH
+                    && batch * seq <= decode_step::MAX_ROWS
+                    && input.start_at.is_none() =>
+            {
+                Some(DecodeStep::new(
+                    (batch as usize, seq as usize, past as usize),
+                    &positions,
+                    input.attention_mask,
+                    self.rotary.as_ref().map(Rotary::inv_freq),
+                    self.kind,
+                )?)
+            }
+            _ => None,
+        };
         let mut pass = Pass {
             hooks,
             ctx: HookContext {
@@ -269,7 +324,7 @@ impl Transformer {
             stop,
         };
 
-        let (first_layer, mut resid) = match input.start_at {
+        let (first_layer, resid) = match input.start_at {
             Some((layer, resid)) => {
                 let expected = [batch, seq, self.cfg.d_model];
                 if layer >= self.cfg.n_layers || resid.size() != expected {
@@ -286,24 +341,56 @@ impl Transformer {
                 None => return Ok(None),
             },
         };
-        for (layer, block) in self.weights.blocks.iter().enumerate().skip(first_layer) {
+        let fused_step = fused_step.filter(|_| !resid.requires_grad());
+        let mut resid = Residual::Tensor(resid);
+        let n_layers = self.cfg.n_layers;
+        let mut layer = first_layer;
+        while layer < n_layers {
+            if let (Some(step), Some(cache)) = (&fused_step, cache.as_deref_mut()) {
+                if !pass.wants_block(layer) {
+                    // The run of blocks without hooks, and the logits when it
+                    // reaches them, go through the fused step in one call.
+                    let end = (layer..n_layers)
+                        .find(|&l| pass.wants_block(l))
+                        .unwrap_or(n_layers);
+                    let with_logits = end == n_layers && !pass.wants(HookPoint::LnFinal);
+                    let rows = self.host_rows(resid)?;
+                    let (rows, logits) =
+                        self.fused_blocks(step, cache, layer..end, rows, with_logits)?;
+                    if let Some(logits) = logits {
+                        cache.advance(seq);
+                        return decode_step::host_to_tensor(
+                            &logits,
+                            [batch, 1, self.cfg.vocab_size],
+                            self.kind,
+                        )
+                        .map(Some);
+                    }
+                    resid = Residual::Host(rows);
+                    layer = end;
+                    continue;
+                }
+            }
+            let block_in = self.tensor_of(resid, (batch, seq))?;
             let cache_layer = cache.as_deref_mut().map(|c| (c, layer));
             resid = match self.block(
                 layer,
-                block,
-                resid,
-                &mask,
-                rotary.as_ref(),
+                &self.weights.blocks[layer],
+                block_in,
+                mask(),
+                tables(),
                 cache_layer,
                 &mut pass,
             )? {
-                Some(r) => r,
+                Some(r) => Residual::Tensor(r),
                 None => return Ok(None),
             };
+            layer += 1;
         }
         if let Some(c) = cache {
             c.advance(seq);
         }
+        let resid = self.tensor_of(resid, (batch, seq))?;
         let resid = match stop {
             StopAt::Logits(LogitsFor::Last) => resid.narrow(1, seq - 1, 1),
             _ => resid,
@@ -311,6 +398,74 @@ impl Transformer {
         let normed = self.final_norm(&resid);
         let normed = hook!(pass, HookPoint::LnFinal, normed);
         Ok(Some(normed.linear::<Tensor>(&self.weights.unembed, None)))
+    }
+
+    /// Runs `layers` through the fused decode step, then the final norm and
+    /// unembedding when `with_logits`: `(rows, logits)`. Every thread of
+    /// rayon's pool runs the whole run as one [`team`].
+    fn fused_blocks(
+        &self,
+        step: &DecodeStep,
+        cache: &KvCache,
+        layers: std::ops::Range<usize>,
+        rows: Vec<f32>,
+        with_logits: bool,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let mut blocks = Vec::with_capacity(layers.len());
+        for layer in layers {
+            blocks.push((
+                HostBlock::new(&self.weights.blocks[layer])?,
+                HostCache::new(cache, layer, step.seq())?,
+            ));
+        }
+        let head = if with_logits {
+            Some((
+                HostNorm::new(&self.weights.ln_final)?,
+                decode_step::weight_slice(&self.weights.unembed)?,
+            ))
+        } else {
+            None
+        };
+        let cfg = &self.cfg;
+        // Scratch for the widest product: the unembedding, or a block's.
+        let widest = self
+            .cfg
+            .vocab_size
+            .max(self.cfg.qkv_rows())
+            .max(2 * self.cfg.d_mlp);
+        let start = rows;
+        let (rows, logits) = team::run(widest as usize * step.rows(), |team| {
+            let mut rows = start.clone();
+            for (block, layer_cache) in &blocks {
+                step.block(team, cfg, block, layer_cache, &mut rows);
+            }
+            let logits = head
+                .as_ref()
+                .map(|(norm, unembed)| step.logits(team, cfg, norm, *unembed, &rows));
+            (rows, logits)
+        })
+        .ok_or_else(|| Error::InvalidArgument("rayon's pool has no threads".into()))?;
+        Ok((rows, logits))
+    }
+
+    fn host_rows(&self, resid: Residual) -> Result<Vec<f32>> {
+        match resid {
+            Residual::Host(rows) => Ok(rows),
+            Residual::Tensor(t) => decode_step::host_f32(&t),
+        }
+    }
+
+    /// The residual as a `[batch, seq, d_model]` tensor.
+    fn tensor_of(&self, resid: Residual, (batch, seq): (i64, i64)) -> Result<Tensor> {
+        match resid {
+            Residual::Tensor(t) => Ok(t),
+            Residual::Host(rows) => {
+                Ok(
+                    decode_step::host_to_tensor(&rows, [batch, seq, self.cfg.d_model], self.kind)?
+                        .to_device(self.device),
+                )
+            }
+        }
     }
 
     /// Token (and learned position) embeddings, `[batch, seq, d_model]`.

@@ -1,0 +1,420 @@
+//! Weight-streaming matrix–vector products on the CPU, for the few rows of a
+//! decode step: `y[r, j] = Σ_i x[r, i] · W[j, i] + b[j]` with `x [m, k]` in f32
+//! and `W [n, k]` (PyTorch's `[out, in]`) in f32 or bf16.
+//!
+//! Written here because libtorch's `linear` spends more time in dispatch and
+//! weight packing than in reading the weights when `m` is 1–8 and the matrices
+//! are a model block's (its bf16 gemv streams about half the bandwidth of a large
+//! one), and no maintained crate does bf16 matrix–vector products. Each weight
+//! row is read once for all rows of `x`, the weight rows are split over rayon's
+//! threads, and the same loop body is compiled for AVX-512 when the CPU has it.
+
+use rayon::prelude::*;
+
+/// Elements accumulated side by side: two AVX-512 registers of f32.
+const LANES: usize = 32;
+/// Rows of `x` that share one pass over a weight row.
+const MAX_ROWS: usize = 8;
+
+/// A weight matrix or bias, borrowed in its stored precision.
+#[derive(Clone, Copy)]
+pub enum WeightSlice<'a> {
+    F32(&'a [f32]),
+    /// Raw bf16 bits.
+    Bf16(&'a [u16]),
+}
+
+impl WeightSlice<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            WeightSlice::F32(w) => w.len(),
+            WeightSlice::Bf16(w) => w.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` as f32 (bf16 widens exactly).
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            WeightSlice::F32(w) => w[i],
+            WeightSlice::Bf16(w) => bf16_to_f32(w[i]),
+        }
+    }
+
+    /// All elements as f32.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            WeightSlice::F32(w) => w.to_vec(),
+            WeightSlice::Bf16(w) => w.iter().map(|b| bf16_to_f32(*b)).collect(),
+        }
+    }
+}
+
+#[inline(always)]
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// Rounds to the nearest bf16 (ties to even) and widens back, as libtorch
+/// does when it stores an f32 result in a bf16 tensor. A one-liner that
+/// vectorises, unlike a per-element call into a conversion crate.
+#[inline(always)]
+pub fn round_bf16(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
+    f32::from_bits(rounded)
+}
+
+trait Element: Copy + Send + Sync {
+    fn widen(self) -> f32;
+}
+
+impl Element for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Element for u16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        bf16_to_f32(self)
+    }
+}
+
+/// The rows `x [m, k]` of a product, prepared once for every slice of the
+/// weight rows that threads compute: with bf16 weights, `x` is rounded to
+/// bf16 first, as libtorch's bf16 `linear` takes a bf16 input; products and
+/// sums are f32.
+pub struct GemvInput<'a> {
+    x: &'a [f32],
+    x_bf16: Vec<u16>,
+    m: usize,
+    k: usize,
+}
+
+impl<'a> GemvInput<'a> {
+    pub fn new(x: &'a [f32], m: usize, w: WeightSlice) -> Self {
+        let x_bf16 = match w {
+            WeightSlice::Bf16(_) => x
+                .iter()
+                .map(|v| (round_bf16(*v).to_bits() >> 16) as u16)
+                .collect(),
+            WeightSlice::F32(_) => Vec::new(),
+        };
+        GemvInput {
+            x,
+            x_bf16,
+            m,
+            k: x.len() / m.max(1),
+        }
+    }
+
+    /// Output rows of `W [n, k]`.
+    pub fn outputs(&self, w: WeightSlice) -> usize {
+        w.len() / self.k.max(1)
+    }
+
+    /// `out_t [rows.len(), m]` = the products of weight rows `rows` with
+    /// every row of `x`, transposed (each slice of rows owns a contiguous
+    /// chunk). Panics only on inconsistent lengths, which callers check.
+    pub fn rows_into(&self, w: WeightSlice, rows: std::ops::Range<usize>, out_t: &mut [f32]) {
+        let (m, k) = (self.m, self.k);
+        assert!(
+            self.x.len() == m * k && rows.end * k <= w.len() && out_t.len() == rows.len() * m,
+            "gemv: inconsistent lengths"
+        );
+        let elements = rows.start * k..rows.end * k;
+        match w {
+            WeightSlice::F32(w) => rows_f32(self.x, m, k, &w[elements], out_t),
+            WeightSlice::Bf16(w) => rows_bf16(&self.x_bf16, m, k, &w[elements], out_t),
+        }
+    }
+}
+
+/// `out [m, n]` from the transposed products `out_t [n, m]`, plus `bias [n]`.
+pub fn untranspose(out_t: &[f32], m: usize, bias: Option<WeightSlice>, out: &mut [f32]) {
+    let n = out_t.len() / m.max(1);
+    for r in 0..m {
+        for j in 0..n {
+            out[r * n + j] = out_t[j * m + r] + bias.map_or(0.0, |b| b.get(j));
+        }
+    }
+}
+
+/// `out [m, n] = x [m, k] · Wᵀ (+ bias [n])`, the weight rows shared out over
+/// rayon's threads (see [`GemvInput`] for the precision).
+pub fn gemv(
+    x: &[f32],
+    m: usize,
+    w: WeightSlice,
+    bias: Option<WeightSlice>,
+    n: usize,
+    out: &mut [f32],
+) {
+    let input = GemvInput::new(x, m, w);
+    assert!(
+        input.outputs(w) == n && out.len() == m * n,
+        "gemv: inconsistent lengths"
+    );
+    // Weight rows per task: enough to amortise a task, small enough to balance.
+    let threads = rayon::current_num_threads().max(1);
+    let rows_per_task = (n / (threads * 4)).clamp(16, 4096);
+    let mut transposed = vec![0f32; n * m];
+    transposed
+        .par_chunks_mut(rows_per_task * m)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let first = task * rows_per_task;
+            input.rows_into(w, first..first + chunk.len() / m, chunk);
+        });
+    untranspose(&transposed, m, bias, out);
+}
+
+fn rows_f32(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        unsafe { rows_avx512(x, m, k, w, out) };
+        return;
+    }
+    rows(x, m, k, w, out);
+}
+
+/// `x16` holds the bf16 bits of `x [m, k]`.
+fn rows_bf16(x16: &[u16], m: usize, k: usize, w: &[u16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if k.is_multiple_of(LANES) && std::arch::is_x86_feature_detected!("avx512bf16") {
+        // SAFETY: the CPU has the features the function is compiled for, and
+        // every row length is a whole number of 32-element vectors.
+        unsafe { bf16_dot::rows(x16, m, k, w, out) };
+        return;
+    }
+    let x: Vec<f32> = x16.iter().map(|b| bf16_to_f32(*b)).collect();
+    rows(&x, m, k, w, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+unsafe fn rows_avx512(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+    rows(x, m, k, w, out);
+}
+
+/// bf16 pairs multiplied and summed into f32 by AVX512-BF16's `vdpbf16ps`,
+/// 32 products per instruction with no conversions.
+#[cfg(target_arch = "x86_64")]
+mod bf16_dot {
+    use std::arch::x86_64::*;
+
+    /// Weight rows ahead of the one being read that are prefetched: with
+    /// several rows of `x`, each weight row takes long enough that the
+    /// hardware prefetcher alone leaves the loads waiting on memory.
+    const PREFETCH_ROWS: usize = 8;
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn rows(x16: &[u16], m: usize, k: usize, w: &[u16], out: &mut [f32]) {
+        for (j, (w_row, out_row)) in w.chunks_exact(k).zip(out.chunks_exact_mut(m)).enumerate() {
+            if let Some(ahead) = w.get((j + PREFETCH_ROWS) * k..(j + PREFETCH_ROWS + 1) * k) {
+                for line in (0..k).step_by(32) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().add(line) as *const i8);
+                }
+            }
+            let mut r = 0;
+            while r < m {
+                let take = (m - r).min(super::MAX_ROWS);
+                let xs = &x16[r * k..(r + take) * k];
+                let dst = &mut out_row[r..r + take];
+                match take {
+                    1 => dot_rows::<1>(xs, k, w_row, dst),
+                    2 => dot_rows::<2>(xs, k, w_row, dst),
+                    3 => dot_rows::<3>(xs, k, w_row, dst),
+                    4 => dot_rows::<4>(xs, k, w_row, dst),
+                    5 => dot_rows::<5>(xs, k, w_row, dst),
+                    6 => dot_rows::<6>(xs, k, w_row, dst),
+                    7 => dot_rows::<7>(xs, k, w_row, dst),
+                    _ => dot_rows::<8>(xs, k, w_row, dst),
+                }
+                r += take;
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: &[u16], at: usize) -> __m512bh {
+        debug_assert!(at + 32 <= p.len());
+        std::mem::transmute(_mm512_loadu_si512(p.as_ptr().add(at) as *const _))
+    }
+
+    /// Two accumulators per row hide the instruction's latency.
+    #[inline(always)]
+    unsafe fn dot_rows<const R: usize>(xs: &[u16], k: usize, w: &[u16], dst: &mut [f32]) {
+        let mut even = [_mm512_setzero_ps(); R];
+        let mut odd = [_mm512_setzero_ps(); R];
+        let chunks = k / 32;
+        let mut c = 0;
+        while c + 1 < chunks {
+            let (w0, w1) = (load(w, c * 32), load(w, c * 32 + 32));
+            for r in 0..R {
+                even[r] = _mm512_dpbf16_ps(even[r], load(xs, r * k + c * 32), w0);
+                odd[r] = _mm512_dpbf16_ps(odd[r], load(xs, r * k + c * 32 + 32), w1);
+            }
+            c += 2;
+        }
+        if c < chunks {
+            let w0 = load(w, c * 32);
+            for (r, acc) in even.iter_mut().enumerate() {
+                *acc = _mm512_dpbf16_ps(*acc, load(xs, r * k + c * 32), w0);
+            }
+        }
+        for ((d, e), o) in dst.iter_mut().zip(&even).zip(&odd) {
+            *d = _mm512_reduce_add_ps(_mm512_add_ps(*e, *o));
+        }
+    }
+}
+
+/// Dot products of every row of `x [m, k]` with each row of `w [rows, k]`,
+/// into `out [rows, m]`.
+#[inline(always)]
+fn rows<E: Element>(x: &[f32], m: usize, k: usize, w: &[E], out: &mut [f32]) {
+    for (w_row, out_row) in w.chunks_exact(k).zip(out.chunks_exact_mut(m)) {
+        let mut r = 0;
+        while r < m {
+            let take = (m - r).min(MAX_ROWS);
+            let xs = &x[r * k..(r + take) * k];
+            let dst = &mut out_row[r..r + take];
+            match take {
+                1 => dot_rows::<E, 1>(xs, k, w_row, dst),
+                2 => dot_rows::<E, 2>(xs, k, w_row, dst),
+                3 => dot_rows::<E, 3>(xs, k, w_row, dst),
+                4 => dot_rows::<E, 4>(xs, k, w_row, dst),
+                5 => dot_rows::<E, 5>(xs, k, w_row, dst),
+                6 => dot_rows::<E, 6>(xs, k, w_row, dst),
+                7 => dot_rows::<E, 7>(xs, k, w_row, dst),
+                _ => dot_rows::<E, 8>(xs, k, w_row, dst),
+            }
+            r += take;
+        }
+    }
+}
+
+/// `dst[r] = x_r · w` for the `R` rows of `xs [R, k]`.
+#[inline(always)]
+fn dot_rows<E: Element, const R: usize>(xs: &[f32], k: usize, w: &[E], dst: &mut [f32]) {
+    let mut acc = [[0f32; LANES]; R];
+    let full = k - k % LANES;
+    for base in (0..full).step_by(LANES) {
+        let mut wide = [0f32; LANES];
+        for (v, e) in wide.iter_mut().zip(&w[base..base + LANES]) {
+            *v = e.widen();
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let x_r = &xs[r * k + base..r * k + base + LANES];
+            for l in 0..LANES {
+                acc_r[l] += x_r[l] * wide[l];
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        let mut sum: f32 = acc_r.iter().sum();
+        for i in full..k {
+            sum += xs[r * k + i] * w[i].widen();
+        }
+        dst[r] = sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], m: usize, w: &[f32], n: usize, b: &[f32]) -> Vec<f32> {
+        let k = x.len() / m;
+        let mut y = vec![0f32; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                    .sum();
+                y[r * n + j] = dot as f32 + b[j];
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32
+                    / 1000.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_a_plain_loop_for_every_row_count_and_odd_widths() {
+        for (m, n, k) in [
+            (1, 37, 64),
+            (3, 100, 70),
+            (5, 33, 96),
+            (8, 300, 576),
+            (13, 50, 576),
+        ] {
+            let x = values(m * k, 1);
+            let w = values(n * k, 2);
+            let b = values(n, 3);
+            let want = reference(&x, m, &w, n, &b);
+            let mut got = vec![0f32; m * n];
+            gemv(
+                &x,
+                m,
+                WeightSlice::F32(&w),
+                Some(WeightSlice::F32(&b)),
+                n,
+                &mut got,
+            );
+            for (g, e) in got.iter().zip(&want) {
+                assert!((g - e).abs() < 1e-4, "m={m} n={n} k={k}: {g} vs {e}");
+            }
+            // bf16 weights: the same products on the rounded weights.
+            let w16: Vec<u16> = w
+                .iter()
+                .map(|v| (round_bf16(*v).to_bits() >> 16) as u16)
+                .collect();
+            let w_rounded: Vec<f32> = w16.iter().map(|b| bf16_to_f32(*b)).collect();
+            let x_rounded: Vec<f32> = x.iter().map(|v| round_bf16(*v)).collect();
+            let want = reference(&x_rounded, m, &w_rounded, n, &vec![0.0; n]);
+            gemv(&x, m, WeightSlice::Bf16(&w16), None, n, &mut got);
+            for (g, e) in got.iter().zip(&want) {
+                assert!((g - e).abs() < 1e-4, "bf16 m={m} n={n} k={k}: {g} vs {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even 1.
+        assert_eq!(round_bf16(1.0 + 1.0 / 256.0), 1.0);
+        // 1 + 3·2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: even is 1 + 2^-6.
+        assert_eq!(round_bf16(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+        assert_eq!(round_bf16(1.0 + 1.0 / 200.0), 1.0 + 1.0 / 128.0);
+        assert!(round_bf16(f32::NAN).is_nan());
+        assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
+        let t = tch::Tensor::from_slice(&[1.0f32 + 1.0 / 200.0, -3.3333, 65504.7, 1e-30]);
+        let torch: Vec<f32> =
+            Vec::try_from(t.to_kind(tch::Kind::BFloat16).to_kind(tch::Kind::Float))
+                .unwrap_or_default();
+        let ours: Vec<f32> = [1.0f32 + 1.0 / 200.0, -3.3333, 65504.7, 1e-30]
+            .iter()
+            .map(|v| round_bf16(*v))
+            .collect();
+        assert_eq!(ours, torch);
+    }
+}

@@ -1,0 +1,228 @@
+//! A team of threads for the fused decode step: every thread of rayon's pool
+//! runs the same step, each computes its share of the weight rows of every
+//! matrix–vector product, and they meet at a spinning barrier after each.
+//!
+//! Why not fork–join per product: a decode step of a small model is ~120
+//! products of a few hundred microseconds each, and waking a sleeping worker
+//! for each one costs a noticeable share of the step. The team is started once
+//! per step; between products the threads spin for a fraction of a microsecond.
+
+use std::cell::{Cell, UnsafeCell};
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::gemv::{untranspose, GemvInput, WeightSlice};
+
+/// A reusable barrier whose waiters spin (then yield, if a thread is late).
+struct SpinBarrier {
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    size: usize,
+}
+
+impl SpinBarrier {
+    fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.size {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == generation {
+            spins += 1;
+            if spins < 1 << 14 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// f32 scratch that the team's threads write in disjoint parts and read whole
+/// after a barrier.
+struct Scratch(Box<[UnsafeCell<f32>]>);
+
+// SAFETY: access is coordinated by the team's barrier (see `Team::product`).
+unsafe impl Sync for Scratch {}
+
+impl Scratch {
+    fn new(len: usize) -> Self {
+        Scratch((0..len).map(|_| UnsafeCell::new(0.0)).collect())
+    }
+
+    /// SAFETY: no other thread may touch `range` until the next barrier.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn part(&self, range: Range<usize>) -> &mut [f32] {
+        let cells = &self.0[range];
+        std::slice::from_raw_parts_mut(cells.as_ptr() as *mut f32, cells.len())
+    }
+
+    /// SAFETY: no thread may write `range` while the slice lives.
+    unsafe fn read(&self, range: Range<usize>) -> &[f32] {
+        let cells = &self.0[range];
+        std::slice::from_raw_parts(cells.as_ptr() as *const f32, cells.len())
+    }
+}
+
+/// What the threads of one run share.
+struct Shared {
+    barrier: SpinBarrier,
+    /// Items claimed so far, over all calls of the run. Every thread knows
+    /// where each call's items start (they make the same calls in the same
+    /// order), and a claim never passes a call's end, so the count needs no
+    /// reset between calls.
+    claimed: AtomicUsize,
+    /// Two buffers used in turn: a product writes one while threads may still
+    /// be reading the other's previous result.
+    scratch: [Scratch; 2],
+}
+
+/// One thread's view of the team.
+pub struct Team<'a> {
+    index: usize,
+    size: usize,
+    shared: &'a Shared,
+    turn: Cell<usize>,
+    /// Where this call's items start in `Shared::claimed`.
+    first_item: Cell<usize>,
+}
+
+/// Runs `op` on every thread of rayon's pool at once, with `scratch_len`
+/// floats of scratch (at least `m·n` of the largest product), and returns the
+/// result of the team's first thread.
+pub fn run<R: Send>(scratch_len: usize, op: impl Fn(&Team) -> R + Sync) -> Option<R> {
+    let size = rayon::current_num_threads().max(1);
+    let shared = Shared {
+        barrier: SpinBarrier {
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            size,
+        },
+        scratch: [Scratch::new(scratch_len), Scratch::new(scratch_len)],
+        claimed: AtomicUsize::new(0),
+    };
+    let mut results = rayon::broadcast(|ctx| {
+        let team = Team {
+            index: ctx.index(),
+            size: ctx.num_threads(),
+            shared: &shared,
+            turn: Cell::new(0),
+            first_item: Cell::new(0),
+        };
+        (ctx.index(), op(&team))
+    });
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().next().map(|(_, r)| r)
+}
+
+impl Team<'_> {
+    /// Whether this is the thread that does the team's one-off writes.
+    pub fn is_leader(&self) -> bool {
+        self.index == 0
+    }
+
+    /// Claims the next items of this call's `items`, if any are left: a
+    /// share of what remains (guided scheduling), at least `min_chunk`, so
+    /// that the chunks shrink towards the end and the threads finish together.
+    fn claim(&self, items: usize, min_chunk: usize) -> Option<Range<usize>> {
+        let (first, end) = (self.first_item.get(), self.first_item.get() + items);
+        let mut current = self.shared.claimed.load(Ordering::Relaxed);
+        while current < end {
+            let size = ((end - current) / (2 * self.size)).max(min_chunk);
+            let next = (current + size).min(end);
+            match self.shared.claimed.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(current - first..next - first),
+                Err(now) => current = now,
+            }
+        }
+        None
+    }
+
+    /// `f(items, out)` over `items` items of `width` floats each, the items
+    /// taken in chunks of at least `min_chunk` by whichever thread is free (a
+    /// thread slowed by a neighbour takes fewer); every thread gets the whole
+    /// `[items, width]`.
+    pub fn split(
+        &self,
+        items: usize,
+        width: usize,
+        min_chunk: usize,
+        f: impl Fn(Range<usize>, &mut [f32]),
+    ) -> Vec<f32> {
+        let min_chunk = min_chunk.max(1);
+        let turn = self.turn.get();
+        self.turn.set(1 - turn);
+        let scratch = &self.shared.scratch[turn];
+        // SAFETY: each thread writes only the items it claimed before the
+        // barrier, and reads the whole after it. The buffer is written again
+        // two calls later, which no thread starts before every thread has
+        // passed the next call's barrier, i.e. finished this read.
+        while let Some(range) = self.claim(items, min_chunk) {
+            f(range.clone(), unsafe {
+                scratch.part(range.start * width..range.end * width)
+            });
+        }
+        self.shared.barrier.wait();
+        self.first_item.set(self.first_item.get() + items);
+        unsafe { scratch.read(0..items * width) }.to_vec()
+    }
+
+    /// `x [m, k] · Wᵀ + bias` → `[m, n]`, by [`Team::split`] over the weight rows.
+    pub fn product(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: WeightSlice,
+        bias: Option<WeightSlice>,
+    ) -> Vec<f32> {
+        let input = GemvInput::new(x, m, w);
+        let n = input.outputs(w);
+        let transposed = self.split(n, m, 16, |rows, out| input.rows_into(w, rows, out));
+        let mut out = vec![0f32; m * n];
+        untranspose(&transposed, m, bias, &mut out);
+        out
+    }
+
+    /// Waits until every thread has reached this point.
+    pub fn sync(&self) {
+        self.shared.barrier.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_thread_gets_the_whole_product() {
+        let (m, n, k) = (2, 101, 64);
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..n).map(|j| j as f32).collect();
+        let mut want = vec![0f32; m * n];
+        super::super::gemv::gemv(
+            &x,
+            m,
+            WeightSlice::F32(&w),
+            Some(WeightSlice::F32(&b)),
+            n,
+            &mut want,
+        );
+        let got = run(2 * m * n, |team| {
+            // Three products in a row exercise both scratch buffers.
+            let mut last = Vec::new();
+            for _ in 0..3 {
+                last = team.product(&x, m, WeightSlice::F32(&w), Some(WeightSlice::F32(&b)));
+            }
+            last
+        });
+        assert_eq!(got, Some(want));
+    }
+}
