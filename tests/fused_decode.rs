@@ -187,3 +187,36 @@ fn a_full_cache_is_an_error_not_a_write_past_its_end() {
     let err = run(&mut cache, &next, 3).unwrap_err().to_string();
     assert!(err.contains("KV cache holds 3 positions"), "{err}");
 }
+
+#[test]
+fn generation_inside_a_rayon_pool_keeps_the_libtorch_path() {
+    // A fused step's team is every thread of the pool; a call from a pool
+    // thread, which could wait on threads busy with the caller's own work,
+    // keeps the libtorch path and gives the same tokens.
+    let config = GenerateConfig {
+        max_new_tokens: 4,
+        sampling: Default::default(),
+        stop_ids: vec![],
+    };
+    let run = |model: &Transformer| {
+        generate(
+            model,
+            &[vec![0i64, 5]],
+            &config,
+            &mut Hooks::new(),
+            |_, _| {},
+        )
+        .unwrap()
+    };
+    let plain = run(&load("llama", Kind::Float));
+    let model = load("llama", Kind::Float);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let nested = pool.install(move || {
+        assert!(rayon::current_thread_index().is_some());
+        run(&model)
+    });
+    assert_eq!(nested, plain);
+}

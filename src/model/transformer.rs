@@ -302,7 +302,10 @@ impl Transformer {
                     && (seq == 1 || logits == LogitsFor::Last)
                     && batch <= decode_step::MAX_BATCH
                     && batch * seq <= decode_step::MAX_ROWS
-                    && input.start_at.is_none() =>
+                    && input.start_at.is_none()
+                    // The step's team is every thread of rayon's pool; from inside
+                    // that pool it could wait on a thread that waits on it.
+                    && rayon::current_thread_index().is_none() =>
             {
                 Some(DecodeStep::new(
                     (batch as usize, seq as usize, past as usize),
