@@ -189,11 +189,6 @@ impl Team<'_> {
         untranspose(&transposed, m, bias, &mut out);
         out
     }
-
-    /// Waits until every thread has reached this point.
-    pub fn sync(&self) {
-        self.shared.barrier.wait();
-    }
 }
 
 #[cfg(test)]
