@@ -139,14 +139,27 @@ impl<'a> GemvInput<'a> {
     }
 }
 
-/// `out [m, n]` from the transposed products `out_t [n, m]`, plus `bias [n]`.
-pub fn untranspose(out_t: &[f32], m: usize, bias: Option<WeightSlice>, out: &mut [f32]) {
+/// `[m, n]` from the transposed products `out_t [n, m]`, plus `bias [n]`.
+/// With one row the two layouts are the same, and the buffer is reused.
+pub fn untranspose(mut out_t: Vec<f32>, m: usize, bias: Option<WeightSlice>) -> Vec<f32> {
     let n = out_t.len() / m.max(1);
+    let bias_of = |j: usize| bias.map_or(0.0, |b| b.get(j));
+    if m == 1 {
+        if bias.is_some() {
+            out_t
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v += bias_of(j));
+        }
+        return out_t;
+    }
+    let mut out = vec![0f32; m * n];
     for r in 0..m {
         for j in 0..n {
-            out[r * n + j] = out_t[j * m + r] + bias.map_or(0.0, |b| b.get(j));
+            out[r * n + j] = out_t[j * m + r] + bias_of(j);
         }
     }
+    out
 }
 
 /// `out [m, n] = x [m, k] · Wᵀ (+ bias [n])`, the weight rows shared out over
@@ -175,7 +188,7 @@ pub fn gemv(
             let first = task * rows_per_task;
             input.rows_into(w, first..first + chunk.len() / m, chunk);
         });
-    untranspose(&transposed, m, bias, out);
+    out.copy_from_slice(&untranspose(transposed, m, bias));
 }
 
 fn rows_f32(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {

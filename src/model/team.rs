@@ -185,9 +185,7 @@ impl Team<'_> {
         let input = GemvInput::new(x, m, w);
         let n = input.outputs(w);
         let transposed = self.split(n, m, 16, |rows, out| input.rows_into(w, rows, out));
-        let mut out = vec![0f32; m * n];
-        untranspose(&transposed, m, bias, &mut out);
-        out
+        untranspose(transposed, m, bias)
     }
 }
 
