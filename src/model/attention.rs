@@ -4,6 +4,8 @@
 
 use tch::{Device, Kind, Tensor};
 
+use super::fused_ops;
+
 /// Which keys each query may attend to in one forward call.
 pub enum AttentionMask {
     /// Plain causal mask over this call's tokens (no cache, no padding).
@@ -103,6 +105,13 @@ pub fn causal_attention_bmm(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     let q = q.contiguous().view([b * kv, rep * s, d]);
     let k = k.contiguous().view([b * kv, s, d]);
     let v = v.contiguous().view([b * kv, s, d]);
+    let scale = 1.0 / (d as f64).sqrt();
+    if fused_ops::applies(&q) && fused_ops::applies(&k) {
+        // [b·kv, rep·s, s], softmaxed in place over the visible keys.
+        let scores = q.bmm(&k.transpose(1, 2));
+        fused_ops::causal_softmax_(&scores, s as usize, scale);
+        return scores.bmm(&v).view([b, h, s, d]);
+    }
     let q_pos = Tensor::arange(s, (Kind::Int64, q.device())).view([s, 1]);
     let k_pos = Tensor::arange(s, (Kind::Int64, q.device())).view([1, s]);
     // [rep·s, s] additive mask: 0 where visible, -inf above the diagonal.
@@ -110,7 +119,7 @@ pub fn causal_attention_bmm(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         .masked_fill(&k_pos.gt_tensor(&q_pos), f64::NEG_INFINITY)
         .repeat([rep, 1]);
     // scores = mask + scale · q kᵀ, in one call: [b·kv, rep·s, s]
-    let scores = mask.baddbmm(&q, &k.transpose(1, 2), 1.0, 1.0 / (d as f64).sqrt());
+    let scores = mask.baddbmm(&q, &k.transpose(1, 2), 1.0, scale);
     scores.softmax(-1, q.kind()).bmm(&v).view([b, h, s, d])
 }
 

@@ -71,8 +71,17 @@ pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits(rounded)
 }
 
-trait Element: Copy + Send + Sync {
+/// A stored element: f32, or bf16 held as its bits.
+pub(crate) trait Element: Copy + Send + Sync {
+    /// The value as f32 (bf16 widens exactly).
     fn widen(self) -> f32;
+    /// The nearest stored value (ties to even for bf16).
+    fn narrow(x: f32) -> Self;
+    /// `x` rounded to what this type can hold, as f32.
+    #[inline(always)]
+    fn round(x: f32) -> f32 {
+        Self::narrow(x).widen()
+    }
 }
 
 impl Element for f32 {
@@ -80,12 +89,20 @@ impl Element for f32 {
     fn widen(self) -> f32 {
         self
     }
+    #[inline(always)]
+    fn narrow(x: f32) -> Self {
+        x
+    }
 }
 
 impl Element for u16 {
     #[inline(always)]
     fn widen(self) -> f32 {
         bf16_to_f32(self)
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> Self {
+        (round_bf16(x).to_bits() >> 16) as u16
     }
 }
 

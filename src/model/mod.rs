@@ -5,6 +5,7 @@ pub mod attention;
 pub mod chat;
 pub mod config;
 pub mod decode_step;
+pub mod fused_ops;
 pub mod gemv;
 pub mod generate;
 pub mod gguf;
@@ -21,6 +22,7 @@ pub mod sampling;
 pub mod source;
 pub mod team;
 pub mod tokenizer;
+pub mod torch_threads;
 pub mod transformer;
 pub mod weights;
 

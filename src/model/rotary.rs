@@ -3,11 +3,14 @@
 //! `rotary_dim` dimensions only (GPT-NeoX's partial rotary) and with Llama-3's
 //! frequency-dependent scaling.
 
+use std::cell::OnceCell;
 use std::f64::consts::PI;
 
 use tch::{Device, Kind, Tensor};
 
 use super::config::Llama3RopeScaling;
+use super::fused_ops::HostRotary;
+use super::gemv::round_bf16;
 
 /// Inverse frequencies and the rotary width.
 #[derive(Debug)]
@@ -19,10 +22,59 @@ pub struct Rotary {
     rotary_dim: i64,
 }
 
-/// Per-forward cos/sin tables, `[batch or 1, 1, seq, rotary_dim]` in the model's dtype.
-pub struct RotaryTables {
-    cos: Tensor,
-    sin: Tensor,
+/// Per-forward cos/sin tables for `positions` `[batch or 1, seq]` (int64),
+/// built when first asked for: as tensors `[batch or 1, 1, seq, rotary_dim]`
+/// in the model's dtype for libtorch's operators, or on the host for the
+/// fused kernels.
+pub struct RotaryTables<'r> {
+    rotary: &'r Rotary,
+    positions: Tensor,
+    kind: Kind,
+    tensors: OnceCell<(Tensor, Tensor)>,
+    host: OnceCell<Option<HostRotary>>,
+}
+
+impl RotaryTables<'_> {
+    /// `(cos, sin)`, computed in f32 as transformers does, then cast.
+    fn tensors(&self) -> &(Tensor, Tensor) {
+        self.tensors.get_or_init(|| {
+            // [b, s, half] = positions ⊗ inv_freq
+            let freqs = self.positions.to_kind(Kind::Float).unsqueeze(-1)
+                * self.rotary.inv_freq.view([1, 1, -1]);
+            let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+            (emb.cos().to_kind(self.kind), emb.sin().to_kind(self.kind))
+        })
+    }
+
+    /// The same tables on the host (`None` if the positions cannot be read
+    /// there); values rounded to the model's dtype like the tensors'.
+    pub fn host(&self) -> Option<&HostRotary> {
+        self.host
+            .get_or_init(|| {
+                let size = self.positions.size();
+                let (rows, seq) = (*size.first()? as usize, *size.get(1)? as usize);
+                let positions =
+                    Vec::<i64>::try_from(self.positions.to_device(Device::Cpu).reshape([-1]))
+                        .ok()?;
+                let round = |x: f32| match self.kind {
+                    Kind::BFloat16 => round_bf16(x),
+                    _ => x,
+                };
+                let angles = || {
+                    positions
+                        .iter()
+                        .flat_map(|&p| self.rotary.inv_freq_host.iter().map(move |f| p as f32 * f))
+                };
+                Some(HostRotary {
+                    cos: angles().map(|a| round(a.cos())).collect(),
+                    sin: angles().map(|a| round(a.sin())).collect(),
+                    rows,
+                    seq,
+                    half: self.rotary.inv_freq_host.len(),
+                })
+            })
+            .as_ref()
+    }
 }
 
 impl Rotary {
@@ -55,14 +107,14 @@ impl Rotary {
         &self.inv_freq_host
     }
 
-    /// cos/sin for `positions` `[batch or 1, seq]` (int64).
-    pub fn tables(&self, positions: &Tensor, kind: Kind) -> RotaryTables {
-        // [b, s, half] = positions ⊗ inv_freq, computed in f32 as transformers does.
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+    /// The tables for `positions` `[batch or 1, seq]` (int64), built lazily.
+    pub fn tables(&self, positions: &Tensor, kind: Kind) -> RotaryTables<'_> {
         RotaryTables {
-            cos: emb.cos().to_kind(kind),
-            sin: emb.sin().to_kind(kind),
+            rotary: self,
+            positions: positions.shallow_clone(),
+            kind,
+            tensors: OnceCell::new(),
+            host: OnceCell::new(),
         }
     }
 
@@ -83,7 +135,8 @@ fn rotate(x: &Tensor, t: &RotaryTables) -> Tensor {
     let x1 = x.narrow(3, 0, half);
     let x2 = x.narrow(3, half, half);
     let rotated_half = Tensor::cat(&[x2.neg(), x1], 3);
-    x * &t.cos + rotated_half * &t.sin
+    let (cos, sin) = t.tensors();
+    x * cos + rotated_half * sin
 }
 
 /// Llama 3's rope scaling: long wavelengths are slowed by `factor`, short ones

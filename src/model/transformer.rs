@@ -13,6 +13,7 @@ use super::attention::{
 };
 use super::config::{Activation, ModelConfig, NormKind, PositionKind};
 use super::decode_step::{self, DecodeStep, HostBlock, HostCache, HostNorm};
+use super::fused_ops::{self, HeadShape};
 use super::kv_cache::KvCache;
 use super::rotary::{Rotary, RotaryTables};
 use super::team;
@@ -281,21 +282,16 @@ impl Transformer {
             }
         };
         self.check_token_range(&tokens, &positions, past + seq)?;
-        // The mask and rotary tables are built only if a block runs through libtorch.
+        // The mask (and the rotary tables, lazily themselves) are built only if a
+        // block runs through libtorch.
         let mask = OnceCell::new();
         let mask = || {
             mask.get_or_init(|| AttentionMask::build(past, seq, input.attention_mask, self.device))
         };
-        let tables = OnceCell::new();
-        let tables = || {
-            tables
-                .get_or_init(|| {
-                    self.rotary
-                        .as_ref()
-                        .map(|r| r.tables(&positions, self.kind))
-                })
-                .as_ref()
-        };
+        let tables = self
+            .rotary
+            .as_ref()
+            .map(|r| r.tables(&positions, self.kind));
         let fused_step = match (&cache, stop) {
             (Some(_), StopAt::Logits(logits))
                 if self.fused_decode
@@ -381,7 +377,7 @@ impl Transformer {
                 &self.weights.blocks[layer],
                 block_in,
                 mask(),
-                tables(),
+                tables.as_ref(),
                 cache_layer,
                 &mut pass,
             )? {
@@ -532,6 +528,9 @@ impl Transformer {
             ),
             // Computed in f32 and cast back before the gain, as transformers does;
             // also faster than libtorch's `rms_norm` for bf16 on CPU.
+            NormKind::RmsNorm if fused_ops::applies(x) => {
+                fused_ops::rms_norm(x, &w.weight, self.cfg.norm_eps)
+            }
             NormKind::RmsNorm => {
                 let wide = if x.kind() == Kind::Double {
                     Kind::Double
@@ -595,20 +594,7 @@ impl Transformer {
         // [batch, seq, (n_heads + 2·n_kv)·d_head]
         let qkv = x.linear(&w.qkv_w, w.qkv_b.as_ref());
         let q_width = c.n_heads * c.d_head;
-        let kv_width = c.n_kv_heads * c.d_head;
-        // → [batch, heads, seq, d_head]
-        let heads = |t: Tensor, n: i64| t.view([batch, seq, n, c.d_head]).transpose(1, 2);
-        // Queries and keys are rotated together: half the ops of doing each.
-        let mut qk = heads(
-            qkv.narrow(2, 0, q_width + kv_width),
-            c.n_heads + c.n_kv_heads,
-        );
-        if let (Some(r), Some(tables)) = (&self.rotary, rotary) {
-            qk = r.apply(&qk, tables);
-        }
-        let q = qk.narrow(1, 0, c.n_heads);
-        let k = qk.narrow(1, c.n_heads, c.n_kv_heads);
-        let v = heads(qkv.narrow(2, q_width + kv_width, kv_width), c.n_kv_heads);
+        let (q, k, v) = self.split_heads(&qkv, rotary);
         let (q, k, v) = match cache {
             Some((cache, l)) => {
                 let (k, v) = cache.append(l, &k, &v)?;
@@ -634,6 +620,39 @@ impl Transformer {
         Ok(Some(z.linear(&w.out_w, w.out_b.as_ref())))
     }
 
+    /// Queries `[batch, n_heads, seq, d_head]`, keys and values `[batch,
+    /// n_kv_heads, seq, d_head]` from `qkv [batch, seq, (n_heads +
+    /// 2·n_kv_heads)·d_head]`, queries and keys rotated.
+    fn split_heads(&self, qkv: &Tensor, rotary: Option<&RotaryTables>) -> (Tensor, Tensor, Tensor) {
+        let c = &self.cfg;
+        let host_rotary = rotary.and_then(|t| t.host());
+        if fused_ops::applies(qkv) && (self.rotary.is_none() || host_rotary.is_some()) {
+            let shape = HeadShape {
+                n_heads: c.n_heads as usize,
+                n_kv_heads: c.n_kv_heads as usize,
+                d_head: c.d_head as usize,
+            };
+            return fused_ops::split_heads(qkv, shape, host_rotary);
+        }
+        let (batch, seq) = (qkv.size()[0], qkv.size()[1]);
+        let q_width = c.n_heads * c.d_head;
+        let kv_width = c.n_kv_heads * c.d_head;
+        // → [batch, heads, seq, d_head]
+        let heads = |t: Tensor, n: i64| t.view([batch, seq, n, c.d_head]).transpose(1, 2);
+        // Queries and keys are rotated together: half the ops of doing each.
+        let mut qk = heads(
+            qkv.narrow(2, 0, q_width + kv_width),
+            c.n_heads + c.n_kv_heads,
+        );
+        if let (Some(r), Some(tables)) = (&self.rotary, rotary) {
+            qk = r.apply(&qk, tables);
+        }
+        let q = qk.narrow(1, 0, c.n_heads);
+        let k = qk.narrow(1, c.n_heads, c.n_kv_heads);
+        let v = heads(qkv.narrow(2, q_width + kv_width, kv_width), c.n_kv_heads);
+        (q, k, v)
+    }
+
     fn mlp(
         &self,
         layer: usize,
@@ -649,7 +668,9 @@ impl Transformer {
             Activation::Silu => t.silu(),
         };
         // [batch, seq, d_mlp]
-        let post = if c.gated_mlp {
+        let post = if c.gated_mlp && c.activation == Activation::Silu && fused_ops::applies(&pre) {
+            fused_ops::silu_mul(&pre)
+        } else if c.gated_mlp {
             let gate = pre.narrow(2, 0, c.d_mlp);
             let up = pre.narrow(2, c.d_mlp, c.d_mlp);
             act(&gate) * up
