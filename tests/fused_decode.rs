@@ -189,10 +189,10 @@ fn a_full_cache_is_an_error_not_a_write_past_its_end() {
 }
 
 #[test]
-fn generation_inside_a_rayon_pool_keeps_the_libtorch_path() {
-    // A fused step's team is every thread of the pool; a call from a pool
-    // thread, which could wait on threads busy with the caller's own work,
-    // keeps the libtorch path and gives the same tokens.
+fn generation_from_other_threads_gives_the_same_tokens() {
+    // The fused step runs on the calling thread's OpenMP team: from a rayon
+    // worker, and from two threads at once (each with a team of its own), it
+    // must neither wait forever nor mix the calls up.
     let config = GenerateConfig {
         max_new_tokens: 4,
         sampling: Default::default(),
@@ -209,14 +209,20 @@ fn generation_inside_a_rayon_pool_keeps_the_libtorch_path() {
         .unwrap()
     };
     let plain = run(&load("llama", Kind::Float));
-    let model = load("llama", Kind::Float);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
         .unwrap();
-    let nested = pool.install(move || {
+    let in_pool = pool.install(|| {
         assert!(rayon::current_thread_index().is_some());
-        run(&model)
+        run(&load("llama", Kind::Float))
     });
-    assert_eq!(nested, plain);
+    assert_eq!(in_pool, plain);
+    let concurrent: Vec<_> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| run(&load("llama", Kind::Float))))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(concurrent.iter().all(|tokens| *tokens == plain));
 }

@@ -82,8 +82,9 @@ impl ModelArgs {
     }
 }
 
-/// Sets the CPU threads of libtorch and of rayon (the fused decode step's
-/// kernels) to `--threads`, when given.
+/// Sets the CPU threads of libtorch (which the fused kernels and decode step
+/// share) and of rayon (tokenization, labelling statistics) to `--threads`,
+/// when given.
 pub fn set_threads(threads: Option<i32>) -> anyhow::Result<()> {
     if let Some(n) = threads {
         anyhow::ensure!(n > 0, "--threads must be positive");

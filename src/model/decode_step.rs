@@ -67,7 +67,7 @@ pub fn weight_slice(t: &Tensor) -> Result<WeightSlice<'_>> {
 }
 
 /// One block's weights, borrowed from its tensors for the fused step
-/// (plain slices, which rayon's threads may share; tensors may not be).
+/// (plain slices, which the team's threads may share; tensors may not be).
 pub struct HostBlock<'a> {
     ln1: HostNorm<'a>,
     qkv_w: WeightSlice<'a>,

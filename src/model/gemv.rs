@@ -6,10 +6,11 @@
 //! weight packing than in reading the weights when `m` is 1–8 and the matrices
 //! are a model block's (its bf16 gemv streams about half the bandwidth of a large
 //! one), and no maintained crate does bf16 matrix–vector products. Each weight
-//! row is read once for all rows of `x`, the weight rows are split over rayon's
-//! threads, and the same loop body is compiled for AVX-512 when the CPU has it.
+//! row is read once for all rows of `x`, the weight rows are split over
+//! libtorch's threads, and the same loop body is compiled for AVX-512 when the
+//! CPU has it.
 
-use rayon::prelude::*;
+use super::torch_threads::{for_each_part, SharedMut};
 
 /// Elements accumulated side by side: two AVX-512 registers of f32.
 const LANES: usize = 32;
@@ -180,7 +181,7 @@ pub fn untranspose(mut out_t: Vec<f32>, m: usize, bias: Option<WeightSlice>) -> 
 }
 
 /// `out [m, n] = x [m, k] · Wᵀ (+ bias [n])`, the weight rows shared out over
-/// rayon's threads (see [`GemvInput`] for the precision).
+/// libtorch's threads (see [`GemvInput`] for the precision).
 pub fn gemv(
     x: &[f32],
     m: usize,
@@ -194,17 +195,13 @@ pub fn gemv(
         input.outputs(w) == n && out.len() == m * n,
         "gemv: inconsistent lengths"
     );
-    // Weight rows per task: enough to amortise a task, small enough to balance.
-    let threads = rayon::current_num_threads().max(1);
-    let rows_per_task = (n / (threads * 4)).clamp(16, 4096);
     let mut transposed = vec![0f32; n * m];
-    transposed
-        .par_chunks_mut(rows_per_task * m)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            let first = task * rows_per_task;
-            input.rows_into(w, first..first + chunk.len() / m, chunk);
-        });
+    let shared = SharedMut::new(&mut transposed);
+    for_each_part(n, 16, |rows| {
+        // SAFETY: parts are disjoint.
+        let out = unsafe { shared.part(rows.start * m..rows.end * m) };
+        input.rows_into(w, rows, out);
+    });
     out.copy_from_slice(&untranspose(transposed, m, bias));
 }
 

@@ -1,4 +1,4 @@
-//! A team of threads for the fused decode step: every thread of rayon's pool
+//! A team of threads for the fused decode step: every thread of libtorch's team
 //! runs the same step, each computes its share of the weight rows of every
 //! matrix–vector product, and they meet at a spinning barrier after each.
 //!
@@ -10,8 +10,10 @@
 use std::cell::{Cell, UnsafeCell};
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use super::gemv::{untranspose, GemvInput, WeightSlice};
+use super::torch_threads;
 
 /// A reusable barrier whose waiters spin (then yield, if a thread is late).
 struct SpinBarrier {
@@ -89,32 +91,42 @@ pub struct Team<'a> {
     first_item: Cell<usize>,
 }
 
-/// Runs `op` on every thread of rayon's pool at once, with `scratch_len`
-/// floats of scratch (at least `m·n` of the largest product), and returns the
-/// result of the team's first thread.
+/// Runs `op` on every thread of libtorch's OpenMP team at once (see
+/// [`torch_threads`]), with `scratch_len` floats of scratch (at least `m·n` of
+/// the largest product), and returns the result of the team's first thread.
+///
+/// libtorch's own threads, not a second pool: after a libtorch operator
+/// (a prompt's forward, an embedding), its workers spin for a while, and a
+/// second pool's threads would share the cores with them.
 pub fn run<R: Send>(scratch_len: usize, op: impl Fn(&Team) -> R + Sync) -> Option<R> {
-    let size = rayon::current_num_threads().max(1);
-    let shared = Shared {
-        barrier: SpinBarrier {
-            arrived: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
-            size,
-        },
-        scratch: [Scratch::new(scratch_len), Scratch::new(scratch_len)],
-        claimed: AtomicUsize::new(0),
-    };
-    let mut results = rayon::broadcast(|ctx| {
+    // Built by the first thread to arrive, for the team's actual size.
+    let shared = OnceLock::new();
+    let first = Mutex::new(None);
+    torch_threads::broadcast(|index, size| {
+        let shared = shared.get_or_init(|| Shared {
+            barrier: SpinBarrier {
+                arrived: AtomicUsize::new(0),
+                generation: AtomicUsize::new(0),
+                size,
+            },
+            scratch: [Scratch::new(scratch_len), Scratch::new(scratch_len)],
+            claimed: AtomicUsize::new(0),
+        });
         let team = Team {
-            index: ctx.index(),
-            size: ctx.num_threads(),
-            shared: &shared,
+            index,
+            size,
+            shared,
             turn: Cell::new(0),
             first_item: Cell::new(0),
         };
-        (ctx.index(), op(&team))
+        let result = op(&team);
+        if index == 0 {
+            if let Ok(mut slot) = first.lock() {
+                *slot = Some(result);
+            }
+        }
     });
-    results.sort_by_key(|(index, _)| *index);
-    results.into_iter().next().map(|(_, r)| r)
+    first.into_inner().ok().flatten()
 }
 
 impl Team<'_> {

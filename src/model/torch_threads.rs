@@ -27,7 +27,6 @@ struct Gomp {
     parallel: ParallelFn,
     thread_num: QueryFn,
     num_threads: QueryFn,
-    max_threads: QueryFn,
 }
 
 fn symbol(name: &CStr) -> Option<*mut c_void> {
@@ -44,84 +43,94 @@ fn gomp() -> Option<&'static Gomp> {
         let parallel = symbol(c"GOMP_parallel")?;
         let thread_num = symbol(c"omp_get_thread_num")?;
         let num_threads = symbol(c"omp_get_num_threads")?;
-        let max_threads = symbol(c"omp_get_max_threads")?;
         // SAFETY: these are libgomp's exported functions with these C signatures.
         Some(unsafe {
             Gomp {
                 parallel: std::mem::transmute::<*mut c_void, ParallelFn>(parallel),
                 thread_num: std::mem::transmute::<*mut c_void, QueryFn>(thread_num),
                 num_threads: std::mem::transmute::<*mut c_void, QueryFn>(num_threads),
-                max_threads: std::mem::transmute::<*mut c_void, QueryFn>(max_threads),
             }
         })
     })
     .as_ref()
 }
 
-/// Threads a parallel region started from this thread would get.
+/// Threads of libtorch's team for a parallel region started from this thread
+/// (libtorch's thread count, which this also makes the thread's OpenMP
+/// default, as libtorch's own operators do).
 pub fn team_size() -> usize {
-    // SAFETY: a libgomp query with no arguments.
-    gomp().map_or(1, |g| unsafe { (g.max_threads)() }.max(1) as usize)
+    tch::get_num_threads().max(1) as usize
 }
 
 struct Job<'f, F> {
-    len: usize,
     f: &'f F,
     gomp: &'f Gomp,
     panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
-/// Thread `t` of `n` takes the `t`-th of `n` near-equal contiguous parts.
-fn part(len: usize, t: usize, n: usize) -> Range<usize> {
-    len * t / n..len * (t + 1) / n
-}
-
-unsafe extern "C" fn run_part<F: Fn(Range<usize>) + Sync>(data: *mut c_void) {
-    // SAFETY: `data` is the `Job` that `for_each_part` keeps alive until every
+unsafe extern "C" fn run_on_thread<F: Fn(usize, usize) + Sync>(data: *mut c_void) {
+    // SAFETY: `data` is the `Job` that `broadcast` keeps alive until every
     // thread of the region has returned.
     let job = unsafe { &*(data as *const Job<F>) };
     // SAFETY: libgomp queries, called inside the region.
     let (t, n) = unsafe { ((job.gomp.thread_num)(), (job.gomp.num_threads)()) };
-    let range = part(job.len, t.max(0) as usize, n.max(1) as usize);
-    if range.is_empty() {
-        return;
-    }
     // A panic must not unwind through libgomp's frames; it is carried over
     // and resumed on the calling thread.
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (job.f)(range))) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| {
+        (job.f)(t.max(0) as usize, n.max(1) as usize)
+    })) {
         if let Ok(mut slot) = job.panic.lock() {
             slot.get_or_insert(payload);
         }
     }
 }
 
-/// Calls `f` on disjoint ranges that together cover `0..len`, one range per
-/// thread of libtorch's OpenMP team (only on the calling thread when `len` is
-/// below `min_len` or there is no team). Returns when every range is done.
-pub fn for_each_part<F: Fn(Range<usize>) + Sync>(len: usize, min_len: usize, f: F) {
-    let team = match gomp() {
-        Some(g) if len >= min_len.max(2) && team_size() > 1 => g,
-        _ => {
-            if len > 0 {
-                f(0..len);
-            }
-            return;
-        }
+/// Runs `f(thread, threads)` on every thread of libtorch's OpenMP team at
+/// once, the calling thread being thread 0, and returns when all are done.
+/// Without a team (one thread, no OpenMP, or called from inside a region,
+/// where OpenMP does not nest) it is `f(0, 1)` on the calling thread.
+pub fn broadcast<F: Fn(usize, usize) + Sync>(f: F) {
+    let size = team_size();
+    let gomp = match gomp() {
+        Some(g) if size > 1 => g,
+        _ => return f(0, 1),
     };
     let job = Job {
-        len,
         f: &f,
-        gomp: team,
+        gomp,
         panic: Mutex::new(None),
     };
-    // SAFETY: `run_part::<F>` reads `job` as a `Job<F>`, and GOMP_parallel
-    // returns only after every thread has left it.
+    // SAFETY: `run_on_thread::<F>` reads `job` as a `Job<F>`, and
+    // GOMP_parallel returns only after every thread has left it.
     unsafe {
-        (team.parallel)(run_part::<F>, &job as *const Job<F> as *mut c_void, 0, 0);
+        (gomp.parallel)(
+            run_on_thread::<F>,
+            &job as *const Job<F> as *mut c_void,
+            size as c_uint,
+            0,
+        );
     }
     if let Some(payload) = job.panic.into_inner().ok().flatten() {
         resume_unwind(payload);
     }
+}
+
+/// Calls `f` on disjoint ranges that together cover `0..len`, one
+/// contiguous range per thread of libtorch's team (only on the calling thread
+/// when `len` is below `min_len`). Returns when every range is done.
+pub fn for_each_part<F: Fn(Range<usize>) + Sync>(len: usize, min_len: usize, f: F) {
+    if len < min_len.max(2) {
+        if len > 0 {
+            f(0..len);
+        }
+        return;
+    }
+    broadcast(|t, n| {
+        let range = len * t / n..len * (t + 1) / n;
+        if !range.is_empty() {
+            f(range);
+        }
+    });
 }
 
 /// A mutable slice that the threads of [`for_each_part`] write through, each
@@ -204,9 +213,16 @@ mod tests {
     }
 
     #[test]
-    fn libtorchs_team_is_found() {
+    fn every_thread_of_libtorchs_team_runs_once() {
         tch::set_num_threads(2);
         assert!(gomp().is_some(), "libgomp's entry points were not found");
-        assert_eq!(team_size(), 2);
+        let seen: Vec<AtomicUsize> = (0..2).map(|_| AtomicUsize::new(0)).collect();
+        broadcast(|t, n| {
+            assert_eq!(n, 2);
+            seen[t].fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1));
+        // Nested inside a region, the inner call runs on its thread alone.
+        broadcast(|_, _| broadcast(|t, n| assert_eq!((t, n), (0, 1))));
     }
 }

@@ -298,10 +298,7 @@ impl Transformer {
                     && (seq == 1 || logits == LogitsFor::Last)
                     && batch <= decode_step::MAX_BATCH
                     && batch * seq <= decode_step::MAX_ROWS
-                    && input.start_at.is_none()
-                    // The step's team is every thread of rayon's pool; from inside
-                    // that pool it could wait on a thread that waits on it.
-                    && rayon::current_thread_index().is_none() =>
+                    && input.start_at.is_none() =>
             {
                 Some(DecodeStep::new(
                     (batch as usize, seq as usize, past as usize),
@@ -401,7 +398,7 @@ impl Transformer {
 
     /// Runs `layers` through the fused decode step, then the final norm and
     /// unembedding when `with_logits`: `(rows, logits)`. Every thread of
-    /// rayon's pool runs the whole run as one [`team`].
+    /// libtorch's team runs the whole run as one [`team`].
     fn fused_blocks(
         &self,
         step: &DecodeStep,
@@ -443,7 +440,7 @@ impl Transformer {
                 .map(|(norm, unembed)| step.logits(team, cfg, norm, *unembed, &rows));
             (rows, logits)
         })
-        .ok_or_else(|| Error::InvalidArgument("rayon's pool has no threads".into()))?;
+        .ok_or_else(|| Error::InvalidArgument("the fused step's team returned nothing".into()))?;
         Ok((rows, logits))
     }
 
