@@ -17,6 +17,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Activation, ModelConfig, NormKind};
+use super::fused_ops::{exp, vectorized_fn};
 use super::gemv::{round_bf16, WeightSlice};
 use super::kv_cache::KvCache;
 use super::team::Team;
@@ -195,6 +196,7 @@ impl HostCache<'_> {
 }
 
 /// `a · b` over 16 partial sums, which the compiler keeps in vector registers.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut partial = [0f32; 16];
     let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -210,6 +212,94 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     partial.iter().sum::<f32>() + tail
+}
+
+/// Cached keys and values `[past, d_head]` of one (sequence, kv head), and
+/// which of them the query may see (`None`: all).
+type History<'k> = (&'k [f32], &'k [f32], Option<&'k [bool]>);
+
+vectorized_fn! {
+    /// `out = Σ_t p_t·v_t` with `p = softmax(scale · q·k_t)` over the visible
+    /// cached positions, then this call's visible `(key, value)` pairs `new`.
+    /// `scores` has room for all of them.
+    fn attend_head['k](
+        q: &[f32],
+        history: History<'k>,
+        new: &[(&'k [f32], &'k [f32])],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (keys, values, visible) = history;
+        let dh = q.len();
+        let past = keys.len() / dh.max(1);
+        let (cached, fresh) = scores.split_at_mut(past);
+        for (t, (score, k)) in cached.iter_mut().zip(keys.chunks_exact(dh)).enumerate() {
+            *score = if visible.is_none_or(|v| v[t]) {
+                dot(q, k) * scale
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+        for (score, (k, _)) in fresh.iter_mut().zip(new) {
+            *score = dot(q, k) * scale;
+        }
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
+        let mut denom = 0f32;
+        for score in scores.iter_mut() {
+            // exp clamps its input, so masked scores are zeroed explicitly.
+            *score = if *score == f32::NEG_INFINITY {
+                0.0
+            } else {
+                exp(*score - max)
+            };
+            denom += *score;
+        }
+        out.fill(0.0);
+        let values = values.chunks_exact(dh).chain(new.iter().map(|(_, v)| *v));
+        for (p, v) in scores.iter().zip(values) {
+            if *p > 0.0 {
+                let weight = p / denom;
+                for (o, x) in out.iter_mut().zip(v) {
+                    *o += weight * x;
+                }
+            }
+        }
+    }
+}
+
+vectorized_fn! {
+    /// The MLP activation of a run `x` of one row, times the matching run
+    /// `up` in a gated MLP, each result stored in the model's precision.
+    fn activate_run[](
+        x: &[f32],
+        up: Option<&[f32]>,
+        activation: Activation,
+        bf16: bool,
+        out: &mut [f32],
+    ) {
+        let r = |v: f32| if bf16 { round_bf16(v) } else { v };
+        match activation {
+            Activation::Silu => {
+                for (o, v) in out.iter_mut().zip(x) {
+                    *o = r(v / (1.0 + exp(-v)));
+                }
+            }
+            Activation::GeluTanh => {
+                for (o, v) in out.iter_mut().zip(x) {
+                    let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
+                    *o = r(0.5 * v * (1.0 + inner.tanh()));
+                }
+            }
+            // Refused by `supported`; erf-GELU stays on the libtorch path.
+            Activation::Gelu => out.fill(f32::NAN),
+        }
+        if let Some(up) = up {
+            for (o, u) in out.iter_mut().zip(up) {
+                *o = r(*o * u);
+            }
+        }
+    }
 }
 
 /// A bf16 model rounds where libtorch stores a bf16 tensor; f32 never does.
@@ -446,29 +536,24 @@ impl DecodeStep {
 
     /// The MLP's activation of `pre [batch, d_mlp or 2·d_mlp]` → `[batch, d_mlp]`.
     fn activate(&self, team: &Team, cfg: &ModelConfig, pre: &[f32]) -> Vec<f32> {
-        let act = |x: f32| match cfg.activation {
-            Activation::Silu => x / (1.0 + (-x).exp()),
-            Activation::GeluTanh => {
-                let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
-                0.5 * x * (1.0 + inner.tanh())
-            }
-            // Refused by `supported`; erf-GELU stays on the libtorch path.
-            Activation::Gelu => f32::NAN,
-        };
-        let r = |v: f32| if self.bf16 { round_bf16(v) } else { v };
         let d_mlp = cfg.d_mlp as usize;
-        let items = self.rows() * d_mlp;
+        let width = if cfg.gated_mlp { 2 * d_mlp } else { d_mlp };
         // Shared by the team: exp and rounding cost more than the products'
         // gaps between barriers.
-        team.split(items, 1, 64, |range, out| {
-            for (o, i) in out.iter_mut().zip(range) {
+        team.split(self.rows() * d_mlp, 1, 64, |items, mut out| {
+            // The items' runs within each row.
+            let mut i = items.start;
+            while i < items.end {
                 let (row, j) = (i / d_mlp, i % d_mlp);
-                *o = if cfg.gated_mlp {
-                    let base = row * 2 * d_mlp;
-                    r(r(act(pre[base + j])) * pre[base + d_mlp + j])
-                } else {
-                    r(act(pre[row * d_mlp + j]))
-                };
+                let n = (d_mlp - j).min(items.end - i);
+                let (run, rest) = out.split_at_mut(n);
+                let x = &pre[row * width + j..row * width + j + n];
+                let up = cfg
+                    .gated_mlp
+                    .then(|| &pre[row * width + d_mlp + j..row * width + d_mlp + j + n]);
+                activate_run(x, up, cfg.activation, self.bf16, run);
+                out = rest;
+                i += n;
             }
         })
     }
@@ -510,46 +595,29 @@ impl DecodeStep {
         // One item per (row, head), shared by the team.
         let mut z = team.split(self.rows() * n_heads, dh, 1, |items, out| {
             let mut scores = vec![0f32; total];
+            let mut new = Vec::with_capacity(self.seq);
             for (i, out) in items.zip(out.chunks_exact_mut(dh)) {
                 let (r, h) = (i / n_heads, i % n_heads);
-                let (b, now, g) = (r / self.seq, self.past + r % self.seq, h / group);
+                let (b, g) = (r / self.seq, h / group);
                 let q = &qkv[r * row_width + h * dh..r * row_width + (h + 1) * dh];
                 let (keys, values) = cache.history((b, g), self.past, n_kv, dh);
-                let key_value = |t: usize| {
-                    if t < self.past {
-                        (&keys[t * dh..(t + 1) * dh], &values[t * dh..(t + 1) * dh])
-                    } else {
-                        new_kv(b * self.seq + t - self.past, g)
-                    }
-                };
-                let visible = |t: usize| match &self.visible {
-                    Some(v) => v[r * total + t],
-                    None => t <= now,
-                };
-                let mut max = f32::NEG_INFINITY;
-                for (t, score) in scores.iter_mut().enumerate() {
-                    *score = if visible(t) {
-                        dot(q, key_value(t).0) * scale
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                    max = max.max(*score);
-                }
-                let mut denom = 0f32;
-                for score in scores.iter_mut() {
-                    *score = (*score - max).exp();
-                    denom += *score;
-                }
-                out.fill(0.0);
-                for (t, p) in scores.iter().enumerate() {
-                    if *p == 0.0 {
-                        continue;
-                    }
-                    let weight = p / denom;
-                    for (o, x) in out.iter_mut().zip(key_value(t).1) {
-                        *o += weight * x;
-                    }
-                }
+                // This row's mask over every position: cached ones, then this call's.
+                let visible = self
+                    .visible
+                    .as_ref()
+                    .map(|v| &v[r * total..(r + 1) * total]);
+                new.clear();
+                new.extend(
+                    (0..self.seq)
+                        .filter(|s| match visible {
+                            Some(v) => v[self.past + s],
+                            None => *s <= r % self.seq,
+                        })
+                        .map(|s| new_kv(b * self.seq + s, g)),
+                );
+                let history = (keys, values, visible.map(|v| &v[..self.past]));
+                let scores = &mut scores[..self.past + new.len()];
+                attend_head(q, history, &new, scale, scores, out);
             }
         });
         self.round(&mut z);

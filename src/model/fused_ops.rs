@@ -61,31 +61,34 @@ fn empty_like_kind(like: &Tensor, size: &[i64]) -> Tensor {
     Tensor::empty(size, (like.kind(), Device::Cpu))
 }
 
-/// Defines `fn $name<E: Element>(args)`, which runs `$body` compiled for
+/// Defines `fn $name<generics>(args)`, which runs `$body` compiled for
 /// AVX-512 where the CPU has it, so that its loops vectorise 16 lanes wide,
 /// and as plain code elsewhere. (A closure passed into a `target_feature`
-/// function is compiled on its own, without the features; a generic inner
-/// function marked `inline(always)` is compiled into it.)
+/// function is compiled on its own, without the features; an inner function
+/// marked `inline(always)` is compiled into it.) Generics go in brackets,
+/// `fn name[E: Element](..)`, and must be inferable from the arguments.
 macro_rules! vectorized_fn {
-    (fn $name:ident<E: Element>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        fn $name<E: Element>($($arg: $ty),*) {
+    ($(#[$meta:meta])* fn $name:ident[$($gen:tt)*]($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        fn $name<$($gen)*>($($arg: $ty),*) {
             #[inline(always)]
-            fn body<E: Element>($($arg: $ty),*) $body
+            fn body<$($gen)*>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-                unsafe fn wide<E: Element>($($arg: $ty),*) {
-                    body::<E>($($arg),*)
+                unsafe fn wide<$($gen)*>($($arg: $ty),*) {
+                    body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the features `wide` is compiled for.
-                    return unsafe { wide::<E>($($arg),*) };
+                    return unsafe { wide($($arg),*) };
                 }
             }
-            body::<E>($($arg),*)
+            body($($arg),*)
         }
     };
 }
+pub(crate) use vectorized_fn;
 
 /// `e^x` in f32 without a libm call, so that loops over it vectorise:
 /// `2^n · e^r` with `n = round(x / ln 2)` and `|r| ≤ ln 2 / 2`, where the
@@ -138,7 +141,7 @@ fn silu_mul_typed<E: Element>(pre: &Tensor, out: &Tensor, d: usize) {
 }
 
 vectorized_fn! {
-    fn silu_mul_rows<E: Element>(pre: &[E], d: usize, out: &mut [E]) {
+    fn silu_mul_rows[E: Element](pre: &[E], d: usize, out: &mut [E]) {
         for (row, dst) in pre.chunks_exact(2 * d).zip(out.chunks_exact_mut(d)) {
             let (gate, up) = row.split_at(d);
             for ((o, g), u) in dst.iter_mut().zip(gate).zip(up) {
@@ -179,7 +182,7 @@ fn rms_norm_typed<E: Element>(x: &Tensor, w: &Tensor, eps: f32, out: &Tensor) {
 }
 
 vectorized_fn! {
-    fn rms_norm_rows<E: Element>(x: &[E], w: &[E], eps: f32, out: &mut [E]) {
+    fn rms_norm_rows[E: Element](x: &[E], w: &[E], eps: f32, out: &mut [E]) {
         let d = w.len();
         for (src, dst) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
             let mut lanes = [0f32; LANES];
@@ -223,7 +226,7 @@ fn causal_softmax_typed<E: Element>(scores: &Tensor, seq: usize, scale: f32) {
 }
 
 vectorized_fn! {
-    fn causal_softmax_rows<E: Element>(
+    fn causal_softmax_rows[E: Element](
         rows: &mut [E],
         first_row: usize,
         seq: usize,
@@ -333,7 +336,7 @@ fn split_heads_typed<E: Element>(
 }
 
 vectorized_fn! {
-    fn split_tokens<E: Element>(
+    fn split_tokens[E: Element](
         src: &[E],
         heads: HeadShape,
         rotary: Option<&HostRotary>,
