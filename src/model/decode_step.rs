@@ -21,7 +21,7 @@ use super::fused_ops::{exp, vectorized_fn};
 use super::gemv::{round_bf16, WeightSlice};
 use super::kv_cache::KvCache;
 use super::team::Team;
-use super::weights::{BlockWeights, NormWeights};
+use super::weights::{BlockWeights, ModelWeights, NormWeights};
 use crate::error::{Error, Result};
 
 /// The most sequences a fused step takes, and the most rows (sequences ×
@@ -96,6 +96,23 @@ impl<'a> HostBlock<'a> {
             mlp_in_b: opt(&w.mlp_in_b)?,
             mlp_out_w: weight_slice(&w.mlp_out_w)?,
             mlp_out_b: opt(&w.mlp_out_b)?,
+        })
+    }
+}
+
+/// Every weight the fused step reads, borrowed once for the model's life.
+pub struct HostModel<'a> {
+    pub blocks: Vec<HostBlock<'a>>,
+    pub ln_final: HostNorm<'a>,
+    pub unembed: WeightSlice<'a>,
+}
+
+impl<'a> HostModel<'a> {
+    pub fn new(w: &'a ModelWeights) -> Result<Self> {
+        Ok(HostModel {
+            blocks: w.blocks.iter().map(HostBlock::new).collect::<Result<_>>()?,
+            ln_final: HostNorm::new(&w.ln_final)?,
+            unembed: weight_slice(&w.unembed)?,
         })
     }
 }

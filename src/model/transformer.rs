@@ -12,7 +12,7 @@ use super::attention::{
     apply_pattern, attention_pattern, causal_attention_bmm, fused_attention, AttentionMask,
 };
 use super::config::{Activation, ModelConfig, NormKind, PositionKind};
-use super::decode_step::{self, DecodeStep, HostBlock, HostCache, HostNorm};
+use super::decode_step::{self, DecodeStep, HostCache, HostModel};
 use super::fused_ops::{self, HeadShape};
 use super::kv_cache::KvCache;
 use super::rotary::{Rotary, RotaryTables};
@@ -81,6 +81,9 @@ pub struct Transformer {
     kind: Kind,
     /// Decode steps may run blocks without hooks through [`DecodeStep`].
     fused_decode: bool,
+    /// The weights as the fused step reads them, taken on its first use
+    /// (`None`: they cannot be; see [`Transformer::host_model`]).
+    host_model: OnceCell<Option<HostModel<'static>>>,
 }
 
 /// Runs the hook set at `$hook` on `$x`; returns early when the forward stops there.
@@ -160,7 +163,29 @@ impl Transformer {
             device,
             kind,
             fused_decode,
+            host_model: OnceCell::new(),
         })
+    }
+
+    /// The weights as host slices for the fused decode step, taken once:
+    /// borrowing ~300 tensors' storage costs a tenth of a millisecond per
+    /// step otherwise.
+    fn host_model(&self) -> Result<&HostModel<'_>> {
+        self.host_model
+            .get_or_init(|| {
+                let model = HostModel::new(&self.weights).ok()?;
+                // SAFETY: the slices point into the storage of tensors that
+                // `self.weights` owns for the model's whole life and that no
+                // method replaces or resizes; the result is only handed out
+                // borrowed for as long as `self`.
+                Some(unsafe { std::mem::transmute::<HostModel<'_>, HostModel<'static>>(model) })
+            })
+            .as_ref()
+            .ok_or_else(|| {
+                Error::InvalidArgument(
+                    "the fused decode step needs contiguous f32 or bf16 CPU weights".into(),
+                )
+            })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -407,21 +432,15 @@ impl Transformer {
         rows: Vec<f32>,
         with_logits: bool,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let host = self.host_model()?;
         let mut blocks = Vec::with_capacity(layers.len());
         for layer in layers {
             blocks.push((
-                HostBlock::new(&self.weights.blocks[layer])?,
+                &host.blocks[layer],
                 HostCache::new(cache, layer, step.seq())?,
             ));
         }
-        let head = if with_logits {
-            Some((
-                HostNorm::new(&self.weights.ln_final)?,
-                decode_step::weight_slice(&self.weights.unembed)?,
-            ))
-        } else {
-            None
-        };
+        let head = with_logits.then_some((&host.ln_final, host.unembed));
         let cfg = &self.cfg;
         // Scratch for the widest product: the unembedding, or a block's.
         let widest = self
