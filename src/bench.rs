@@ -52,6 +52,12 @@ pub struct RuntimeBenchReport {
     pub generate_b8_tps: f64,
     pub matmul_gflops: f64,
     pub gemv_gbps: f64,
+    /// Batch-1 generation's share of the bandwidth limit, paired in time:
+    /// the median over rounds of each round's tokens/s against the limit
+    /// from the probes timed just before and just after it.
+    pub generate_b1_share_paired: f64,
+    /// Each round's `[tokens/s, limit tokens/s]` behind it.
+    pub generate_b1_rounds: Vec<[f64; 2]>,
     /// Bytes of weights one decode step streams.
     pub weight_bytes: f64,
     pub flops_per_token_full: f64,
@@ -199,7 +205,9 @@ impl GemvProbe {
 }
 
 /// Runs every measurement. Batch-1 generation and the bandwidth probe are
-/// timed in alternation, so that both see the same state of a shared machine.
+/// timed in alternation (probe, generation, probe, …), so that each
+/// generation round is judged against the machine's bandwidth of the same
+/// moment: a shared machine's bandwidth drifts by ±30% between minutes.
 pub fn runtime_bench(model: &Transformer, cfg: &RuntimeBenchConfig) -> Result<RuntimeBenchReport> {
     let c = model.config();
     let kind = model.kind();
@@ -211,11 +219,20 @@ pub fn runtime_bench(model: &Transformer, cfg: &RuntimeBenchConfig) -> Result<Ru
         ..cfg.clone()
     };
     let probe = GemvProbe::new(kind, model.device(), c.d_model, weight_bytes);
-    let (mut generate_b1_tps, mut gemv) = (0.0f64, 0.0f64);
-    for _ in 0..cfg.repeats.max(1) {
-        gemv = gemv.max(probe.gbps(1, cfg.new_tokens)?);
-        generate_b1_tps = generate_b1_tps.max(generate_throughput(model, &once, 1)?);
+    let limit_tps = |gbps: f64| gbps * 1e9 / weight_bytes;
+    let mut probes = vec![probe.gbps(1, cfg.new_tokens)?];
+    let mut rounds = Vec::new();
+    for _ in 0..cfg.repeats.max(3) + 2 {
+        let tps = generate_throughput(model, &once, 1)?;
+        probes.push(probe.gbps(1, cfg.new_tokens)?);
+        let around = (probes[probes.len() - 2] + probes[probes.len() - 1]) / 2.0;
+        rounds.push([tps, limit_tps(around)]);
     }
+    let mut shares: Vec<f64> = rounds.iter().map(|[tps, limit]| tps / limit).collect();
+    shares.sort_by(f64::total_cmp);
+    let generate_b1_share_paired = shares[shares.len() / 2];
+    let generate_b1_tps = rounds.iter().map(|r| r[0]).fold(0.0, f64::max);
+    let gemv = probes.iter().copied().fold(0.0, f64::max);
     Ok(RuntimeBenchReport {
         dtype: format!("{kind:?}"),
         threads: tch::get_num_threads(),
@@ -226,6 +243,8 @@ pub fn runtime_bench(model: &Transformer, cfg: &RuntimeBenchConfig) -> Result<Ru
         generate_b8_tps: generate_throughput(model, cfg, 8)?,
         matmul_gflops: matmul_gflops(kind, model.device(), cfg.repeats)?,
         gemv_gbps: gemv,
+        generate_b1_share_paired,
+        generate_b1_rounds: rounds,
         weight_bytes,
         flops_per_token_full: c.flops_per_token(c.n_layers, cfg.seq, true),
         flops_per_token_l8: c.flops_per_token(cfg.stop_layer + 1, cfg.seq, false),

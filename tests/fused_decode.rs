@@ -150,6 +150,11 @@ fn greedy_generation_picks_the_same_tokens_either_way() {
     for prompts in [
         vec![vec![0i64, 5, 9, 3]],
         vec![vec![0i64, 5, 9], vec![7i64]],
+        // Eight sequences of uneven lengths: a batch the fused step decodes
+        // whole, with left padding.
+        (0..8i64)
+            .map(|b| (0..1 + b % 4).map(|i| (3 * b + i) % 50).collect())
+            .collect(),
     ] {
         let mut outs = Vec::new();
         for fused in [false, true] {

@@ -15,7 +15,10 @@
    (each framework against its own matmul rate measured in the run's dtype; the FLOP
    count is saescope's, the model is the same), and for generate_b1 the bandwidth limit
        limit = gemv_gbps x 1e9 / weight_bytes   tokens/s
-   with each framework's share of it;
+   with each framework's share of it (best rate over best limit), and saescope's paired
+   share: `saescope bench` alternates the probe with batch-1 generation and reports the
+   median over rounds of each round's rate against the mean of the probes just before
+   and after it (generate_b1_share_paired), which a drifting machine disturbs least;
 4. appends the record to eval/results/runtime-<dtype>.json (a JSON list).
 
 Steps 1 and 2 alternate --rounds times (default 2) and each side keeps its best
@@ -43,6 +46,7 @@ RESULTS = ROOT / "eval" / "results"
 SAESCOPE_KEYS = [
     "forward_full_tps", "forward_l8_tps", "generate_b1_tps", "generate_b8_tps",
     "gemv_gbps", "matmul_gflops", "weight_bytes", "flops_per_token_full", "flops_per_token_l8",
+    "generate_b1_share_paired",
 ]
 COMPARED = [
     ("forward_full_tps", "tok/s"),
@@ -143,13 +147,14 @@ def run_saescope(args: argparse.Namespace) -> tuple[dict | None, str | None]:
 
 def best_of(runs: list[dict | None]) -> dict | None:
     """One result from several: the highest value of every rate (keys ending in
-    _tps, _gflops, _gflops_bf16 or _gbps), the first run's value of everything else."""
+    _tps, _gflops, _gflops_bf16 or _gbps) and paired share (_paired), the first run's
+    value of everything else."""
     runs = [r for r in runs if r]
     if not runs:
         return None
     best = dict(runs[0])
     for k, v in best.items():
-        if k.endswith(("_tps", "_gflops", "_gflops_bf16", "_gbps")) and isinstance(v, (int, float)):
+        if k.endswith(("_tps", "_gflops", "_gflops_bf16", "_gbps", "_paired")) and isinstance(v, (int, float)):
             best[k] = max(float(r[k]) for r in runs if isinstance(r.get(k), (int, float)))
     best["rounds"] = len(runs)
     return best
@@ -188,6 +193,7 @@ def derive(ours: dict | None, hf: dict | None) -> dict:
     d["bandwidth"]["generate_b1_limit_tps"] = limit
     d["bandwidth"]["generate_b1_share.saescope"] = ratio(num(ours, "generate_b1_tps"), limit)
     d["bandwidth"]["generate_b1_share.hf"] = ratio(num(hf, "generate_b1_tps"), limit)
+    d["bandwidth"]["generate_b1_share_paired.saescope"] = num(ours, "generate_b1_share_paired")
     return d
 
 
@@ -219,6 +225,8 @@ def print_table(dtype: str, ours: dict | None, hf: dict | None, d: dict) -> None
     rows.append(("generate_b1 bandwidth limit", "tok/s", fmt(bw["generate_b1_limit_tps"]), "", ""))
     rows.append(("generate_b1 / bandwidth limit", "share", fmt(bw["generate_b1_share.saescope"], True),
                  fmt(bw["generate_b1_share.hf"], True), ""))
+    rows.append(("generate_b1 / limit, paired rounds", "share",
+                 fmt(bw["generate_b1_share_paired.saescope"], True), "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     print(f"\nruntime benchmark, SmolLM2-135M, {dtype}")
     for j, r in enumerate(rows):

@@ -321,8 +321,7 @@ impl Transformer {
             (Some(_), StopAt::Logits(logits))
                 if self.fused_decode
                     && (seq == 1 || logits == LogitsFor::Last)
-                    && batch <= decode_step::MAX_BATCH
-                    && batch * seq <= decode_step::MAX_ROWS
+                    && batch * seq <= decode_step::max_rows(self.kind)
                     && input.start_at.is_none() =>
             {
                 Some(DecodeStep::new(
