@@ -10,7 +10,8 @@ use tch::{Device, Kind, Tensor};
 use crate::error::Result;
 use crate::hooks::{HookPoint, Hooks};
 use crate::model::decode_step::weight_slice;
-use crate::model::gemv::{gemv, WeightSlice};
+use crate::model::gemv::WeightSlice;
+use crate::model::team;
 use crate::model::{
     generate, ForwardInput, GenerateConfig, LogitsFor, SamplingConfig, StopAt, Transformer,
 };
@@ -146,7 +147,8 @@ pub fn matmul_gflops(kind: Kind, device: Device, repeats: usize) -> Result<f64> 
 /// Streams `bytes` of weights through matrix–vector products, the way one
 /// decode step reads them: its rate is the bandwidth limit of batch-1
 /// generation. Both libtorch's `linear` and the fused decode step's own
-/// [`gemv`] stream the same matrices, and the faster sets the limit. Each
+/// products ([`team::Team::product`]) stream the same matrices, and the
+/// faster sets the limit. Each
 /// timing sweeps the weights as many times as a generation run decodes
 /// tokens, so that the limit is a rate sustained as long as the run it
 /// judges, not a burst of a few milliseconds on a shared machine.
@@ -171,8 +173,8 @@ impl GemvProbe {
     }
 
     /// GB/s of the best of `repeats` timings of `sweeps` passes over the
-    /// weights, through libtorch and through [`gemv`] (where the weights are
-    /// f32 or bf16 on the CPU).
+    /// weights, through libtorch and through the fused step's team (where the
+    /// weights are f32 or bf16 on the CPU).
     pub fn gbps(&self, repeats: usize, sweeps: usize) -> Result<f64> {
         let bytes: i64 = self.weights.iter().map(|w| w.numel() as i64).sum();
         let rate = |secs: f64| (bytes as f64 * sweeps as f64) * self.element_bytes / secs / 1e9;
@@ -190,13 +192,16 @@ impl GemvProbe {
                 Err(_) => return Ok(rate(libtorch)),
             };
         let x = vec![1f32; self.x.numel()];
+        let widest = slices.iter().map(|w| w.len() / x.len()).max().unwrap_or(0);
+        // As the fused decode step streams a token's weights: one team for all
+        // the products of a sweep.
         let ours = best_seconds(repeats, || {
             for _ in 0..sweeps {
-                for w in &slices {
-                    let rows = w.len() / x.len();
-                    let mut out = vec![0f32; rows];
-                    gemv(&x, 1, *w, None, rows, &mut out);
-                }
+                team::run(widest, |team| {
+                    for w in &slices {
+                        team.product(&x, 1, *w, None);
+                    }
+                });
             }
             Ok(())
         })?;

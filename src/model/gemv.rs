@@ -10,8 +10,6 @@
 //! libtorch's threads, and the same loop body is compiled for AVX-512 when the
 //! CPU has it.
 
-use super::torch_threads::{for_each_part, SharedMut};
-
 /// Elements accumulated side by side: two AVX-512 registers of f32.
 const LANES: usize = 32;
 /// Rows of `x` that share one pass over a weight row.
@@ -178,31 +176,6 @@ pub fn untranspose(mut out_t: Vec<f32>, m: usize, bias: Option<WeightSlice>) -> 
         }
     }
     out
-}
-
-/// `out [m, n] = x [m, k] · Wᵀ (+ bias [n])`, the weight rows shared out over
-/// libtorch's threads (see [`GemvInput`] for the precision).
-pub fn gemv(
-    x: &[f32],
-    m: usize,
-    w: WeightSlice,
-    bias: Option<WeightSlice>,
-    n: usize,
-    out: &mut [f32],
-) {
-    let input = GemvInput::new(x, m, w);
-    assert!(
-        input.outputs(w) == n && out.len() == m * n,
-        "gemv: inconsistent lengths"
-    );
-    let mut transposed = vec![0f32; n * m];
-    let shared = SharedMut::new(&mut transposed);
-    for_each_part(n, 16, |rows| {
-        // SAFETY: parts are disjoint.
-        let out = unsafe { shared.part(rows.start * m..rows.end * m) };
-        input.rows_into(w, rows, out);
-    });
-    out.copy_from_slice(&untranspose(transposed, m, bias));
 }
 
 fn rows_f32(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
@@ -375,6 +348,12 @@ mod tests {
         y
     }
 
+    /// The product as the fused step computes it, by a team of libtorch's threads.
+    fn product(x: &[f32], m: usize, w: WeightSlice, b: Option<WeightSlice>) -> Vec<f32> {
+        let n = w.len() / (x.len() / m);
+        super::super::team::run(m * n, |team| team.product(x, m, w, b)).unwrap_or_default()
+    }
+
     fn values(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
             .map(|i| {
@@ -398,15 +377,7 @@ mod tests {
             let w = values(n * k, 2);
             let b = values(n, 3);
             let want = reference(&x, m, &w, n, &b);
-            let mut got = vec![0f32; m * n];
-            gemv(
-                &x,
-                m,
-                WeightSlice::F32(&w),
-                Some(WeightSlice::F32(&b)),
-                n,
-                &mut got,
-            );
+            let got = product(&x, m, WeightSlice::F32(&w), Some(WeightSlice::F32(&b)));
             for (g, e) in got.iter().zip(&want) {
                 assert!((g - e).abs() < 1e-4, "m={m} n={n} k={k}: {g} vs {e}");
             }
@@ -418,7 +389,7 @@ mod tests {
             let w_rounded: Vec<f32> = w16.iter().map(|b| bf16_to_f32(*b)).collect();
             let x_rounded: Vec<f32> = x.iter().map(|v| round_bf16(*v)).collect();
             let want = reference(&x_rounded, m, &w_rounded, n, &vec![0.0; n]);
-            gemv(&x, m, WeightSlice::Bf16(&w16), None, n, &mut got);
+            let got = product(&x, m, WeightSlice::Bf16(&w16), None);
             for (g, e) in got.iter().zip(&want) {
                 assert!((g - e).abs() < 1e-4, "bf16 m={m} n={n} k={k}: {g} vs {e}");
             }
