@@ -237,6 +237,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     partial.iter().sum::<f32>() + tail
 }
 
+/// Up to this many rows, each thread of the team computes the MLP activation
+/// of every row itself rather than sharing it out.
+const REDUNDANT_ACTIVATION_ROWS: usize = 8;
+
 /// Cached keys and values `[past, d_head]` of one (sequence, kv head), and
 /// which of them the query may see (`None`: all).
 type History<'k> = (&'k [f32], &'k [f32], Option<&'k [bool]>);
@@ -561,8 +565,19 @@ impl DecodeStep {
     fn activate(&self, team: &Team, cfg: &ModelConfig, pre: &[f32]) -> Vec<f32> {
         let d_mlp = cfg.d_mlp as usize;
         let width = if cfg.gated_mlp { 2 * d_mlp } else { d_mlp };
-        // Shared by the team: exp and rounding cost more than the products'
-        // gaps between barriers.
+        if self.rows() <= REDUNDANT_ACTIVATION_ROWS {
+            // Every thread computes the whole activation: a few microseconds,
+            // less than the barrier that sharing it would need.
+            let mut out = vec![0f32; self.rows() * d_mlp];
+            for (row, run) in out.chunks_exact_mut(d_mlp).enumerate() {
+                let x = &pre[row * width..row * width + d_mlp];
+                let up = cfg
+                    .gated_mlp
+                    .then(|| &pre[row * width + d_mlp..(row + 1) * width]);
+                activate_run(x, up, cfg.activation, self.bf16, run);
+            }
+            return out;
+        }
         team.split(self.rows() * d_mlp, 1, 64, |items, mut out| {
             // The items' runs within each row.
             let mut i = items.start;
@@ -616,7 +631,7 @@ impl DecodeStep {
             }
         }
         // One item per (row, head), shared by the team.
-        let mut z = team.split(self.rows() * n_heads, dh, 1, |items, out| {
+        let attend_items = |items: std::ops::Range<usize>, out: &mut [f32]| {
             let mut scores = vec![0f32; total];
             let mut new = Vec::with_capacity(self.seq);
             for (i, out) in items.zip(out.chunks_exact_mut(dh)) {
@@ -642,7 +657,8 @@ impl DecodeStep {
                 let scores = &mut scores[..self.past + new.len()];
                 attend_head(q, history, &new, scale, scores, out);
             }
-        });
+        };
+        let mut z = team.split(self.rows() * n_heads, dh, 1, attend_items);
         self.round(&mut z);
         z
     }
