@@ -151,6 +151,9 @@ struct RowSums {
     rows: Option<Tensor>,
     /// `[rows]` squared L2 norm of each row, per batch.
     squared_norms: Vec<Tensor>,
+    /// `[batch rows, d]` f64 scratch for the squares, reused from batch to
+    /// batch (a fresh one per batch costs its page faults every time).
+    squares: Option<Tensor>,
 }
 
 impl RowSums {
@@ -178,7 +181,21 @@ impl RowSums {
             .ok_or_else(|| Error::InvalidArgument("shard statistics not started".into()))?;
         let mut x = buffer.f_narrow(0, at as i64, n as i64)?;
         x.f_copy_(acts)?;
-        self.squared_norms.push(x.f_square()?.f_sum_dim_intlist(
+        if self.squares.as_ref().is_none_or(|t| t.size()[0] < n as i64) {
+            self.squares = None;
+            self.squares = Some(Tensor::f_empty(
+                [n as i64, self.d as i64],
+                (Kind::Double, Device::Cpu),
+            )?);
+        }
+        let squares = self
+            .squares
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("shard statistics scratch missing".into()))?
+            .f_narrow(0, 0, n as i64)?;
+        // x·x, bit for bit the `square` that `NormStats::add` takes.
+        let squares = x.f_mul_out(&squares, &x)?;
+        self.squared_norms.push(squares.f_sum_dim_intlist(
             [1i64].as_slice(),
             false,
             Kind::Double,
@@ -251,6 +268,7 @@ impl ShardBuilder {
                 d,
                 rows: None,
                 squared_norms: Vec::new(),
+                squares: None,
             },
         }
     }
