@@ -11,8 +11,8 @@
 //!
 //! It reproduces that path's arithmetic: where the libtorch path stores a bf16
 //! tensor, this path rounds to bf16 at the same point, so the two differ only in
-//! the order of f32 sums. Shapes: the residual is `[batch·seq, d_model]`,
-//! row-major.
+//! the order of f32 sums and the last bits of `exp`. Shapes: the residual is
+//! `[batch·seq, d_model]`, row-major.
 
 use tch::{Device, Kind, Tensor};
 
