@@ -15,6 +15,12 @@ use std::sync::{Mutex, OnceLock};
 use super::gemv::{untranspose, GemvInput, WeightSlice};
 use super::torch_threads;
 
+/// The fewest weight rows a thread claims at once in a product. Each claim is
+/// an atomic update of a counter both threads share; 64 rows (74 KB of bf16
+/// weights of 576 columns) decoded 1–3% faster than 16 in alternating runs,
+/// with a tail short enough to keep the threads together.
+const MIN_PRODUCT_ROWS: usize = 64;
+
 /// A reusable barrier whose waiters spin (then yield, if a thread is late).
 struct SpinBarrier {
     arrived: AtomicUsize,
@@ -196,7 +202,9 @@ impl Team<'_> {
     ) -> Vec<f32> {
         let input = GemvInput::new(x, m, w);
         let n = input.outputs(w);
-        let transposed = self.split(n, m, 16, |rows, out| input.rows_into(w, rows, out));
+        let transposed = self.split(n, m, MIN_PRODUCT_ROWS, |rows, out| {
+            input.rows_into(w, rows, out)
+        });
         untranspose(transposed, m, bias)
     }
 }
