@@ -17,7 +17,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Activation, ModelConfig, NormKind};
-use super::fused_ops::{exp, vectorized_fn};
+use super::fused_ops::{exp, vectorized_fn, HostRotary};
 use super::gemv::{round_bf16, WeightSlice};
 use super::kv_cache::KvCache;
 use super::team::Team;
@@ -355,22 +355,20 @@ pub struct DecodeStep {
 }
 
 impl DecodeStep {
-    /// `positions [batch or 1, seq]`, `padding [batch, past + seq]` (1 = real
-    /// token), `inv_freq` the rotary inverse frequencies when the model has them.
+    /// `padding [batch, past + seq]` (1 = real token), `rotary` the call's
+    /// rotary tables when the model has them.
     pub fn new(
         (batch, seq, past): (usize, usize, usize),
-        positions: &Tensor,
         padding: Option<&Tensor>,
-        inv_freq: Option<&[f32]>,
+        rotary: Option<&HostRotary>,
         kind: Kind,
     ) -> Result<Self> {
         let bf16 = kind == Kind::BFloat16;
         let total = past + seq;
-        let positions = Vec::<i64>::try_from(positions.to_device(Device::Cpu).reshape([-1]))?;
-        if positions.len() != seq && positions.len() != batch * seq {
+        if let Some(r) = rotary.filter(|r| r.seq != seq || (r.rows != 1 && r.rows != batch)) {
             return Err(Error::InvalidArgument(format!(
-                "fused step: {} positions for {batch}×{seq}",
-                positions.len()
+                "fused step: rotary tables for {}×{} positions, not {batch}×{seq}",
+                r.rows, r.seq
             )));
         }
         let padding = match padding {
@@ -401,20 +399,16 @@ impl DecodeStep {
             }
             visible
         });
-        let inv_freq = inv_freq.unwrap_or(&[]);
-        let half_rotary = inv_freq.len();
+        // Each row's angles, from the tables the libtorch path's kernels use.
+        let half_rotary = rotary.map_or(0, |r| r.half);
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        for row in 0..batch * seq {
-            let pos = positions[row % positions.len()] as f32;
-            for f in inv_freq {
-                // The angle's product is f32, as in the libtorch tables.
-                let angle = pos * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+        if let Some(r) = rotary {
+            for row in 0..batch * seq {
+                let (c, s) = r.at(row / seq, row % seq);
+                cos.extend_from_slice(c);
+                sin.extend_from_slice(s);
             }
         }
-        round_all(bf16, &mut cos);
-        round_all(bf16, &mut sin);
         Ok(DecodeStep {
             batch,
             seq,

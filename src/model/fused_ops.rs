@@ -288,7 +288,8 @@ pub struct HostRotary {
 }
 
 impl HostRotary {
-    fn at(&self, batch_row: usize, pos: usize) -> (&[f32], &[f32]) {
+    /// cos and sin `[half]` of position `pos` (of this call) in sequence `batch_row`.
+    pub fn at(&self, batch_row: usize, pos: usize) -> (&[f32], &[f32]) {
         let row = if self.rows == 1 { 0 } else { batch_row };
         let at = (row * self.seq + pos) * self.half;
         (&self.cos[at..at + self.half], &self.sin[at..at + self.half])

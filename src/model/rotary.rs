@@ -17,7 +17,7 @@ use super::gemv::round_bf16;
 pub struct Rotary {
     /// `[rotary_dim / 2]`, f32
     inv_freq: Tensor,
-    /// The same on the host, for the fused decode step.
+    /// The same on the host, for the fused kernels' tables.
     inv_freq_host: Vec<f32>,
     rotary_dim: i64,
 }
@@ -100,11 +100,6 @@ impl Rotary {
             inv_freq_host: inv,
             rotary_dim,
         }
-    }
-
-    /// `[rotary_dim / 2]` inverse frequencies.
-    pub fn inv_freq(&self) -> &[f32] {
-        &self.inv_freq_host
     }
 
     /// The tables for `positions` `[batch or 1, seq]` (int64), built lazily.

@@ -324,13 +324,16 @@ impl Transformer {
                     && batch * seq <= decode_step::max_rows(self.kind)
                     && input.start_at.is_none() =>
             {
-                Some(DecodeStep::new(
-                    (batch as usize, seq as usize, past as usize),
-                    &positions,
-                    input.attention_mask,
-                    self.rotary.as_ref().map(Rotary::inv_freq),
-                    self.kind,
-                )?)
+                // A rotary model whose tables cannot be read on the host keeps libtorch.
+                match tables.as_ref().map(|t| t.host()) {
+                    Some(None) => None,
+                    rotary => Some(DecodeStep::new(
+                        (batch as usize, seq as usize, past as usize),
+                        input.attention_mask,
+                        rotary.flatten(),
+                        self.kind,
+                    )?),
+                }
             }
             _ => None,
         };
