@@ -11,6 +11,8 @@ use tch::{Kind, Tensor};
 use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
 
+use super::row_sums::RowSums;
+
 /// The manifest's file name inside a store folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The version of the store layout this code writes and reads.
@@ -132,23 +134,13 @@ impl NormStats {
 
     /// Adds `acts [rows, d]`.
     pub fn add(&mut self, acts: &Tensor) -> Result<()> {
-        let x = acts.f_to_kind(Kind::Double)?;
-        let rows = x.size().first().copied().unwrap_or(0);
-        if rows == 0 {
-            return Ok(());
-        }
-        let norm_sum = x
-            .f_square()?
-            .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?
-            .f_sqrt()?
-            .f_sum(Kind::Double)?;
-        let sum =
-            Vec::<f64>::try_from(x.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Double)?)?;
-        self.add_sums(rows as u64, norm_sum.f_double_value(&[])?, &sum)
+        let mut sums = RowSums::new(self.sum.len());
+        sums.add(acts)?;
+        self.add_sums(sums.rows, sums.norm_sum, &sums.sum)
     }
 
     /// Adds the sums of `rows` rows computed elsewhere: `norm_sum` of their
-    /// L2 norms and `sum [d]` of the rows (see [`NormStats::add`]).
+    /// L2 norms and `sum [d]` of the rows (see [`RowSums`]).
     pub fn add_sums(&mut self, rows: u64, norm_sum: f64, sum: &[f64]) -> Result<()> {
         if sum.len() != self.sum.len() {
             return Err(Error::InvalidArgument(format!(

@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod packing;
 mod pipeline;
 pub mod reader;
+mod row_sums;
 mod shard_file;
 pub mod source;
 pub mod store;

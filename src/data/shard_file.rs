@@ -10,11 +10,8 @@
 //! exactly those `safetensors::serialize` writes for the same tensors: the
 //! header comes from it and the offsets from reading that header back.
 //!
-//! The shard's normalisation sums are gathered the same way: the rows in f64
-//! and their squared norms batch by batch, the column sums at the end, with the
-//! libtorch reductions [`super::manifest::NormStats::add`] runs on a whole
-//! shard, so they come out bit for bit the same (a row's norm depends on that
-//! row alone; the sums over rows are taken over the whole shard).
+//! The shard's normalisation sums are gathered the same way, batch by batch,
+//! by [`RowSums`], which comes to the same sums as for the whole shard at once.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -24,9 +21,10 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors, View};
 use sha2::{Digest, Sha256};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use super::manifest::StoreDtype;
+use super::row_sums::RowSums;
 use crate::atomic::{sha256_hex, sync_dir, tmp_path, write_atomic};
 use crate::error::{Error, Result};
 
@@ -144,88 +142,6 @@ impl Drop for TmpFile {
     }
 }
 
-/// The f64 rows of a shard and their squared norms, batch by batch.
-struct RowSums {
-    d: usize,
-    /// `[capacity, d]` f64, reused from shard to shard.
-    rows: Option<Tensor>,
-    /// `[rows]` squared L2 norm of each row, per batch.
-    squared_norms: Vec<Tensor>,
-    /// `[batch rows, d]` f64 scratch for the squares, reused from batch to
-    /// batch (a fresh one per batch costs its page faults every time).
-    squares: Option<Tensor>,
-}
-
-impl RowSums {
-    fn start(&mut self, rows: usize) -> Result<()> {
-        let big_enough = self
-            .rows
-            .as_ref()
-            .is_some_and(|t| t.size()[0] >= rows as i64);
-        if !big_enough {
-            self.rows = None;
-            self.rows = Some(Tensor::f_empty(
-                [rows as i64, self.d as i64],
-                (Kind::Double, Device::Cpu),
-            )?);
-        }
-        self.squared_norms.clear();
-        Ok(())
-    }
-
-    /// Adds `acts [n, d]` as rows `at..at + n`.
-    fn push(&mut self, acts: &Tensor, at: usize, n: usize) -> Result<()> {
-        let buffer = self
-            .rows
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("shard statistics not started".into()))?;
-        let mut x = buffer.f_narrow(0, at as i64, n as i64)?;
-        x.f_copy_(acts)?;
-        if self.squares.as_ref().is_none_or(|t| t.size()[0] < n as i64) {
-            self.squares = None;
-            self.squares = Some(Tensor::f_empty(
-                [n as i64, self.d as i64],
-                (Kind::Double, Device::Cpu),
-            )?);
-        }
-        let squares = self
-            .squares
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("shard statistics scratch missing".into()))?
-            .f_narrow(0, 0, n as i64)?;
-        // x·x, bit for bit the `square` that `NormStats::add` takes.
-        let squares = x.f_mul_out(&squares, &x)?;
-        self.squared_norms.push(squares.f_sum_dim_intlist(
-            [1i64].as_slice(),
-            false,
-            Kind::Double,
-        )?);
-        Ok(())
-    }
-
-    /// The sum of the first `rows` rows' norms and their `[d]` column sums.
-    fn finish(&mut self, rows: usize) -> Result<(f64, Vec<f64>)> {
-        let norms = std::mem::take(&mut self.squared_norms);
-        if rows == 0 {
-            return Ok((0.0, vec![0.0; self.d]));
-        }
-        let buffer = self
-            .rows
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("shard statistics not started".into()))?;
-        let norm_sum = Tensor::f_cat(&norms, 0)?
-            .f_sqrt()?
-            .f_sum(Kind::Double)?
-            .f_double_value(&[])?;
-        let sum = Vec::<f64>::try_from(buffer.f_narrow(0, 0, rows as i64)?.f_sum_dim_intlist(
-            [0i64].as_slice(),
-            false,
-            Kind::Double,
-        )?)?;
-        Ok((norm_sum, sum))
-    }
-}
-
 /// Builds shard files of one store, one at a time, reusing its buffers.
 pub(crate) struct ShardBuilder {
     dtype: StoreDtype,
@@ -264,12 +180,7 @@ impl ShardBuilder {
             hasher: Sha256::new(),
             hashed: 0,
             out: None,
-            sums: RowSums {
-                d,
-                rows: None,
-                squared_norms: Vec::new(),
-                squares: None,
-            },
+            sums: RowSums::new(d),
         }
     }
 
@@ -338,7 +249,7 @@ impl ShardBuilder {
         self.filled = 0;
         self.hasher = Sha256::new();
         self.hashed = 0;
-        self.sums.start(rows)?;
+        self.sums.clear();
         let mut out = TmpFile::create(path)?;
         out.write_at(0, &header)?;
         self.out = Some(out);
@@ -403,7 +314,7 @@ impl ShardBuilder {
             }
             out.write_at(range.start, &self.buf[range])?;
         }
-        self.sums.push(&acts, at, n)?;
+        self.sums.add(&acts)?;
         self.filled += n;
         self.hash_ready();
         Ok(())
@@ -421,7 +332,7 @@ impl ShardBuilder {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (norm_sum, sum) = self.sums.finish(self.filled)?;
+        let (norm_sum, sum) = (self.sums.norm_sum, self.sums.sum.clone());
         let (bytes, sha256) = if self.filled == self.rows {
             self.hash_ready();
             let digest = std::mem::replace(&mut self.hasher, Sha256::new()).finalize();
@@ -489,6 +400,7 @@ impl ShardBuilder {
 mod tests {
     use super::*;
     use crate::data::manifest::NormStats;
+    use tch::Kind;
 
     /// The bytes of a shard as `safetensors::serialize` writes them.
     fn serialized(dtype: StoreDtype, acts: &Tensor, tokens: &[i32], positions: &[i32]) -> Vec<u8> {

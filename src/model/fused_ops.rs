@@ -93,12 +93,14 @@ pub(crate) use vectorized_fn;
 /// `e^x` in f32 without a libm call, so that loops over it vectorise:
 /// `2^n · e^r` with `n = round(x / ln 2)` and `|r| ≤ ln 2 / 2`, where the
 /// Taylor series to `r^7` is within 1e-8 relative (below f32's resolution).
-/// Inputs are clamped to [-87, 88], the range of normal f32 results; NaN stays NaN.
+/// Inputs are clamped to [-87, 88], the range of normal f32 results, and
+/// results below it are 0 (so `exp(-inf) = 0`); NaN stays NaN.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    let underflows = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
     let shifted = x * std::f32::consts::LOG2_E + SHIFT;
     let n = shifted - SHIFT;
@@ -111,7 +113,25 @@ pub fn exp(x: f32) -> f32 {
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // The low mantissa bits of `shifted` hold n; 2^n is n + 127 in the exponent.
     let n_int = shifted.to_bits() as i32 - SHIFT.to_bits() as i32;
-    p * f32::from_bits(((n_int + 127) << 23) as u32)
+    let e = p * f32::from_bits(((n_int + 127) << 23) as u32);
+    if underflows {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// `lanes` folded pairwise by `f` (4 vector steps, not 15 dependent scalar ones).
+#[inline(always)]
+fn fold_lanes(mut lanes: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] = f(lanes[i], lanes[i + width]);
+        }
+        width /= 2;
+    }
+    lanes[0]
 }
 
 /// SwiGLU's `silu(gate) · up` of `pre [.., 2·d_mlp]` (gate first, then up) →
@@ -193,7 +213,7 @@ vectorized_fn! {
                     *acc += v.widen() * v.widen();
                 }
             }
-            let mean = (lanes.iter().sum::<f32>() + tail) / d as f32;
+            let mean = (fold_lanes(lanes, |a, b| a + b) + tail) / d as f32;
             let inv = 1.0 / (mean + eps).sqrt();
             for ((o, v), g) in dst.iter_mut().zip(src).zip(w) {
                 *o = E::narrow(E::round(v.widen() * inv) * g.widen());
@@ -233,10 +253,18 @@ vectorized_fn! {
         scale: f32,
         exps: &mut [f32],
     ) {
+        let hide = E::narrow(f32::NEG_INFINITY);
         for (row, x) in (first_row..).zip(rows.chunks_exact_mut(seq)) {
-            let (visible, masked) = x.split_at_mut(row % seq + 1);
+            let visible = row % seq + 1;
+            // Whole vectors up to the one holding the last visible key, whose
+            // hidden keys are set to -inf (weight 0): a scalar tail per row
+            // would cost as much as the vectors (rows are short, 64 keys on
+            // average at seq 128). Only a length that is no multiple of 16 leaves a tail.
+            let end = visible.next_multiple_of(LANES).min(seq);
+            let (body, hidden) = x.split_at_mut(end);
+            body[visible..].fill(hide);
             let mut lanes = [f32::NEG_INFINITY; LANES];
-            let chunks = visible.chunks_exact(LANES);
+            let chunks = body.chunks_exact(LANES);
             let tail = chunks
                 .remainder()
                 .iter()
@@ -246,9 +274,9 @@ vectorized_fn! {
                     *m = m.max(v.widen());
                 }
             }
-            let max = lanes.iter().fold(tail, |m, v| m.max(*v)) * scale;
-            let exps = &mut exps[..visible.len()];
-            for (e, v) in exps.iter_mut().zip(visible.iter()) {
+            let max = fold_lanes(lanes, f32::max).max(tail) * scale;
+            let exps = &mut exps[..end];
+            for (e, v) in exps.iter_mut().zip(body.iter()) {
                 *e = exp(v.widen() * scale - max);
             }
             let mut lanes = [0f32; LANES];
@@ -259,11 +287,11 @@ vectorized_fn! {
                     *s += e;
                 }
             }
-            let inv = 1.0 / (lanes.iter().sum::<f32>() + tail);
-            for (v, e) in visible.iter_mut().zip(exps.iter()) {
+            let inv = 1.0 / (fold_lanes(lanes, |a, b| a + b) + tail);
+            for (v, e) in body.iter_mut().zip(exps.iter()) {
                 *v = E::narrow(e * inv);
             }
-            masked.fill(E::narrow(0.0));
+            hidden.fill(E::narrow(0.0));
         }
     }
 }
@@ -384,10 +412,12 @@ fn rotate<E: Element>(x: &[E], cos: &[f32], sin: &[f32], out: &mut [E]) {
     let (x2, passed) = rest.split_at(half);
     let (o1, rest) = out.split_at_mut(half);
     let (o2, o_passed) = rest.split_at_mut(half);
-    for i in 0..half {
-        let (a, b) = (x1[i].widen(), x2[i].widen());
-        o1[i] = E::narrow(E::round(a * cos[i]) + E::round(-b * sin[i]));
-        o2[i] = E::narrow(E::round(b * cos[i]) + E::round(a * sin[i]));
+    // Zipped iterators rather than indices: no bounds checks, so the loop vectorises.
+    let pairs = o1.iter_mut().zip(o2.iter_mut()).zip(x1.iter().zip(x2));
+    for (((o1, o2), (a, b)), (c, s)) in pairs.zip(cos.iter().zip(sin)) {
+        let (a, b) = (a.widen(), b.widen());
+        *o1 = E::narrow(E::round(a * c) + E::round(-b * s));
+        *o2 = E::narrow(E::round(b * c) + E::round(a * s));
     }
     o_passed.copy_from_slice(passed);
 }
@@ -413,7 +443,7 @@ mod tests {
         }
         assert!(worst < 5e-7, "{worst}");
         assert!(exp(f32::NAN).is_nan());
-        assert!(exp(-1e4) < 1e-37 && exp(1e4) > 1e38);
+        assert!(exp(-1e4) == 0.0 && exp(f32::NEG_INFINITY) == 0.0 && exp(1e4) > 1e38);
     }
 
     #[test]
@@ -473,6 +503,12 @@ mod tests {
             let tol = if kind == Kind::Float { 1e-6 } else { 4e-3 };
             let diff = close(&fused, &reference);
             assert!(diff <= tol, "{kind:?}: {diff}");
+            // Keys after the query weigh exactly nothing, also within the
+            // vector that holds the last visible key.
+            let hidden = fused
+                .to_kind(Kind::Float)
+                .masked_select(&k_pos.gt_tensor(&q_pos).expand_as(&fused));
+            assert_eq!(hidden.abs().max().double_value(&[]), 0.0, "{kind:?}");
         }
     }
 
