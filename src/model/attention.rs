@@ -93,8 +93,9 @@ fn single_query_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
 }
 
 /// Causal attention over this call's tokens through two batched matmuls, for
-/// bf16/f16 on CPU, where it takes about half the time of libtorch's fused CPU
-/// kernel (whose inner products do not use the bf16 matmul units). The queries
+/// CPU: in bf16/f16 it takes about half the time of libtorch's fused kernel
+/// (whose inner products do not use the bf16 matmul units), in f32 over short
+/// sequences somewhat less. The queries
 /// of the heads that share a key/value head are stacked along the sequence, so
 /// grouped-query attention needs no copies of repeated heads.
 /// `q [batch, n_heads, seq, d_head]`, `k`/`v [batch, n_kv_heads, seq, d_head]`.
