@@ -15,6 +15,7 @@ pub mod gguf_tokenizer;
 pub mod hf_config;
 pub mod hf_convert;
 pub mod kv_cache;
+pub mod linear;
 pub mod load;
 pub mod rotary;
 pub mod safetensors_io;

@@ -15,6 +15,7 @@ use super::config::{Activation, ModelConfig, NormKind, PositionKind};
 use super::decode_step::{self, DecodeStep, HostCache, HostModel};
 use super::fused_ops::{self, HeadShape};
 use super::kv_cache::KvCache;
+use super::linear::linear;
 use super::rotary::{Rotary, RotaryTables};
 use super::team;
 use super::weights::{BlockWeights, ModelWeights, NormWeights};
@@ -427,7 +428,7 @@ impl Transformer {
         };
         let normed = self.final_norm(&resid);
         let normed = hook!(pass, HookPoint::LnFinal, normed);
-        Ok(Some(normed.linear::<Tensor>(&self.weights.unembed, None)))
+        Ok(Some(linear(&normed, &self.weights.unembed, None)))
     }
 
     /// Runs `layers` through the fused decode step, then the final norm and
@@ -617,7 +618,7 @@ impl Transformer {
         let c = &self.cfg;
         let (batch, seq) = (x.size()[0], x.size()[1]);
         // [batch, seq, (n_heads + 2·n_kv)·d_head]
-        let qkv = x.linear(&w.qkv_w, w.qkv_b.as_ref());
+        let qkv = linear(x, &w.qkv_w, w.qkv_b.as_ref());
         let q_width = c.n_heads * c.d_head;
         let (q, k, v) = self.split_heads(&qkv, rotary);
         let (q, k, v) = match cache {
@@ -642,7 +643,7 @@ impl Transformer {
         let z = z.transpose(1, 2).to_kind(self.kind);
         let z = hook!(pass, HookPoint::Block(layer, BlockSite::AttnZ), z);
         let z = z.reshape([batch, seq, q_width]);
-        Ok(Some(z.linear(&w.out_w, w.out_b.as_ref())))
+        Ok(Some(linear(&z, &w.out_w, w.out_b.as_ref())))
     }
 
     /// Queries `[batch, n_heads, seq, d_head]`, keys and values `[batch,
@@ -686,7 +687,7 @@ impl Transformer {
         pass: &mut Pass,
     ) -> Result<Option<Tensor>> {
         let c = &self.cfg;
-        let pre = x.linear(&w.mlp_in_w, w.mlp_in_b.as_ref());
+        let pre = linear(x, &w.mlp_in_w, w.mlp_in_b.as_ref());
         let act = |t: &Tensor| match c.activation {
             Activation::GeluTanh => t.gelu("tanh"),
             Activation::Gelu => t.gelu("none"),
@@ -703,6 +704,6 @@ impl Transformer {
             act(&pre)
         };
         let post = hook!(pass, HookPoint::Block(layer, BlockSite::MlpPost), post);
-        Ok(Some(post.linear(&w.mlp_out_w, w.mlp_out_b.as_ref())))
+        Ok(Some(linear(&post, &w.mlp_out_w, w.mlp_out_b.as_ref())))
     }
 }
