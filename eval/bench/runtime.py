@@ -12,8 +12,10 @@
 3. prints a table: each figure for saescope and HF with the ratio saescope/HF, the
    forwards' share of the matmul-bound limit
        share = flops_per_token x tokens/s / (matmul_gflops x 1e9)
-   (each framework against its own matmul rate measured in the run's dtype; the FLOP
-   count is saescope's, the model is the same), and for generate_b1 the bandwidth limit
+   (each framework against its own matmul rate measured in the run's dtype: HF's
+   torch.mm, saescope's the faster of libtorch's matmul and the oneDNN product its f32
+   layers use, where torch.mm takes MKL's sgemm; the FLOP count is saescope's, the
+   model is the same), and for generate_b1 the bandwidth limit
        limit = gemv_gbps x 1e9 / weight_bytes   tokens/s
    with each framework's share of it (best rate over best limit), and saescope's paired
    share: `saescope bench` alternates the probe with batch-1 generation and reports the
