@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 /// Lanes of a row's sum of squares (a fixed, vectorisable order).
 const LANES: usize = 8;
 
+/// The sums over the rows added so far.
 #[derive(Debug, Clone)]
 pub struct RowSums {
     pub rows: u64,

@@ -256,10 +256,9 @@ vectorized_fn! {
         let hide = E::narrow(f32::NEG_INFINITY);
         for (row, x) in (first_row..).zip(rows.chunks_exact_mut(seq)) {
             let visible = row % seq + 1;
-            // Whole vectors up to the one holding the last visible key, whose
-            // hidden keys are set to -inf (weight 0): a scalar tail per row
-            // would cost as much as the vectors (rows are short, 64 keys on
-            // average at seq 128). Only a length that is no multiple of 16 leaves a tail.
+            // Whole vectors up to the one holding the last visible key, its
+            // hidden keys set to -inf (weight 0), rather than a scalar tail
+            // per row; only a length that is no multiple of 16 leaves a tail.
             let end = visible.next_multiple_of(LANES).min(seq);
             let (body, hidden) = x.split_at_mut(end);
             body[visible..].fill(hide);
