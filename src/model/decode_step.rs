@@ -274,12 +274,8 @@ vectorized_fn! {
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
         let mut denom = 0f32;
         for score in scores.iter_mut() {
-            // exp clamps its input, so masked scores are zeroed explicitly.
-            *score = if *score == f32::NEG_INFINITY {
-                0.0
-            } else {
-                exp(*score - max)
-            };
+            // Masked scores are -inf, whose exp is 0.
+            *score = exp(*score - max);
             denom += *score;
         }
         out.fill(0.0);
