@@ -12,7 +12,7 @@ use crate::hooks::{HookPoint, Hooks};
 use crate::model::decode_step::weight_slice;
 use crate::model::gemv::WeightSlice;
 use crate::model::linear::linear;
-use crate::model::team;
+use crate::model::team::{self, Readers};
 use crate::model::{
     generate, ForwardInput, GenerateConfig, LogitsFor, SamplingConfig, StopAt, Transformer,
 };
@@ -209,7 +209,7 @@ impl GemvProbe {
             for _ in 0..sweeps {
                 team::run(widest, |team| {
                     for w in &slices {
-                        team.product(&x, 1, *w, None);
+                        team.product(&x, 1, *w, None, Readers::Leader);
                     }
                 });
             }

@@ -17,10 +17,10 @@
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Activation, ModelConfig, NormKind};
-use super::fused_ops::{exp, vectorized_fn, HostRotary};
-use super::gemv::{round_bf16, WeightSlice};
+use super::fused_ops::{exp, rms_norm_rows, vectorized_fn, HostRotary};
+use super::gemv::{round_bf16, Element, WeightSlice};
 use super::kv_cache::KvCache;
-use super::team::Team;
+use super::team::{Readers, Team};
 use super::weights::{BlockWeights, ModelWeights, NormWeights};
 use crate::error::{Error, Result};
 
@@ -71,6 +71,16 @@ pub fn weight_slice(t: &Tensor) -> Result<WeightSlice<'_>> {
             }
         }
     })
+}
+
+/// Borrows a contiguous CPU int64 tensor's elements (`None` for any other).
+pub fn host_i64(t: &Tensor) -> Option<&[i64]> {
+    if t.device() != Device::Cpu || t.kind() != Kind::Int64 || !t.is_contiguous() {
+        return None;
+    }
+    // SAFETY: a contiguous CPU tensor of `numel` int64 elements, kept alive by
+    // the borrow of `t`.
+    Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const i64, t.numel()) })
 }
 
 /// One block's weights, borrowed from its tensors for the fused step
@@ -158,19 +168,12 @@ unsafe impl Sync for HostCache<'_> {}
 impl HostCache<'_> {
     /// Layer `layer` of `cache`, with room checked for `seq` more positions.
     pub fn new(cache: &KvCache, layer: usize, seq: usize) -> Result<HostCache<'_>> {
-        let (keys, values, capacity) = cache.layer_tensors(layer, seq as i64)?;
-        for t in [keys, values] {
-            if t.device() != Device::Cpu || !t.is_contiguous() || t.kind() != Kind::Float {
-                return Err(Error::InvalidArgument(
-                    "the fused decode step needs an f32 CPU KV cache".into(),
-                ));
-            }
-        }
+        let layer = cache.host_layer(layer, seq as i64)?;
         Ok(HostCache {
-            keys: keys.data_ptr() as *mut f32,
-            values: values.data_ptr() as *mut f32,
-            len: keys.numel(),
-            capacity: capacity as usize,
+            keys: layer.keys,
+            values: layer.values,
+            len: layer.len,
+            capacity: layer.capacity,
             _cache: std::marker::PhantomData,
         })
     }
@@ -325,10 +328,36 @@ vectorized_fn! {
     }
 }
 
-/// A bf16 model rounds where libtorch stores a bf16 tensor; f32 never does.
-fn round_all(bf16: bool, xs: &mut [f32]) {
-    if bf16 {
-        xs.iter_mut().for_each(|x| *x = round_bf16(*x));
+vectorized_fn! {
+    /// A bf16 model rounds where libtorch stores a bf16 tensor; f32 never does.
+    fn round_all[](bf16: bool, xs: &mut [f32]) {
+        if bf16 {
+            xs.iter_mut().for_each(|x| *x = round_bf16(*x));
+        }
+    }
+}
+
+vectorized_fn! {
+    /// `out = a + b`, rounded as [`round_all`] does.
+    fn add_into[](a: &[f32], b: &[f32], bf16: bool, out: &mut [f32]) {
+        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+            *o = if bf16 { round_bf16(x + y) } else { x + y };
+        }
+    }
+}
+
+vectorized_fn! {
+    /// Rotates `head` (half-split layout, `2·cos.len()` rotated dimensions)
+    /// by the angles whose cos and sin are given: `x·cos + rotate_half(x)·sin`,
+    /// each product stored in the model's precision as in the libtorch path.
+    fn rotate_head[](head: &mut [f32], cos: &[f32], sin: &[f32], bf16: bool) {
+        let r = |v: f32| if bf16 { round_bf16(v) } else { v };
+        let (first, second) = head.split_at_mut(cos.len());
+        for (((x1, x2), c), s) in first.iter_mut().zip(second.iter_mut()).zip(cos).zip(sin) {
+            let (a, b) = (*x1, *x2);
+            *x1 = r(r(a * c) + r(-b * s));
+            *x2 = r(r(b * c) + r(a * s));
+        }
     }
 }
 
@@ -433,8 +462,8 @@ impl DecodeStep {
 
     /// `a + b`, stored in the model's precision.
     fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32> {
-        let mut sum: Vec<f32> = a.iter().zip(b).map(|(x, y)| x + y).collect();
-        self.round(&mut sum);
+        let mut sum = vec![0f32; a.len()];
+        add_into(a, b, self.bf16, &mut sum);
         sum
     }
 
@@ -442,12 +471,12 @@ impl DecodeStep {
     fn linear(
         &self,
         team: &Team,
-        x: &[f32],
-        m: usize,
+        (x, m): (&[f32], usize),
         w: WeightSlice,
         b: Option<WeightSlice>,
+        readers: Readers,
     ) -> Vec<f32> {
-        let mut out = team.product(x, m, w, b);
+        let mut out = team.product(x, m, w, b, readers);
         self.round(&mut out);
         out
     }
@@ -455,39 +484,38 @@ impl DecodeStep {
     /// The block's norm of each row of `x [batch, d]`.
     fn norm(&self, cfg: &ModelConfig, w: &HostNorm, x: &[f32]) -> Vec<f32> {
         let d = cfg.d_model as usize;
-        let gain = w.gain.to_f32();
-        let bias = w.bias.map(|b| b.to_f32());
         let eps = cfg.norm_eps as f32;
+        if cfg.norm == NormKind::RmsNorm {
+            // The batched forward's kernel, on the rows in their stored type
+            // (a bf16 model's rows hold bf16 values exactly).
+            return match w.gain {
+                WeightSlice::F32(gain) => {
+                    let mut out = vec![0f32; x.len()];
+                    rms_norm_rows::<f32>(x, gain, eps, &mut out);
+                    out
+                }
+                WeightSlice::Bf16(gain) => {
+                    let mut bits = vec![0u16; x.len()];
+                    narrow_to_bf16(x, &mut bits);
+                    let mut out = vec![0u16; x.len()];
+                    rms_norm_rows::<u16>(&bits, gain, eps, &mut out);
+                    out.iter().map(|b| b.widen()).collect()
+                }
+            };
+        }
+        // LayerNorm, with one rounding at the end, as libtorch's fused layer norm does.
+        let gain = w.gain.to_f32();
+        let bias = w.bias.map_or_else(|| vec![0f32; d], |b| b.to_f32());
         let mut out = Vec::with_capacity(x.len());
         for row in x.chunks_exact(d) {
-            match cfg.norm {
-                // x · rsqrt(mean x² + eps) in f32, stored, then times the gain.
-                NormKind::RmsNorm => {
-                    let mean_square = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                    let scale = 1.0 / (mean_square + eps).sqrt();
-                    out.extend(row.iter().zip(&gain).map(|(v, g)| {
-                        let normed = if self.bf16 {
-                            round_bf16(v * scale)
-                        } else {
-                            v * scale
-                        };
-                        normed * g
-                    }));
-                }
-                // One rounding at the end, as libtorch's fused layer norm does.
-                NormKind::LayerNorm => {
-                    let mean = row.iter().sum::<f32>() / d as f32;
-                    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                    let rstd = 1.0 / (var + eps).sqrt();
-                    let zero = vec![0f32; d];
-                    let bias = bias.as_deref().unwrap_or(&zero);
-                    out.extend(
-                        row.iter()
-                            .zip(gain.iter().zip(bias))
-                            .map(|(v, (g, b))| (v - mean) * rstd * g + b),
-                    );
-                }
-            }
+            let mean = row.iter().sum::<f32>() / d as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let rstd = 1.0 / (var + eps).sqrt();
+            out.extend(
+                row.iter()
+                    .zip(gain.iter().zip(&bias))
+                    .map(|(v, (g, b))| (v - mean) * rstd * g + b),
+            );
         }
         self.round(&mut out);
         out
@@ -500,12 +528,7 @@ impl DecodeStep {
         let half = self.half_rotary;
         let cos = &self.cos[row * half..(row + 1) * half];
         let sin = &self.sin[row * half..(row + 1) * half];
-        let r = |v: f32| if self.bf16 { round_bf16(v) } else { v };
-        for i in 0..half {
-            let (x1, x2) = (head[i], head[i + half]);
-            head[i] = r(r(x1 * cos[i]) + r(-x2 * sin[i]));
-            head[i + half] = r(r(x2 * cos[i]) + r(x1 * sin[i]));
-        }
+        rotate_head(&mut head[..2 * half], cos, sin, self.bf16);
     }
 
     /// One block for every row of `resid [batch, d_model]`, in place; writes
@@ -528,7 +551,7 @@ impl DecodeStep {
         let rows = self.rows();
 
         let attn_in = self.norm(cfg, &w.ln1, resid);
-        let mut qkv = self.linear(team, &attn_in, rows, w.qkv_w, w.qkv_b);
+        let mut qkv = self.linear(team, (&attn_in, rows), w.qkv_w, w.qkv_b, Readers::All);
         if self.half_rotary > 0 {
             for (r, row) in qkv.chunks_exact_mut(row_width).enumerate() {
                 // Query heads, then key heads.
@@ -538,16 +561,16 @@ impl DecodeStep {
             }
         }
         let z = self.attend(team, &qkv, cache, (n_heads, n_kv, dh));
-        let attn_out = self.linear(team, &z, rows, w.out_w, w.out_b);
+        let attn_out = self.linear(team, (&z, rows), w.out_w, w.out_b, Readers::All);
         let resid_mid = self.add(resid, &attn_out);
         let mlp_in = if cfg.parallel_residual {
             self.norm(cfg, &w.ln2, resid)
         } else {
             self.norm(cfg, &w.ln2, &resid_mid)
         };
-        let pre = self.linear(team, &mlp_in, rows, w.mlp_in_w, w.mlp_in_b);
+        let pre = self.linear(team, (&mlp_in, rows), w.mlp_in_w, w.mlp_in_b, Readers::All);
         let post = self.activate(team, cfg, &pre);
-        let mlp_out = self.linear(team, &post, rows, w.mlp_out_w, w.mlp_out_b);
+        let mlp_out = self.linear(team, (&post, rows), w.mlp_out_w, w.mlp_out_b, Readers::All);
         *resid = self.add(&resid_mid, &mlp_out);
     }
 
@@ -587,7 +610,7 @@ impl DecodeStep {
     }
 
     /// Writes the new keys and values (the leader), then attends, the (row,
-    /// head) pairs shared by the team: every thread gets `z [rows,
+    /// head) pairs split evenly over the team: every thread gets `z [rows,
     /// n_heads·d_head]` in the model's precision.
     /// Keys, values and scores are f32, as in the libtorch path's f32 cache;
     /// this position's key and value come from `qkv`.
@@ -648,13 +671,14 @@ impl DecodeStep {
                 attend_head(q, history, &new, scale, scores, out);
             }
         };
-        let mut z = team.split(self.rows() * n_heads, dh, 1, attend_items);
+        let mut z = team.split_even(self.rows() * n_heads, dh, attend_items);
         self.round(&mut z);
         z
     }
 
     /// Final norm and unembedding of each sequence's last position: logits
-    /// `[batch, vocab]` in the model's precision.
+    /// `[batch, vocab]` in the model's precision, for the team's leader only
+    /// (the other threads get an empty vector).
     pub fn logits(
         &self,
         team: &Team,
@@ -671,7 +695,16 @@ impl DecodeStep {
             .copied()
             .collect();
         let normed = self.norm(cfg, ln_final, &last);
-        self.linear(team, &normed, self.batch, unembed, None)
+        self.linear(team, (&normed, self.batch), unembed, None, Readers::Leader)
+    }
+}
+
+vectorized_fn! {
+    /// `bits` = the bf16 bits of `values`, rounded to nearest even.
+    fn narrow_to_bf16[](values: &[f32], bits: &mut [u16]) {
+        for (b, v) in bits.iter_mut().zip(values) {
+            *b = u16::narrow(*v);
+        }
     }
 }
 
@@ -695,9 +728,7 @@ pub fn host_to_tensor(rows: &[f32], shape: [i64; 3], kind: Kind) -> Result<Tenso
             // SAFETY: a fresh contiguous CPU tensor of `n` i16 elements.
             let bits =
                 unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u16, rows.len()) };
-            for (b, v) in bits.iter_mut().zip(rows) {
-                *b = (round_bf16(*v).to_bits() >> 16) as u16;
-            }
+            narrow_to_bf16(rows, bits);
             t.view_dtype(Kind::BFloat16).view(shape)
         }
         Kind::Float => {

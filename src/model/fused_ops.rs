@@ -68,9 +68,9 @@ fn empty_like_kind(like: &Tensor, size: &[i64]) -> Tensor {
 /// marked `inline(always)` is compiled into it.) Generics go in brackets,
 /// `fn name[E: Element](..)`, and must be inferable from the arguments.
 macro_rules! vectorized_fn {
-    ($(#[$meta:meta])* fn $name:ident[$($gen:tt)*]($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident[$($gen:tt)*]($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
-        fn $name<$($gen)*>($($arg: $ty),*) {
+        $vis fn $name<$($gen)*>($($arg: $ty),*) {
             #[inline(always)]
             fn body<$($gen)*>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
@@ -202,7 +202,9 @@ fn rms_norm_typed<E: Element>(x: &Tensor, w: &Tensor, eps: f32, out: &Tensor) {
 }
 
 vectorized_fn! {
-    fn rms_norm_rows[E: Element](x: &[E], w: &[E], eps: f32, out: &mut [E]) {
+    /// RMSNorm of each row of `x [rows, d]` with gain `w [d]` into `out`:
+    /// `x · rsqrt(mean x² + eps)` in f32, stored in `E`, then times the gain.
+    pub(crate) fn rms_norm_rows[E: Element](x: &[E], w: &[E], eps: f32, out: &mut [E]) {
         let d = w.len();
         for (src, dst) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
             let mut lanes = [0f32; LANES];

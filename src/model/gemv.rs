@@ -58,16 +58,14 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
 }
 
 /// Rounds to the nearest bf16 (ties to even) and widens back, as libtorch
-/// does when it stores an f32 result in a bf16 tensor. A one-liner that
-/// vectorises, unlike a per-element call into a conversion crate.
+/// does when it stores an f32 result in a bf16 tensor. A few integer
+/// operations that vectorise, unlike a per-element call into a conversion crate.
 #[inline(always)]
 pub fn round_bf16(x: f32) -> f32 {
-    if x.is_nan() {
-        return x;
-    }
     let bits = x.to_bits();
     let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
-    f32::from_bits(rounded)
+    // A select, not a branch, so that loops over it vectorise; NaN stays NaN.
+    f32::from_bits(if x.is_nan() { bits } else { rounded })
 }
 
 /// A stored element: f32, or bf16 held as its bits.
@@ -220,12 +218,49 @@ mod bf16_dot {
 
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn rows(x16: &[u16], m: usize, k: usize, w: &[u16], out: &mut [f32]) {
-        for (j, (w_row, out_row)) in w.chunks_exact(k).zip(out.chunks_exact_mut(m)).enumerate() {
+        let prefetch = |j: usize| {
             if let Some(ahead) = w.get((j + PREFETCH_ROWS) * k..(j + PREFETCH_ROWS + 1) * k) {
                 for line in (0..k).step_by(32) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().add(line) as *const i8);
                 }
             }
+        };
+        let n = w.len() / k;
+        let mut j = 0;
+        // With several rows of `x`, two weight rows at a time: each load of
+        // an `x` row then feeds two products, and the loads, not the
+        // products, were what limited a prompt's step.
+        while m > 1 && j + 1 < n {
+            prefetch(j);
+            prefetch(j + 1);
+            let (w_a, w_b) = (&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]);
+            let (out_a, out_b) = out[j * m..(j + 2) * m].split_at_mut(m);
+            let mut r = 0;
+            while r < m {
+                let take = (m - r).min(super::MAX_ROWS);
+                let xs = &x16[r * k..(r + take) * k];
+                let (dst_a, dst_b) = (&mut out_a[r..r + take], &mut out_b[r..r + take]);
+                match take {
+                    1 => dot_pair::<1>(xs, k, (w_a, w_b), dst_a, dst_b),
+                    2 => dot_pair::<2>(xs, k, (w_a, w_b), dst_a, dst_b),
+                    3 => dot_pair::<3>(xs, k, (w_a, w_b), dst_a, dst_b),
+                    4 => dot_pair::<4>(xs, k, (w_a, w_b), dst_a, dst_b),
+                    5 => dot_pair::<5>(xs, k, (w_a, w_b), dst_a, dst_b),
+                    6 => dot_pair::<6>(xs, k, (w_a, w_b), dst_a, dst_b),
+                    7 => dot_pair::<7>(xs, k, (w_a, w_b), dst_a, dst_b),
+                    _ => dot_pair::<8>(xs, k, (w_a, w_b), dst_a, dst_b),
+                }
+                r += take;
+            }
+            j += 2;
+        }
+        for (j, (w_row, out_row)) in w
+            .chunks_exact(k)
+            .zip(out.chunks_exact_mut(m))
+            .enumerate()
+            .skip(j)
+        {
+            prefetch(j);
             let mut r = 0;
             while r < m {
                 let take = (m - r).min(super::MAX_ROWS);
@@ -250,6 +285,32 @@ mod bf16_dot {
     unsafe fn load(p: &[u16], at: usize) -> __m512bh {
         debug_assert!(at + 32 <= p.len());
         std::mem::transmute(_mm512_loadu_si512(p.as_ptr().add(at) as *const _))
+    }
+
+    /// `dst_a[r] = x_r · w_a`, `dst_b[r] = x_r · w_b` for the `R` rows of `xs`:
+    /// one accumulator per (row, weight row), `2R` chains in flight.
+    #[inline(always)]
+    unsafe fn dot_pair<const R: usize>(
+        xs: &[u16],
+        k: usize,
+        (w_a, w_b): (&[u16], &[u16]),
+        dst_a: &mut [f32],
+        dst_b: &mut [f32],
+    ) {
+        let mut acc_a = [_mm512_setzero_ps(); R];
+        let mut acc_b = [_mm512_setzero_ps(); R];
+        for c in (0..k).step_by(32) {
+            let (a, b) = (load(w_a, c), load(w_b, c));
+            for r in 0..R {
+                let x = load(xs, r * k + c);
+                acc_a[r] = _mm512_dpbf16_ps(acc_a[r], x, a);
+                acc_b[r] = _mm512_dpbf16_ps(acc_b[r], x, b);
+            }
+        }
+        for r in 0..R {
+            dst_a[r] = _mm512_reduce_add_ps(acc_a[r]);
+            dst_b[r] = _mm512_reduce_add_ps(acc_b[r]);
+        }
     }
 
     /// Two accumulators per row hide the instruction's latency.
@@ -351,7 +412,10 @@ mod tests {
     /// The product as the fused step computes it, by a team of libtorch's threads.
     fn product(x: &[f32], m: usize, w: WeightSlice, b: Option<WeightSlice>) -> Vec<f32> {
         let n = w.len() / (x.len() / m);
-        super::super::team::run(m * n, |team| team.product(x, m, w, b)).unwrap_or_default()
+        super::super::team::run(m * n, |team| {
+            team.product(x, m, w, b, super::super::team::Readers::All)
+        })
+        .unwrap_or_default()
     }
 
     fn values(len: usize, seed: u32) -> Vec<f32> {

@@ -5,7 +5,9 @@
 
 use tch::{Kind, Tensor};
 
-use super::decode_step::host_f32;
+use super::decode_step::{host_f32, weight_slice};
+use super::fused_ops::vectorized_fn;
+use super::gemv::{Element, WeightSlice};
 use super::sampling::{Sampler, SamplingConfig};
 use super::transformer::{ForwardInput, LogitsFor, StopAt, Transformer};
 use crate::error::{Error, Result};
@@ -112,14 +114,22 @@ pub fn generate(
 
 /// One token per row of `logits [batch, vocab]`. Greedy picks the first
 /// largest logit (a NaN counts as largest), as `argmax` does; both run on the
-/// host copy, which for a CPU model involves no libtorch kernel.
+/// host, greedy on a CPU model's logits where they lie.
 fn choose(logits: &Tensor, sampler: &mut Sampler) -> Result<Vec<i64>> {
-    let vocab = logits.size()[1] as usize;
+    let vocab = (logits.size()[1] as usize).max(1);
+    if sampler.config().is_greedy() {
+        if let Ok(flat) = weight_slice(logits) {
+            let rows = flat.len() / vocab;
+            return Ok((0..rows)
+                .map(|r| first_max(flat, r * vocab..(r + 1) * vocab) as i64)
+                .collect());
+        }
+    }
     let flat = host_f32(logits)?;
     flat.chunks(vocab)
         .map(|row| {
             if sampler.config().is_greedy() {
-                Ok(first_max(row) as i64)
+                Ok(first_max(WeightSlice::F32(row), 0..row.len()) as i64)
             } else {
                 sampler.sample(row)
             }
@@ -127,15 +137,89 @@ fn choose(logits: &Tensor, sampler: &mut Sampler) -> Result<Vec<i64>> {
         .collect()
 }
 
-fn first_max(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v.is_nan() {
-            return i;
-        }
-        if v > row[best] {
-            best = i;
-        }
+/// Index within `range` of the first largest element of `values` (the first
+/// NaN, if any), relative to the range's start.
+fn first_max(values: WeightSlice, range: std::ops::Range<usize>) -> usize {
+    let mut index = 0;
+    match values {
+        WeightSlice::F32(v) => first_max_of(&v[range], &mut index),
+        WeightSlice::Bf16(v) => first_max_of(&v[range], &mut index),
     }
-    best
+    index
+}
+
+vectorized_fn! {
+    /// `index` = where the first largest element of `row` is (the first NaN,
+    /// if any). Blocks of widened values are scanned with branch-free maxima,
+    /// so the scan vectorises.
+    fn first_max_of[E: Element](row: &[E], index: &mut usize) {
+        const BLOCK: usize = 256;
+        const LANES: usize = 16;
+        let mut block = [0f32; BLOCK];
+        let mut best = (f32::NEG_INFINITY, 0);
+        for (b, chunk) in row.chunks(BLOCK).enumerate() {
+            // A short last block is padded with -inf, which never wins.
+            block.fill(f32::NEG_INFINITY);
+            for (v, e) in block.iter_mut().zip(chunk) {
+                *v = e.widen();
+            }
+            // Per-lane maxima: a single running maximum would be a serial chain.
+            let (mut lanes, mut nan) = ([f32::NEG_INFINITY; LANES], [false; LANES]);
+            for vs in block.chunks_exact(LANES) {
+                for l in 0..LANES {
+                    lanes[l] = if vs[l] > lanes[l] { vs[l] } else { lanes[l] };
+                    nan[l] |= vs[l].is_nan();
+                }
+            }
+            let has_nan = nan.iter().any(|&n| n);
+            let max = lanes
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            let block = &block[..chunk.len()];
+            let first = |hit: &dyn Fn(f32) -> bool| block.iter().position(|&v| hit(v)).unwrap_or(0);
+            if has_nan {
+                *index = b * BLOCK + first(&|v| v.is_nan());
+                return;
+            }
+            if max > best.0 {
+                best = (max, b * BLOCK + first(&|v| v == max));
+            }
+        }
+        *index = best.1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(values: &[f32]) -> Vec<u16> {
+        values.iter().map(|v| u16::narrow(*v)).collect()
+    }
+
+    #[test]
+    fn first_max_is_the_first_largest_or_the_first_nan_in_either_dtype() {
+        // Longer than a block, with the maximum tied across two blocks.
+        let mut row = vec![-1.0f32; 700];
+        row[300] = 5.0;
+        row[650] = 5.0;
+        row[10] = 4.0;
+        for (values, range) in [(&row[..], 0..700), (&row[..], 301..700), (&row[..], 0..300)] {
+            let want = range
+                .clone()
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)));
+            let want = want.map(|i| i - range.start).unwrap_or(0);
+            assert_eq!(first_max(WeightSlice::F32(values), range.clone()), want);
+            let b = bits(values);
+            assert_eq!(first_max(WeightSlice::Bf16(&b), range), want);
+        }
+        let mut nan = row.clone();
+        nan[600] = f32::NAN;
+        nan[640] = f32::NAN;
+        assert_eq!(first_max(WeightSlice::F32(&nan), 0..700), 600);
+        assert_eq!(first_max(WeightSlice::Bf16(&bits(&nan)), 0..700), 600);
+        let low = vec![f32::NEG_INFINITY; 5];
+        assert_eq!(first_max(WeightSlice::F32(&low), 0..5), 0);
+        assert_eq!(first_max(WeightSlice::F32(&[0.0, -0.0, 0.0]), 0..3), 0);
+    }
 }

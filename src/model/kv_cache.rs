@@ -11,6 +11,21 @@ pub struct KvCache {
     values: Vec<Tensor>,
     len: i64,
     capacity: i64,
+    /// For an f32 CPU cache, the addresses of each layer's keys and values,
+    /// read once here: the fused decode step needs them for every layer of
+    /// every step, and asking libtorch takes ~1 µs a layer (empty otherwise).
+    host: Vec<[usize; 2]>,
+    /// Elements of one layer's keys (or values).
+    layer_len: usize,
+}
+
+/// One layer of an f32 CPU cache as the fused decode step reads it.
+pub struct HostLayer {
+    pub keys: *mut f32,
+    pub values: *mut f32,
+    /// Elements of the keys (and of the values).
+    pub len: usize,
+    pub capacity: usize,
 }
 
 impl KvCache {
@@ -26,12 +41,38 @@ impl KvCache {
     ) -> Self {
         let shape = [batch, n_kv_heads, capacity, d_head];
         let alloc = || Tensor::zeros(shape, (kind, device));
+        let keys: Vec<Tensor> = (0..n_layers).map(|_| alloc()).collect();
+        let values: Vec<Tensor> = (0..n_layers).map(|_| alloc()).collect();
+        let host = if device == Device::Cpu && kind == Kind::Float {
+            keys.iter()
+                .zip(&values)
+                .map(|(k, v)| [k.data_ptr() as usize, v.data_ptr() as usize])
+                .collect()
+        } else {
+            Vec::new()
+        };
         KvCache {
-            keys: (0..n_layers).map(|_| alloc()).collect(),
-            values: (0..n_layers).map(|_| alloc()).collect(),
+            keys,
+            values,
             len: 0,
             capacity,
+            host,
+            layer_len: shape.iter().product::<i64>().max(0) as usize,
         }
+    }
+
+    /// `layer` of an f32 CPU cache, after checking that `seq` more positions fit.
+    pub fn host_layer(&self, layer: usize, seq: i64) -> Result<HostLayer> {
+        self.layer_tensors(layer, seq)?;
+        let [keys, values] = *self.host.get(layer).ok_or_else(|| {
+            Error::InvalidArgument("the fused decode step needs an f32 CPU KV cache".into())
+        })?;
+        Ok(HostLayer {
+            keys: keys as *mut f32,
+            values: values as *mut f32,
+            len: self.layer_len,
+            capacity: self.capacity as usize,
+        })
     }
 
     /// Positions already cached.

@@ -74,6 +74,39 @@ impl Scratch {
     }
 }
 
+/// Scratch buffers kept from one run to the next: a decode step needs ~400 KB
+/// of them for a small model's unembedding, and allocating (and zeroing) them
+/// on every step cost tens of microseconds.
+static SCRATCH_POOL: Mutex<Vec<Scratch>> = Mutex::new(Vec::new());
+
+/// Two buffers of at least `len` floats, from the pool where it has them.
+fn take_scratch(len: usize) -> [Scratch; 2] {
+    let mut pool = SCRATCH_POOL
+        .lock()
+        .map(|mut p| std::mem::take(&mut *p))
+        .unwrap_or_default();
+    pool.retain(|s| s.0.len() >= len);
+    let mut next = || pool.pop().unwrap_or_else(|| Scratch::new(len));
+    [next(), next()]
+}
+
+fn return_scratch(buffers: [Scratch; 2]) {
+    if let Ok(mut pool) = SCRATCH_POOL.lock() {
+        pool.clear();
+        pool.extend(buffers);
+    }
+}
+
+/// Which threads of the team read a shared result.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Readers {
+    /// Every thread: the result feeds the next step of the run.
+    All,
+    /// Only the leader: the run's final result, which the others would
+    /// copy for nothing (a small model's logits are ~200 KB).
+    Leader,
+}
+
 /// What the threads of one run share.
 struct Shared {
     barrier: SpinBarrier,
@@ -107,6 +140,7 @@ pub struct Team<'a> {
 pub fn run<R: Send>(scratch_len: usize, op: impl Fn(&Team) -> R + Sync) -> Option<R> {
     // Built by the first thread to arrive, for the team's actual size.
     let shared = OnceLock::new();
+    let buffers = Mutex::new(Some(take_scratch(scratch_len)));
     let first = Mutex::new(None);
     torch_threads::broadcast(|index, size| {
         let shared = shared.get_or_init(|| Shared {
@@ -115,7 +149,11 @@ pub fn run<R: Send>(scratch_len: usize, op: impl Fn(&Team) -> R + Sync) -> Optio
                 generation: AtomicUsize::new(0),
                 size,
             },
-            scratch: [Scratch::new(scratch_len), Scratch::new(scratch_len)],
+            scratch: buffers
+                .lock()
+                .ok()
+                .and_then(|mut b| b.take())
+                .unwrap_or_else(|| [Scratch::new(scratch_len), Scratch::new(scratch_len)]),
             claimed: AtomicUsize::new(0),
         });
         let team = Team {
@@ -132,6 +170,9 @@ pub fn run<R: Send>(scratch_len: usize, op: impl Fn(&Team) -> R + Sync) -> Optio
             }
         }
     });
+    if let Some(shared) = shared.into_inner() {
+        return_scratch(shared.scratch);
+    }
     first.into_inner().ok().flatten()
 }
 
@@ -174,6 +215,19 @@ impl Team<'_> {
         min_chunk: usize,
         f: impl Fn(Range<usize>, &mut [f32]),
     ) -> Vec<f32> {
+        self.split_to(items, width, min_chunk, f, Readers::All)
+    }
+
+    /// [`Team::split`], where only `readers` get the result (the others an
+    /// empty vector).
+    fn split_to(
+        &self,
+        items: usize,
+        width: usize,
+        min_chunk: usize,
+        f: impl Fn(Range<usize>, &mut [f32]),
+        readers: Readers,
+    ) -> Vec<f32> {
         let min_chunk = min_chunk.max(1);
         let turn = self.turn.get();
         self.turn.set(1 - turn);
@@ -189,6 +243,43 @@ impl Team<'_> {
         }
         self.shared.barrier.wait();
         self.first_item.set(self.first_item.get() + items);
+        if readers == Readers::All || self.is_leader() {
+            unsafe { scratch.read(0..items * width) }.to_vec()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// This thread's even share of `items` items: contiguous, in thread order.
+    pub fn share(&self, items: usize) -> Range<usize> {
+        items * self.index / self.size..items * (self.index + 1) / self.size
+    }
+
+    /// `f(items, out)` over this thread's [`Team::share`] of `items` items of
+    /// `width` floats each, for work whose items cost the same and whose data a
+    /// thread fetches ahead of time (it knows its items before the call); every
+    /// thread gets the whole `[items, width]`.
+    pub fn split_even(
+        &self,
+        items: usize,
+        width: usize,
+        f: impl Fn(Range<usize>, &mut [f32]),
+    ) -> Vec<f32> {
+        let turn = self.turn.get();
+        self.turn.set(1 - turn);
+        let scratch = &self.shared.scratch[turn];
+        let range = self.share(items);
+        // SAFETY: as in `split`: the shares are disjoint, and the buffer is
+        // read after the barrier.
+        f(range.clone(), unsafe {
+            scratch.part(range.start * width..range.end * width)
+        });
+        if self.is_leader() {
+            // Keeps the claim counter at the start of the next call's items.
+            self.shared.claimed.fetch_add(items, Ordering::Relaxed);
+        }
+        self.shared.barrier.wait();
+        self.first_item.set(self.first_item.get() + items);
         unsafe { scratch.read(0..items * width) }.to_vec()
     }
 
@@ -199,12 +290,20 @@ impl Team<'_> {
         m: usize,
         w: WeightSlice,
         bias: Option<WeightSlice>,
+        readers: Readers,
     ) -> Vec<f32> {
         let input = GemvInput::new(x, m, w);
         let n = input.outputs(w);
-        let transposed = self.split(n, m, MIN_PRODUCT_ROWS, |rows, out| {
-            input.rows_into(w, rows, out)
-        });
+        let transposed = self.split_to(
+            n,
+            m,
+            MIN_PRODUCT_ROWS,
+            |rows, out| input.rows_into(w, rows, out),
+            readers,
+        );
+        if transposed.is_empty() {
+            return transposed;
+        }
         untranspose(transposed, m, bias)
     }
 }
@@ -229,7 +328,13 @@ mod tests {
             // Three products in a row exercise both scratch buffers.
             let mut last = Vec::new();
             for _ in 0..3 {
-                last = team.product(&x, m, WeightSlice::F32(&w), Some(WeightSlice::F32(&b)));
+                last = team.product(
+                    &x,
+                    m,
+                    WeightSlice::F32(&w),
+                    Some(WeightSlice::F32(&b)),
+                    Readers::All,
+                );
             }
             last
         });
@@ -237,6 +342,50 @@ mod tests {
         assert_eq!(got.len(), want.len());
         for (g, e) in got.iter().zip(&want) {
             assert!((g - e).abs() < 1e-3, "{g} vs {e}");
+        }
+    }
+
+    #[test]
+    fn even_shares_and_claimed_chunks_mix_and_only_the_leader_reads_a_final_result() {
+        let (n, k) = (300, 32);
+        let x = vec![1f32; k];
+        let w: Vec<f32> = (0..n * k).map(|i| (i / k) as f32).collect();
+        // Row j of `w` sums to j·k.
+        let want: Vec<f32> = (0..n).map(|j| (j * k) as f32).collect();
+        let seen = Mutex::new(Vec::new());
+        run(2 * n, |team| {
+            for round in 0..3 {
+                let even = team.split_even(7 + round, 2, |items, out| {
+                    for (i, pair) in items.zip(out.chunks_exact_mut(2)) {
+                        pair.copy_from_slice(&[i as f32, -(i as f32)]);
+                    }
+                });
+                let even_ok = even.len() == 2 * (7 + round)
+                    && even
+                        .chunks(2)
+                        .enumerate()
+                        .all(|(i, p)| p == [i as f32, -(i as f32)]);
+                // A claimed product after an even split must still cover
+                // every row once.
+                let all = team.product(&x, 1, WeightSlice::F32(&w), None, Readers::All);
+                let last = team.product(&x, 1, WeightSlice::F32(&w), None, Readers::Leader);
+                let last_ok = if team.is_leader() {
+                    last == want
+                } else {
+                    last.is_empty()
+                };
+                if let Ok(mut seen) = seen.lock() {
+                    seen.push((team.index, even_ok, all == want, last_ok));
+                }
+            }
+        });
+        let seen = seen.into_inner().unwrap_or_default();
+        assert_eq!(seen.len(), 3 * torch_threads::team_size().max(1));
+        for (thread, even_ok, all_ok, last_ok) in seen {
+            assert!(
+                even_ok && all_ok && last_ok,
+                "thread {thread}: {even_ok} {all_ok} {last_ok}"
+            );
         }
     }
 }

@@ -523,7 +523,14 @@ impl Transformer {
 
     /// Token ids must index the vocabulary and learned positions must fit.
     fn check_token_range(&self, tokens: &Tensor, positions: &Tensor, total: i64) -> Result<()> {
-        let (min, max) = (tokens.min().int64_value(&[]), tokens.max().int64_value(&[]));
+        // A decode step's few ids are read on the host, without two reductions.
+        let (min, max) = match decode_step::host_i64(tokens) {
+            Some(ids) => (
+                ids.iter().copied().min().unwrap_or(0),
+                ids.iter().copied().max().unwrap_or(0),
+            ),
+            None => (tokens.min().int64_value(&[]), tokens.max().int64_value(&[])),
+        };
         if min < 0 || max >= self.cfg.vocab_size {
             return Err(Error::InvalidArgument(format!(
                 "token id out of range [0, {}): saw {min}..={max}",
