@@ -16,10 +16,12 @@ use super::gemv::{untranspose, GemvInput, WeightSlice};
 use super::torch_threads;
 
 /// The fewest weight rows a thread claims at once in a product. Each claim is
-/// an atomic update of a counter both threads share; 64 rows (74 KB of bf16
-/// weights of 576 columns) decoded 1–3% faster than 16 in alternating runs,
-/// with a tail short enough to keep the threads together.
-const MIN_PRODUCT_ROWS: usize = 64;
+/// an atomic update of a counter both threads share, whose cache line moves
+/// between the cores. In bf16 decode steps interleaved token by token, 256
+/// rows (295 KB of weights of 576 columns) were 1–3% faster than 64 in each
+/// of five runs, and 16 was ~5% slower than 64; a product of a few hundred
+/// rows is then split in two or three claims.
+const MIN_PRODUCT_ROWS: usize = 256;
 
 /// A reusable barrier whose waiters spin (then yield, if a thread is late).
 struct SpinBarrier {
