@@ -253,14 +253,14 @@ impl Team<'_> {
     }
 
     /// This thread's even share of `items` items: contiguous, in thread order.
-    pub fn share(&self, items: usize) -> Range<usize> {
+    fn share(&self, items: usize) -> Range<usize> {
         items * self.index / self.size..items * (self.index + 1) / self.size
     }
 
     /// `f(items, out)` over this thread's [`Team::share`] of `items` items of
-    /// `width` floats each, for work whose items cost the same and whose data a
-    /// thread fetches ahead of time (it knows its items before the call); every
-    /// thread gets the whole `[items, width]`.
+    /// `width` floats each, for few items that cost the same (attention heads),
+    /// where claiming them one by one from the shared counter cost more than
+    /// it balanced; every thread gets the whole `[items, width]`.
     pub fn split_even(
         &self,
         items: usize,
