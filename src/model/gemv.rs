@@ -225,21 +225,40 @@ mod bf16_dot {
                 }
             }
         };
+        if m == 1 {
+            // A decode step: memory-bound, each weight row streamed once.
+            for (j, (w_row, dst)) in w.chunks_exact(k).zip(out.iter_mut()).enumerate() {
+                prefetch(j);
+                *dst = dot_row(x16, k, w_row);
+            }
+            return;
+        }
+        // Several rows of `x`: two weight rows at a time, so that each load of
+        // an `x` row feeds two products (the loads, not the products, limited
+        // a prompt's step). An odd last weight row is paired with itself and
+        // its second result dropped.
         let n = w.len() / k;
-        let mut j = 0;
-        // With several rows of `x`, two weight rows at a time: each load of
-        // an `x` row then feeds two products, and the loads, not the
-        // products, were what limited a prompt's step.
-        while m > 1 && j + 1 < n {
+        let mut spare = [0f32; super::MAX_ROWS];
+        for j in (0..n).step_by(2) {
             prefetch(j);
             prefetch(j + 1);
-            let (w_a, w_b) = (&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]);
-            let (out_a, out_b) = out[j * m..(j + 2) * m].split_at_mut(m);
+            let w_a = &w[j * k..(j + 1) * k];
+            let w_b = w.get((j + 1) * k..(j + 2) * k).unwrap_or(w_a);
+            let (out_a, mut out_b) = if j + 1 < n {
+                let (a, b) = out[j * m..(j + 2) * m].split_at_mut(m);
+                (a, Some(b))
+            } else {
+                (&mut out[j * m..(j + 1) * m], None)
+            };
             let mut r = 0;
             while r < m {
                 let take = (m - r).min(super::MAX_ROWS);
                 let xs = &x16[r * k..(r + take) * k];
-                let (dst_a, dst_b) = (&mut out_a[r..r + take], &mut out_b[r..r + take]);
+                let dst_a = &mut out_a[r..r + take];
+                let dst_b = match out_b.as_deref_mut() {
+                    Some(o) => &mut o[r..r + take],
+                    None => &mut spare[..take],
+                };
                 match take {
                     1 => dot_pair::<1>(xs, k, (w_a, w_b), dst_a, dst_b),
                     2 => dot_pair::<2>(xs, k, (w_a, w_b), dst_a, dst_b),
@@ -249,32 +268,6 @@ mod bf16_dot {
                     6 => dot_pair::<6>(xs, k, (w_a, w_b), dst_a, dst_b),
                     7 => dot_pair::<7>(xs, k, (w_a, w_b), dst_a, dst_b),
                     _ => dot_pair::<8>(xs, k, (w_a, w_b), dst_a, dst_b),
-                }
-                r += take;
-            }
-            j += 2;
-        }
-        for (j, (w_row, out_row)) in w
-            .chunks_exact(k)
-            .zip(out.chunks_exact_mut(m))
-            .enumerate()
-            .skip(j)
-        {
-            prefetch(j);
-            let mut r = 0;
-            while r < m {
-                let take = (m - r).min(super::MAX_ROWS);
-                let xs = &x16[r * k..(r + take) * k];
-                let dst = &mut out_row[r..r + take];
-                match take {
-                    1 => dot_rows::<1>(xs, k, w_row, dst),
-                    2 => dot_rows::<2>(xs, k, w_row, dst),
-                    3 => dot_rows::<3>(xs, k, w_row, dst),
-                    4 => dot_rows::<4>(xs, k, w_row, dst),
-                    5 => dot_rows::<5>(xs, k, w_row, dst),
-                    6 => dot_rows::<6>(xs, k, w_row, dst),
-                    7 => dot_rows::<7>(xs, k, w_row, dst),
-                    _ => dot_rows::<8>(xs, k, w_row, dst),
                 }
                 r += take;
             }
@@ -313,30 +306,22 @@ mod bf16_dot {
         }
     }
 
-    /// Two accumulators per row hide the instruction's latency.
+    /// `x · w` for one row `x`, over two accumulators that hide the
+    /// instruction's latency.
     #[inline(always)]
-    unsafe fn dot_rows<const R: usize>(xs: &[u16], k: usize, w: &[u16], dst: &mut [f32]) {
-        let mut even = [_mm512_setzero_ps(); R];
-        let mut odd = [_mm512_setzero_ps(); R];
+    unsafe fn dot_row(x: &[u16], k: usize, w: &[u16]) -> f32 {
+        let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let chunks = k / 32;
         let mut c = 0;
         while c + 1 < chunks {
-            let (w0, w1) = (load(w, c * 32), load(w, c * 32 + 32));
-            for r in 0..R {
-                even[r] = _mm512_dpbf16_ps(even[r], load(xs, r * k + c * 32), w0);
-                odd[r] = _mm512_dpbf16_ps(odd[r], load(xs, r * k + c * 32 + 32), w1);
-            }
+            even = _mm512_dpbf16_ps(even, load(x, c * 32), load(w, c * 32));
+            odd = _mm512_dpbf16_ps(odd, load(x, c * 32 + 32), load(w, c * 32 + 32));
             c += 2;
         }
         if c < chunks {
-            let w0 = load(w, c * 32);
-            for (r, acc) in even.iter_mut().enumerate() {
-                *acc = _mm512_dpbf16_ps(*acc, load(xs, r * k + c * 32), w0);
-            }
+            even = _mm512_dpbf16_ps(even, load(x, c * 32), load(w, c * 32));
         }
-        for ((d, e), o) in dst.iter_mut().zip(&even).zip(&odd) {
-            *d = _mm512_reduce_add_ps(_mm512_add_ps(*e, *o));
-        }
+        _mm512_reduce_add_ps(_mm512_add_ps(even, odd))
     }
 }
 

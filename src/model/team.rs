@@ -155,7 +155,7 @@ pub fn run<R: Send>(scratch_len: usize, op: impl Fn(&Team) -> R + Sync) -> Optio
                 .lock()
                 .ok()
                 .and_then(|mut b| b.take())
-                .unwrap_or_else(|| [Scratch::new(scratch_len), Scratch::new(scratch_len)]),
+                .unwrap_or_else(|| take_scratch(scratch_len)),
             claimed: AtomicUsize::new(0),
         });
         let team = Team {

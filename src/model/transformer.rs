@@ -523,14 +523,7 @@ impl Transformer {
 
     /// Token ids must index the vocabulary and learned positions must fit.
     fn check_token_range(&self, tokens: &Tensor, positions: &Tensor, total: i64) -> Result<()> {
-        // A decode step's few ids are read on the host, without two reductions.
-        let (min, max) = match decode_step::host_i64(tokens) {
-            Some(ids) => (
-                ids.iter().copied().min().unwrap_or(0),
-                ids.iter().copied().max().unwrap_or(0),
-            ),
-            None => (tokens.min().int64_value(&[]), tokens.max().int64_value(&[])),
-        };
+        let (min, max) = int_range(tokens);
         if min < 0 || max >= self.cfg.vocab_size {
             return Err(Error::InvalidArgument(format!(
                 "token id out of range [0, {}): saw {min}..={max}",
@@ -538,7 +531,7 @@ impl Transformer {
             )));
         }
         if self.cfg.positions == PositionKind::Learned {
-            let max_pos = positions.max().int64_value(&[]).max(total - 1);
+            let max_pos = int_range(positions).1.max(total - 1);
             if max_pos >= self.cfg.max_context {
                 return Err(Error::InvalidArgument(format!(
                     "position {max_pos} exceeds the model's {} learned positions",
@@ -712,5 +705,18 @@ impl Transformer {
         };
         let post = hook!(pass, HookPoint::Block(layer, BlockSite::MlpPost), post);
         Ok(Some(linear(&post, &w.mlp_out_w, w.mlp_out_b.as_ref())))
+    }
+}
+
+/// Smallest and largest element of an integer tensor. A CPU int64 tensor (a
+/// decode step's few ids or positions) is read on the host, without two
+/// libtorch reductions.
+fn int_range(t: &Tensor) -> (i64, i64) {
+    match decode_step::host_i64(t) {
+        Some(values) => (
+            values.iter().copied().min().unwrap_or(0),
+            values.iter().copied().max().unwrap_or(0),
+        ),
+        None => (t.min().int64_value(&[]), t.max().int64_value(&[])),
     }
 }
