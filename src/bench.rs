@@ -9,10 +9,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::hooks::{HookPoint, Hooks};
-use crate::model::decode_step::weight_slice;
-use crate::model::gemv::WeightSlice;
-use crate::model::linear::linear;
-use crate::model::team::{self, Readers};
+use crate::model::cpu::decode_step::weight_slice;
+use crate::model::cpu::gemv::WeightSlice;
+use crate::model::cpu::team::{self, Readers};
+use crate::model::layers::linear::linear;
 use crate::model::{
     generate, ForwardInput, GenerateConfig, LogitsFor, SamplingConfig, StopAt, Transformer,
 };

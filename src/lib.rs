@@ -5,17 +5,15 @@
 //! (corpora, activation stores) → `sae` (architectures, files) → `train`
 //! (the trainer) → `eval` (SAE metrics) → `label` (feature dictionaries).
 
-pub mod alloc_tuning;
-pub mod atomic;
 pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;
 pub mod hooks;
+pub mod io;
 pub mod label;
 pub mod model;
 pub mod plots;
-pub mod rng;
 pub mod sae;
 pub mod steer;
 pub mod train;

@@ -135,15 +135,19 @@ pub fn histogram_svg(values: &[f64], bins: usize, title: &str, x_desc: &str) -> 
     Ok(svg)
 }
 
+/// Labelled values for a heatmap: `values[row][col]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    pub rows: Vec<String>,
+    pub cols: Vec<String>,
+    pub values: Vec<Vec<f64>>,
+}
+
 /// A grid of values as coloured cells (rows top to bottom, columns left to
 /// right), diverging around 1: red above, blue below, white at 1, with the
 /// colour saturating at the largest distance from 1. Cells print their value.
-pub fn heatmap_svg(
-    values: &[Vec<f64>],
-    rows: &[String],
-    cols: &[String],
-    title: &str,
-) -> Result<String> {
+pub fn heatmap_svg(grid: &Grid, title: &str) -> Result<String> {
+    let Grid { rows, cols, values } = grid;
     let (n_rows, n_cols) = (rows.len(), cols.len());
     if values.len() != n_rows
         || values.iter().any(|r| r.len() != n_cols)

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use saescope::model::source::{resolve_hub, ModelSource};
+use saescope::model::load::source::{resolve_hub, ModelSource};
 use saescope::model::{load_model, parse_device, parse_dtype};
 use saescope::Error;
 use tch::{Device, Kind};
@@ -21,7 +21,9 @@ fn load(path: &Path) -> Result<saescope::model::LoadedModel, Error> {
 }
 
 fn default_gguf() -> PathBuf {
-    match saescope::model::source::resolve_model("smollm2-135m").expect("run scripts/setup.sh") {
+    match saescope::model::load::source::resolve_model("smollm2-135m")
+        .expect("run scripts/setup.sh")
+    {
         ModelSource::Gguf(p) => p,
         other => panic!("{other:?}"),
     }
@@ -124,7 +126,7 @@ fn edited_copy(
         std::fs::copy(src.join(f), dst.join(f)).unwrap();
     }
     let tensors =
-        saescope::model::safetensors_io::read_safetensors(&src.join("model.safetensors")).unwrap();
+        saescope::io::safetensors::read_safetensors(&src.join("model.safetensors")).unwrap();
     let mut kept: Vec<(String, tch::Tensor)> = Vec::new();
     for (name, t) in tensors {
         if let Some(shape) = edit(&name, t.size()) {

@@ -4,7 +4,7 @@
 //! rounding, and the same greedy tokens.
 
 use saescope::hooks::{FnIntervention, HookPoint, Hooks};
-use saescope::model::decode_step;
+use saescope::model::cpu::decode_step;
 use saescope::model::{
     generate, load_model, ForwardInput, GenerateConfig, LogitsFor, StopAt, Transformer,
 };

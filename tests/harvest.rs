@@ -411,7 +411,7 @@ fn smollm2_harvest_of_the_default_corpus() {
     );
     assert_eq!(
         m.model.sha256,
-        saescope::atomic::sha256_file(&model.path).unwrap()
+        saescope::io::atomic::sha256_file(&model.path).unwrap()
     );
     let shard = store.load_shard(0).unwrap();
     let tokens = Vec::<i32>::try_from(&shard.tokens).unwrap();

@@ -12,8 +12,8 @@ use common::saescope;
 use saescope::data::{harvest, HarvestConfig, Silent, Store, StoreDtype};
 use saescope::hooks::HookPoint;
 use saescope::label::llm::LabelFn;
-use saescope::label::logit_lens::logit_lens;
-use saescope::label::mi::explain;
+use saescope::label::stats::logit_lens::logit_lens;
+use saescope::label::stats::mi::explain;
 use saescope::label::{
     build_dictionary, save_dictionary, ActivationInput, BuiltDictionary, CheckpointConfig,
     Dictionary, LabelConfig, LabelInputs, LabelProgress, MiConfig, StatsConfig, Vocabulary,

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use saescope::label::browser::write_browser;
-use saescope::label::dictionary::{
+use saescope::label::export::browser::write_browser;
+use saescope::label::export::dictionary::{
     ActivationExample, DictionaryMeta, Diversity, ExplanationWord, FeatureEntry, QuantileExamples,
 };
 

@@ -9,8 +9,8 @@ use saescope::label::{
     build_dictionary, ActivationInput, LabelConfig, LabelInputs, MiConfig, Vocabulary,
     VocabularyConfig,
 };
+use saescope::model::load::source::DEFAULT_MODEL_ALIAS;
 use saescope::model::load_model;
-use saescope::model::source::DEFAULT_MODEL_ALIAS;
 use saescope::sae::{Sae, SaeConfig, SaeWeights};
 use tch::{Device, Kind, Tensor};
 

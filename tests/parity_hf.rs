@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use saescope::hooks::{ActivationCache, HookPoint, Hooks};
-use saescope::model::safetensors_io::read_safetensors;
+use saescope::io::safetensors::read_safetensors;
 use saescope::model::{generate, load_model, ForwardInput, GenerateConfig, LogitsFor, StopAt};
 use tch::{Device, Kind, Tensor};
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use saescope::model::safetensors_io::read_safetensors;
+use saescope::io::safetensors::read_safetensors;
 use saescope::sae::{load_sae, save_sae, Sae, SaeConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -64,16 +64,16 @@ fn random_sae(arch: &str, seed: u64) -> Sae {
     let mut sae = Sae::init(cfg, seed, Device::Cpu).unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed + 100);
     let w = &mut sae.weights;
-    w.b_enc = saescope::rng::normal(&mut rng, &[32], 0.2);
-    w.b_dec = saescope::rng::normal(&mut rng, &[8], 0.5);
+    w.b_enc = saescope::io::rng::normal(&mut rng, &[32], 0.2);
+    w.b_dec = saescope::io::rng::normal(&mut rng, &[8], 0.5);
     if let Some(t) = w.log_threshold.as_mut() {
-        *t = saescope::rng::normal(&mut rng, &[32], 0.3) - 2.0;
+        *t = saescope::io::rng::normal(&mut rng, &[32], 0.3) - 2.0;
     }
     if let Some(t) = w.r_mag.as_mut() {
-        *t = saescope::rng::normal(&mut rng, &[32], 0.3);
+        *t = saescope::io::rng::normal(&mut rng, &[32], 0.3);
     }
     if let Some(t) = w.b_mag.as_mut() {
-        *t = saescope::rng::normal(&mut rng, &[32], 0.3);
+        *t = saescope::io::rng::normal(&mut rng, &[32], 0.3);
     }
     if let Some(t) = w.batch_threshold.as_mut() {
         *t = Tensor::from(0.2f32);
@@ -83,7 +83,7 @@ fn random_sae(arch: &str, seed: u64) -> Sae {
 
 #[test]
 fn every_architecture_round_trips_through_a_saelens_folder() {
-    let x = saescope::rng::normal(&mut rand::SeedableRng::seed_from_u64(9), &[20, 8], 1.0);
+    let x = saescope::io::rng::normal(&mut rand::SeedableRng::seed_from_u64(9), &[20, 8], 1.0);
     for arch in saescope::sae::ARCHITECTURES {
         let sae = random_sae(arch, 1);
         let dir = tempfile::tempdir().unwrap();
@@ -120,7 +120,7 @@ fn every_architecture_round_trips_through_a_saelens_folder() {
 
 #[test]
 fn folding_the_input_scale_leaves_features_and_raw_reconstructions_unchanged() {
-    let x = saescope::rng::normal(&mut rand::SeedableRng::seed_from_u64(5), &[20, 8], 3.0);
+    let x = saescope::io::rng::normal(&mut rand::SeedableRng::seed_from_u64(5), &[20, 8], 3.0);
     let scale = 0.37;
     for arch in saescope::sae::ARCHITECTURES {
         let sae = random_sae(arch, 2);

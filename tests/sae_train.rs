@@ -13,7 +13,7 @@ use tch::{Kind, Tensor};
 /// `[n, d]`, directions `[features, d]`).
 fn sparse_data(n: usize, d: usize, features: usize, active: f64, seed: u64) -> (Tensor, Tensor) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let dirs = saescope::rng::normal(&mut rng, &[features as i64, d as i64], 1.0);
+    let dirs = saescope::io::rng::normal(&mut rng, &[features as i64, d as i64], 1.0);
     let dirs = &dirs / dirs.norm_scalaropt_dim(2.0, [1i64].as_slice(), true);
     let p = active / features as f64;
     let mut coef = vec![0f32; n * features];

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use saescope::model::load::source::{resolve_model, ModelSource, DEFAULT_MODEL_ALIAS};
 use saescope::model::load_model;
-use saescope::model::source::{resolve_model, ModelSource, DEFAULT_MODEL_ALIAS};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 

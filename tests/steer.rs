@@ -11,13 +11,13 @@ use saescope::hooks::names::BlockSite;
 use saescope::hooks::{ActivationCache, HookPoint, Hooks};
 use saescope::model::{load_model, LoadedModel};
 use saescope::sae::{Sae, SaeConfig};
-use saescope::steer::dyn_scalar::DynScalar;
+use saescope::steer::kinds::dyn_scalar::DynScalar;
+use saescope::steer::kinds::sae_features::{FeatureEdit, FeatureOp, SaeFeatureSteer};
+use saescope::steer::kinds::sae_runtime::{SaeRuntimeSteer, Strategy};
+use saescope::steer::kinds::scaling::{ActivationScaling, Granularity};
+use saescope::steer::kinds::vector::SteeringVector;
 use saescope::steer::learn::last_logits;
-use saescope::steer::objective::{objective, Effect, ObjectiveWeights};
-use saescope::steer::sae_features::{FeatureEdit, FeatureOp, SaeFeatureSteer};
-use saescope::steer::sae_runtime::{SaeRuntimeSteer, Strategy};
-use saescope::steer::scaling::{ActivationScaling, Granularity};
-use saescope::steer::vector::SteeringVector;
+use saescope::steer::learn::objective::{objective, Effect, ObjectiveWeights};
 use saescope::steer::{evaluate_steers, learn, load_steers, save_steers, LearnConfig, Steer, Task};
 use tch::{Device, Kind, Tensor};
 
@@ -68,13 +68,13 @@ fn each_intervention_changes_its_activation_exactly_as_defined() {
     assert!(max_diff(&(a * per_head.view([1, 1, heads, 1])), &b) < 1e-6);
 
     // A steering vector is added at every position.
-    let v = saescope::rng::normal(&mut rand::SeedableRng::seed_from_u64(1), &[1, d], 1.0);
+    let v = saescope::io::rng::normal(&mut rand::SeedableRng::seed_from_u64(1), &[1, d], 1.0);
     let mut s = SteeringVector::new(vec![site], v.copy(), 0.5).unwrap();
     let (a, b) = before_after(&model, &mut s, site);
     assert!(max_diff(&(a + v.view([1, 1, d]) * 0.5), &b) < 1e-5);
 
     // DynScalar: s(a) = 1 + w·a/‖a‖ + b.
-    let w = saescope::rng::normal(&mut rand::SeedableRng::seed_from_u64(2), &[1, d], 0.3);
+    let w = saescope::io::rng::normal(&mut rand::SeedableRng::seed_from_u64(2), &[1, d], 0.3);
     let mut s = DynScalar::new(vec![site], w.copy(), Tensor::from_slice(&[0.25f32])).unwrap();
     let (a, b) = before_after(&model, &mut s, site);
     let unit = &a / a.norm_scalaropt_dim(2.0, [-1i64].as_slice(), true);
@@ -279,7 +279,7 @@ fn learning_flips_every_training_prompt_and_round_trips_through_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let task = Task::load(&task_file(dir.path(), &model), &model.tokenizer).unwrap();
     let cfg = model.model.config();
-    let sites = saescope::steer::scaling::default_sites(cfg.n_layers, Granularity::Site);
+    let sites = saescope::steer::kinds::scaling::default_sites(cfg.n_layers, Granularity::Site);
     let learn_cfg = LearnConfig {
         weights: ObjectiveWeights {
             margin: Some(1.0),

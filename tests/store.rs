@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
-use saescope::data::manifest::{ModelInfo, NormStats, FORMAT_VERSION};
+use saescope::data::store::manifest::{ModelInfo, NormStats, FORMAT_VERSION};
 use saescope::data::store::ShardData;
 use saescope::data::{
     harvest, ActivationSource, HarvestConfig, Manifest, ReaderConfig, Silent, Store, StoreDtype,

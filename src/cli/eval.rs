@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
-use saescope::atomic::write_atomic;
 use saescope::data::corpus::Corpus;
 use saescope::eval::{evaluate_sae, EvalObserver, SaeEvalConfig, SaeEvalReport};
+use saescope::io::atomic::write_atomic;
 use saescope::plots::{histogram_svg, log10_densities};
 
 use super::{ModelArgs, SaeOnCorpusArgs};

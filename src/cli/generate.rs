@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Args;
 use saescope::hooks::Hooks;
-use saescope::model::chat::{chat_prompt, default_system_prompt};
+use saescope::model::generate::chat::{chat_prompt, default_system_prompt};
 use saescope::model::{generate, GenerateConfig, SamplingConfig};
 
 use super::ModelArgs;

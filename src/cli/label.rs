@@ -12,8 +12,8 @@ use saescope::label::{
     build_dictionary, save_dictionary, ActivationInput, CheckpointConfig, Directions, LabelConfig,
     LabelInputs, LabelProgress, MiConfig, StatsConfig, Vocabulary, VocabularyConfig,
 };
+use saescope::model::generate::sampling::SamplingConfig;
 use saescope::model::generate::{generate, GenerateConfig};
-use saescope::model::sampling::SamplingConfig;
 use saescope::model::LoadedModel;
 
 use super::{token_bar, SaeOnCorpusArgs};

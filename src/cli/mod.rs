@@ -159,7 +159,7 @@ pub fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    saescope::alloc_tuning::keep_freed_memory_mapped();
+    saescope::model::cpu::alloc::keep_freed_memory_mapped();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Logits(args) => logits::run(args),

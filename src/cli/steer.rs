@@ -4,18 +4,17 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use saescope::hooks::HookPoint;
 use saescope::plots::heatmap_svg;
 use saescope::sae::load_sae;
-use saescope::steer::dyn_scalar::DynScalar;
+use saescope::steer::kinds::sae_features::{FeatureEdit, FeatureOp, SaeFeatureSteer};
+use saescope::steer::kinds::sae_runtime::{Condition, SaeRuntimeSteer, Strategy};
+use saescope::steer::kinds::scaling::Granularity;
+use saescope::steer::learn::method::{make_steer, Method, MethodConfig};
+use saescope::steer::learn::objective::{Effect, ObjectiveWeights};
 use saescope::steer::learn::EpochRecord;
-use saescope::steer::objective::{Effect, ObjectiveWeights};
-use saescope::steer::sae_features::{FeatureEdit, FeatureOp, SaeFeatureSteer};
-use saescope::steer::sae_runtime::{Condition, SaeRuntimeSteer, Strategy};
-use saescope::steer::scaling::{default_sites, ActivationScaling, Granularity};
-use saescope::steer::vector::{difference_of_means, SteeringVector};
-use saescope::steer::{learn, save_steers, LearnConfig, Steer, Task};
+use saescope::steer::{save_steers, LearnConfig, Task};
 
 use super::ModelArgs;
 
@@ -27,14 +26,6 @@ pub enum SteerCommand {
     SaeFeatures(SaeFeatureArgs),
     /// Write an intervention file with Wu et al.'s runtime strategies.
     SaeRuntime(SaeRuntimeArgs),
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Method {
-    ActivationScaling,
-    DynScalar,
-    SteeringVector,
-    MeanDifference,
 }
 
 #[derive(Args)]
@@ -51,7 +42,7 @@ pub struct LearnArgs {
     #[arg(long, value_delimiter = ',')]
     sites: Vec<String>,
     #[arg(long, value_enum, default_value = "site")]
-    granularity: GranularityArg,
+    granularity: Granularity,
     /// One scalar per prompt position (activation scaling; prompts must share a length).
     #[arg(long)]
     per_position: bool,
@@ -60,7 +51,7 @@ pub struct LearnArgs {
     #[arg(long, default_value_t = 0.01)]
     lambda_min: f64,
     #[arg(long, value_enum, default_value = "logit")]
-    effect: EffectArg,
+    effect: Effect,
     /// Cap on the logit difference each prompt contributes (0: none).
     #[arg(long, default_value_t = 2.0)]
     margin: f64,
@@ -81,18 +72,6 @@ pub struct LearnArgs {
     out: PathBuf,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum GranularityArg {
-    Site,
-    Head,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum EffectArg {
-    Logit,
-    Prob,
-}
-
 #[derive(Args)]
 pub struct SaeFeatureArgs {
     #[arg(long)]
@@ -102,7 +81,7 @@ pub struct SaeFeatureArgs {
     hook: Option<String>,
     /// FEATURE:add:ALPHA, FEATURE:clamp:VALUE or FEATURE:ablate (repeat).
     #[arg(long = "edit")]
-    edits: Vec<String>,
+    edits: Vec<FeatureEdit>,
     /// Instead of --edit: add the --top features whose decoder rows most raise
     /// logit(target) − logit(foil) on this task (first-order attribution), each
     /// with --alpha.
@@ -129,7 +108,7 @@ pub struct SaeRuntimeArgs {
     #[arg(long)]
     hook: Option<String>,
     #[arg(long, value_enum, default_value = "amplify")]
-    strategy: StrategyArg,
+    strategy: Strategy,
     #[arg(long, value_delimiter = ',', required = true)]
     features: Vec<usize>,
     /// Target magnitude (2.5 in Wu et al.'s code).
@@ -143,12 +122,6 @@ pub struct SaeRuntimeArgs {
     threshold: f64,
     #[arg(long)]
     out: PathBuf,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum StrategyArg {
-    Amplify,
-    Calibrate,
 }
 
 pub fn run(cmd: SteerCommand) -> anyhow::Result<()> {
@@ -170,41 +143,15 @@ fn sae_and_hook(
     Ok((sae, path, hook))
 }
 
-fn parse_edit(text: &str) -> anyhow::Result<FeatureEdit> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let feature: usize = parts[0]
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--edit {text}: the feature index must be a number"))?;
-    let number = |i: usize| -> anyhow::Result<f64> {
-        parts
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("--edit {text}: needs a number after the operation"))
-    };
-    let op = match parts.get(1).copied() {
-        Some("add") => FeatureOp::Add { alpha: number(2)? },
-        Some("clamp") => FeatureOp::Clamp { value: number(2)? },
-        Some("ablate") => FeatureOp::Ablate,
-        _ => anyhow::bail!(
-            "--edit {text}: use FEATURE:add:ALPHA, FEATURE:clamp:VALUE or FEATURE:ablate"
-        ),
-    };
-    Ok(FeatureEdit { feature, op })
-}
-
 fn sae_features_cmd(args: SaeFeatureArgs) -> anyhow::Result<()> {
     let (sae, path, hook) = sae_and_hook(&args.sae, &args.hook)?;
-    let mut edits = args
-        .edits
-        .iter()
-        .map(|e| parse_edit(e))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut edits = args.edits;
     if let Some(task_path) = &args.select_from {
         let model = args.model.load()?;
         let task = Task::load(task_path, &model.tokenizer)?;
         let point = HookPoint::parse_for(&hook, model.model.config().n_layers)?;
         let sae_on = sae.to_device(model.model.device())?;
-        let ranked = saescope::steer::sae_select::rank_features(&model, &task, &sae_on, point)?;
+        let ranked = saescope::steer::learn::select::rank_features(&model, &task, &sae_on, point)?;
         for &(feature, score) in ranked.iter().take(args.top) {
             println!("feature {feature}: d(logit diff)/d(activation) = {score:+.4}");
             edits.push(FeatureEdit {
@@ -222,10 +169,6 @@ fn sae_features_cmd(args: SaeFeatureArgs) -> anyhow::Result<()> {
 
 fn sae_runtime_cmd(args: SaeRuntimeArgs) -> anyhow::Result<()> {
     let (sae, path, hook) = sae_and_hook(&args.sae, &args.hook)?;
-    let strategy = match args.strategy {
-        StrategyArg::Amplify => Strategy::Amplify,
-        StrategyArg::Calibrate => Strategy::Calibrate,
-    };
     let condition = (!args.condition.is_empty()).then(|| Condition {
         features: args.condition.clone(),
         threshold: args.threshold,
@@ -234,7 +177,7 @@ fn sae_runtime_cmd(args: SaeRuntimeArgs) -> anyhow::Result<()> {
         sae,
         path,
         hook.parse()?,
-        strategy,
+        args.strategy,
         args.features,
         args.magnitude,
         condition,
@@ -246,32 +189,22 @@ fn sae_runtime_cmd(args: SaeRuntimeArgs) -> anyhow::Result<()> {
 
 fn learn_cmd(args: LearnArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
-    let cfg = model.model.config();
     let task = Task::load(&args.task, &model.tokenizer)?;
-    let device = model.model.device();
-    let granularity = match args.granularity {
-        GranularityArg::Site => Granularity::Site,
-        GranularityArg::Head => Granularity::Head,
-    };
-    let sites: Vec<HookPoint> = if args.sites.is_empty() {
-        default_sites(cfg.n_layers, granularity)
-    } else {
-        args.sites
-            .iter()
-            .map(|s| HookPoint::parse_for(s, cfg.n_layers))
-            .collect::<saescope::Result<_>>()?
-    };
-    let weights = ObjectiveWeights {
-        effect: match args.effect {
-            EffectArg::Logit => Effect::LogitDiff,
-            EffectArg::Prob => Effect::ProbDiff,
-        },
-        margin: (args.margin > 0.0).then_some(args.margin),
-        lambda_faith: args.lambda_faith,
-        lambda_min: args.lambda_min,
+    let method = MethodConfig {
+        method: args.method,
+        sites: args.sites,
+        granularity: args.granularity,
+        per_position: args.per_position,
+        mean_centre: args.mean_centre,
+        scale: args.scale,
     };
     let learn_cfg = LearnConfig {
-        weights,
+        weights: ObjectiveWeights {
+            effect: args.effect,
+            margin: (args.margin > 0.0).then_some(args.margin),
+            lambda_faith: args.lambda_faith,
+            lambda_min: args.lambda_min,
+        },
         epochs: args.epochs,
         lr: args.lr,
         batch: args.batch,
@@ -282,107 +215,14 @@ fn learn_cmd(args: LearnArgs) -> anyhow::Result<()> {
             r.epoch, r.loss, r.effect, r.kl, r.l1
         );
     };
-    let d = cfg.d_model as usize;
-    let mut steer: Box<dyn Steer> = match args.method {
-        Method::ActivationScaling => {
-            let positions = if args.per_position {
-                Some(task.common_length().ok_or_else(|| {
-                    anyhow::anyhow!("--per-position needs prompts of one token length")
-                })?)
-            } else {
-                None
-            };
-            Box::new(ActivationScaling::identity(
-                sites,
-                granularity,
-                cfg.n_heads as usize,
-                positions,
-                device,
-            )?)
-        }
-        Method::DynScalar => Box::new(DynScalar::identity(sites, d, device)?),
-        Method::SteeringVector => Box::new(SteeringVector::zeros(sites, d, device)?),
-        Method::MeanDifference => {
-            let vectors = sites
-                .iter()
-                .map(|&s| difference_of_means(&model, &task, s, args.mean_centre))
-                .collect::<saescope::Result<Vec<_>>>()?;
-            Box::new(SteeringVector::new(
-                sites,
-                tch::Tensor::stack(&vectors, 0),
-                args.scale,
-            )?)
-        }
-    };
-    if !matches!(args.method, Method::MeanDifference) {
-        learn(&model, &task, steer.as_mut(), &learn_cfg, &mut report)?;
-    }
+    let steer = make_steer(&model, &task, &method, &learn_cfg, &mut report)?;
     save_steers(&args.out, Some(&model.spec), &[steer.as_ref()])?;
     println!("wrote {}", args.out.display());
-    if let Some(ActivationScalingView { rows, cols, values }) =
-        scaling_view(steer.as_ref(), cfg.n_layers)?
-    {
-        let svg = heatmap_svg(&values, &rows, &cols, "learned scalars (1 = unchanged)")?;
+    if let Some(grid) = steer.grid(model.model.config().n_layers)? {
+        let svg = heatmap_svg(&grid, "learned scalars (1 = unchanged)")?;
         let path = args.out.with_extension("svg");
-        saescope::atomic::write_atomic(&path, svg.as_bytes())?;
+        saescope::io::atomic::write_atomic(&path, svg.as_bytes())?;
         println!("heatmap of the scalars: {}", path.display());
     }
     Ok(())
-}
-
-struct ActivationScalingView {
-    rows: Vec<String>,
-    cols: Vec<String>,
-    values: Vec<Vec<f64>>,
-}
-
-/// Activation-scaling scalars as a layer × (site or head, position) grid.
-fn scaling_view(
-    steer: &dyn Steer,
-    n_layers: usize,
-) -> anyhow::Result<Option<ActivationScalingView>> {
-    let (spec, tensors) = steer.to_spec()?;
-    let saescope::steer::SteerSpec::ActivationScaling { sites, .. } = spec else {
-        return Ok(None);
-    };
-    let scalars = &tensors[0].1; // [n_sites, heads, positions]
-    let size = scalars.size();
-    let flat: Vec<f32> = Vec::try_from(&scalars.to_kind(tch::Kind::Float).reshape([-1]))?;
-    let mut rows: Vec<String> = Vec::new();
-    let mut cols: Vec<String> = Vec::new();
-    let mut grid: std::collections::BTreeMap<(usize, String), Vec<f64>> = Default::default();
-    for (i, site) in sites.iter().enumerate() {
-        let hook: HookPoint = site.parse()?;
-        let layer = hook.layer().unwrap_or(0);
-        let kind = site.split('.').skip(2).collect::<Vec<_>>().join(".");
-        for h in 0..size[1] {
-            for p in 0..size[2] {
-                let col = match (size[1] > 1, size[2] > 1) {
-                    (true, true) => format!("{kind} h{h} p{p}"),
-                    (true, false) => format!("{kind} h{h}"),
-                    (false, true) => format!("{kind} p{p}"),
-                    (false, false) => kind.clone(),
-                };
-                if !cols.contains(&col) {
-                    cols.push(col.clone());
-                }
-                let v = flat[(i as i64 * size[1] * size[2] + h * size[2] + p) as usize] as f64;
-                grid.entry((layer, col)).or_default().push(v);
-            }
-        }
-    }
-    let mut values = Vec::new();
-    for layer in 0..n_layers {
-        rows.push(format!("L{layer}"));
-        values.push(
-            cols.iter()
-                .map(|c| {
-                    grid.get(&(layer, c.clone()))
-                        .and_then(|v| v.first().copied())
-                        .unwrap_or(1.0)
-                })
-                .collect(),
-        );
-    }
-    Ok(Some(ActivationScalingView { rows, cols, values }))
 }

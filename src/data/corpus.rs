@@ -1,6 +1,6 @@
 //! Corpus input: a spec string names plain-text files, a folder of them, JSON
 //! Lines (`.jsonl`, one record per line, text in a chosen field), gzip versions
-//! of both (`.gz`), a hub dataset (`hf:org/name`, see [`super::hub`]), or
+//! of both (`.gz`), a hub dataset (`hf:org/name`, see [`crate::io::hub`]), or
 //! `default`: the three corpora set-up installs under `cache_dir()/corpora`.
 //!
 //! Documents stream lazily, so memory stays bounded whatever the corpus size:
@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::model::source::{cache_dir, hub_cache_dir};
+use crate::model::load::source::{cache_dir, hub_cache_dir};
 
 /// The spec that names the corpora `scripts/setup.sh` installs.
 pub const DEFAULT_CORPUS: &str = "default";
@@ -105,13 +105,13 @@ impl Corpus {
                 .collect::<Result<Vec<_>>>()?
         } else {
             let path = Path::new(spec);
-            if let Some(id) = super::hub::dataset_id(spec) {
-                let snapshot = super::hub::resolve_dataset(id, &hub_cache_dir())?;
+            if let Some(id) = crate::io::hub::dataset_id(spec) {
+                let snapshot = crate::io::hub::resolve_dataset(id, &hub_cache_dir())?;
                 let mut found = Vec::new();
                 collect_files(&snapshot, &mut found)?;
                 found.retain(|p| {
                     p.file_name()
-                        .is_some_and(|n| super::hub::is_text_file(&n.to_string_lossy()))
+                        .is_some_and(|n| crate::io::hub::is_text_file(&n.to_string_lossy()))
                 });
                 if found.is_empty() {
                     return Err(Error::corpus(

@@ -59,6 +59,24 @@ pub struct Window {
     pub tokens: Vec<i64>,
 }
 
+/// The token ids of `windows` (all of one length) as `[windows, context]`
+/// int64 on `device`.
+pub fn windows_tensor(windows: &[Window], device: tch::Device) -> Result<tch::Tensor> {
+    let context = windows.first().map_or(0, |w| w.tokens.len());
+    if windows.iter().any(|w| w.tokens.len() != context) {
+        return Err(Error::InvalidArgument(
+            "windows of one batch must have one length".into(),
+        ));
+    }
+    let ids: Vec<i64> = windows
+        .iter()
+        .flat_map(|w| w.tokens.iter().copied())
+        .collect();
+    Ok(tch::Tensor::f_from_slice(&ids)?
+        .f_view([windows.len() as i64, context as i64])?
+        .f_to_device(device)?)
+}
+
 /// Packs a corpus's token stream into windows.
 pub struct Packer<'a> {
     docs: Documents,

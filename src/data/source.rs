@@ -1,6 +1,6 @@
 //! What a trainer reads: batches of activation rows from any
-//! [`ActivationSource`], whether a store on disk ([`super::reader::StoreReader`])
-//! or the model run on the fly ([`super::stream::StreamingSource`]).
+//! [`ActivationSource`], whether a store on disk ([`crate::data::store::reader::StoreReader`])
+//! or the model run on the fly ([`crate::data::harvest::stream::StreamingSource`]).
 
 use tch::Tensor;
 

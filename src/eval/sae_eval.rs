@@ -19,11 +19,10 @@ use tch::{Kind, Tensor};
 
 use super::reconstruction::{ReconstructionMetrics, ReconstructionStats};
 use crate::data::corpus::Corpus;
-use crate::data::harvest::hook_width;
-use crate::data::packing::{PackConfig, Packer};
+use crate::data::packing::{windows_tensor, PackConfig, Packer};
 use crate::error::{Error, Result};
 use crate::hooks::names::BlockSite;
-use crate::hooks::{ActivationCache, HookContext, HookPoint, Hooks, Intervention};
+use crate::hooks::{HookContext, HookPoint, Hooks, Intervention};
 use crate::model::transformer::{ForwardInput, LogitsFor, StopAt};
 use crate::model::LoadedModel;
 use crate::sae::Sae;
@@ -134,7 +133,7 @@ pub fn evaluate_sae(
     observer: &mut dyn EvalObserver,
 ) -> Result<SaeEvalReport> {
     let mcfg = model.model.config();
-    let width = hook_width(mcfg, hook)?;
+    let width = mcfg.hook_width(hook)?;
     if width != sae.cfg.d_in {
         return Err(Error::ShapeMismatch {
             name: format!("SAE input at `{hook}` (the hook's width)"),
@@ -168,31 +167,17 @@ pub fn evaluate_sae(
             if batch.is_empty() {
                 break;
             }
-            let ids: Vec<i64> = batch
-                .iter()
-                .flat_map(|w| w.tokens.iter().copied())
-                .collect();
-            let tokens = Tensor::f_from_slice(&ids)?
-                .f_view([batch.len() as i64, cfg.context as i64])?
-                .f_to_device(model.model.device())?;
-            let mut cache = ActivationCache::new([hook]);
-            let logits = model
-                .model
-                .forward(
-                    &ForwardInput::tokens(&tokens),
-                    None,
-                    &mut Hooks::new().with(&mut cache),
-                    StopAt::Logits(LogitsFor::All),
-                )?
-                .ok_or_else(|| {
-                    Error::InvalidArgument("the forward pass returned no logits".into())
-                })?;
-            let act = cache.take(hook).ok_or_else(|| {
-                Error::InvalidArgument(format!("the forward pass never reached `{hook}`"))
+            let tokens = windows_tensor(&batch, model.model.device())?;
+            let mut run = model.model.run_with_cache(
+                &ForwardInput::tokens(&tokens),
+                &[hook],
+                Some(LogitsFor::All),
+            )?;
+            let logits = run.logits.take().ok_or_else(|| {
+                Error::InvalidArgument("the forward pass returned no logits".into())
             })?;
-            let shape = act.size();
-            let act = act.f_reshape([shape[0], shape[1], -1])?;
-            let seq = shape[1];
+            let act = run.take_rows(hook)?;
+            let seq = act.size()[1];
             let kept = act.f_narrow(1, skip, seq - skip)?.f_to_kind(Kind::Float)?;
             let (acts, recon) = sae.forward(&kept)?;
             stats.add(

@@ -53,7 +53,8 @@ impl BlockSite {
         BlockSite::ALL.iter().map(|(site, _)| *site)
     }
 
-    fn suffix(self) -> &'static str {
+    /// The TransformerLens name of the site inside a block, e.g. `hook_attn_out`.
+    pub fn name(self) -> &'static str {
         BlockSite::ALL
             .iter()
             .find(|(site, _)| *site == self)
@@ -132,7 +133,7 @@ impl fmt::Display for HookPoint {
         match self {
             HookPoint::Embed => write!(f, "hook_embed"),
             HookPoint::PosEmbed => write!(f, "hook_pos_embed"),
-            HookPoint::Block(l, site) => write!(f, "blocks.{l}.{}", site.suffix()),
+            HookPoint::Block(l, site) => write!(f, "blocks.{l}.{}", site.name()),
             HookPoint::LnFinal => write!(f, "ln_final.hook_normalized"),
         }
     }

@@ -9,21 +9,20 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use super::checkpoint::{self, CheckpointConfig};
-use super::dictionary::{
-    ActivationExample, DictionaryMeta, ExplanationWord, FeatureEntry, QuantileExamples,
-};
-use super::diversity::diversity;
 use super::llm::{clean_label, label_prompt, LabelFn};
-use super::logit_lens::{logit_lens, LogitLens};
-use super::mi::{explain, feature_directions, Directions, MiConfig};
 use super::stats::{
     hist_bin_centre, quantile_bands, FeatureStats, FeatureStatsAccumulator, RawExample, StatsConfig,
 };
 use super::vocabulary::{normalise, Vocabulary};
-use crate::data::harvest::hook_width;
 use crate::data::{Corpus, Store, StreamingSource};
 use crate::error::{Error, Result};
 use crate::hooks::HookPoint;
+use crate::label::export::dictionary::{
+    ActivationExample, DictionaryMeta, ExplanationWord, FeatureEntry, QuantileExamples,
+};
+use crate::label::stats::diversity::diversity;
+use crate::label::stats::logit_lens::{logit_lens, LogitLens};
+use crate::label::stats::mi::{explain, feature_directions, Directions, MiConfig};
 use crate::model::LoadedModel;
 use crate::sae::Sae;
 
@@ -125,7 +124,7 @@ pub fn build_dictionary(
         activations: input,
     } = inputs;
     let started = Instant::now();
-    let width = hook_width(model.model.config(), hook)?;
+    let width = model.model.config().hook_width(hook)?;
     if width != sae.cfg.d_in {
         return Err(Error::InvalidArgument(format!(
             "the SAE reads {}-wide activations but {hook} of {} is {width} wide",

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::stats::{AccumulatorState, RawExample};
-use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
-use crate::model::safetensors_io::{read_safetensors, write_safetensors};
+use crate::io::atomic::write_atomic;
+use crate::io::safetensors::{read_safetensors, write_safetensors};
 
 const STATS_FILE: &str = "stats.safetensors";
 const STATE_FILE: &str = "state.json";

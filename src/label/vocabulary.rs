@@ -11,9 +11,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::atomic::write_atomic;
 use crate::data::Corpus;
 use crate::error::{Error, Result};
+use crate::io::atomic::write_atomic;
 use crate::model::LoadedModel;
 
 /// How a vocabulary is chosen.

@@ -3,6 +3,7 @@
 //! differences between them are configuration, not code.
 
 use crate::error::{Error, Result};
+use crate::hooks::{BlockSite, HookPoint};
 
 /// Which normalisation the blocks and the final norm use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +122,23 @@ impl ModelConfig {
             )));
         }
         Ok(())
+    }
+
+    /// The width of one row (one token) of `hook`'s activations: `d_mlp`
+    /// for `mlp.hook_post`, all heads' `d_head` for `attn.hook_z`, `d_model`
+    /// elsewhere. Attention patterns have no such row.
+    pub fn hook_width(&self, hook: HookPoint) -> Result<usize> {
+        let d = match hook {
+            HookPoint::Block(_, BlockSite::MlpPost) => self.d_mlp,
+            HookPoint::Block(_, BlockSite::AttnZ) => self.n_heads * self.d_head,
+            HookPoint::Block(_, BlockSite::AttnPattern) => {
+                return Err(Error::InvalidArgument(format!(
+                    "`{hook}` is [batch, heads, seq, seq], not one row per token"
+                )))
+            }
+            _ => self.d_model,
+        };
+        Ok(d as usize)
     }
 
     /// Rows of the fused query/key/value projection: `(n_heads + 2·n_kv_heads)·d_head`.

@@ -1,35 +1,30 @@
-//! Architectures, weight loading (HF safetensors folders, hub ids, GGUF), the
-//! tokenizer, the hooked forward pass with a KV cache, and generation.
+//! The language model: its config and weights, the one transformer that serves
+//! every architecture (with hook points, a KV cache and `run_with_cache` in
+//! `run.rs`), the
+//! tokenizer, and generation.
+//!
+//! - `layers/`: attention, rotary embeddings, linear layers (libtorch math);
+//! - `cpu/`: the fused CPU kernels, thread team and decode step;
+//! - `load/`: model sources (file, folder, hub id) and the GGUF and HF formats;
+//! - `generate/`: the generation loop, sampling and chat templates.
+//!
+//! May import `io`, `hooks` and `error`; nothing above (data, SAEs, training).
 
-pub mod attention;
-pub mod chat;
 pub mod config;
-pub mod decode_step;
-pub mod fused_ops;
-pub mod gemv;
+pub mod cpu;
 pub mod generate;
-pub mod gguf;
-pub mod gguf_load;
-pub mod gguf_quant;
-pub mod gguf_tokenizer;
-pub mod hf_config;
-pub mod hf_convert;
 pub mod kv_cache;
-pub mod linear;
+pub mod layers;
 pub mod load;
-pub mod rotary;
-pub mod safetensors_io;
-pub mod sampling;
-pub mod source;
-pub mod team;
+pub mod run;
 pub mod tokenizer;
-pub mod torch_threads;
 pub mod transformer;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use generate::sampling::SamplingConfig;
 pub use generate::{generate, GenerateConfig};
 pub use load::{load_model, parse_device, parse_dtype, LoadedModel};
-pub use sampling::SamplingConfig;
+pub use run::CachedRun;
 pub use tokenizer::ModelTokenizer;
 pub use transformer::{ForwardInput, LogitsFor, StopAt, Transformer};

@@ -236,7 +236,7 @@ impl ModelWeights {
         use rand::SeedableRng;
         let opts = (Kind::Float, Device::Cpu);
         let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(seed as u64));
-        let w = |shape: &[i64]| crate::rng::normal(&mut rng.borrow_mut(), shape, 0.2);
+        let w = |shape: &[i64]| crate::io::rng::normal(&mut rng.borrow_mut(), shape, 0.2);
         let bias = |on: bool, n: i64| on.then(|| w(&[n]));
         let norm = || NormWeights {
             weight: Tensor::ones([cfg.d_model], opts) + w(&[cfg.d_model]),

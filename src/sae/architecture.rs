@@ -160,6 +160,15 @@ pub fn pre_activations(
     Ok(low.f_to_kind(Kind::Float)?.f_add(b_enc)?)
 }
 
+/// `[batch, d_sae]`: `values` scattered at `indices`, zero elsewhere.
+pub fn scatter_dense(values: &Tensor, indices: &Tensor, d_sae: i64) -> Result<Tensor> {
+    let rows = values.size()[0];
+    Ok(
+        Tensor::f_zeros([rows, d_sae], (values.kind(), values.device()))?
+            .f_scatter(1, indices, values)?,
+    )
+}
+
 /// `[batch, d_in]` = `acts · W_dec + b_dec` for dense `acts` `[batch, d_sae]`.
 pub fn decode(w: &SaeWeights, acts: &Tensor) -> Result<Tensor> {
     Ok(w.b_dec.f_addmm(acts, &w.w_dec)?)

@@ -75,7 +75,7 @@ impl Sae {
         }
         let mut rng = StdRng::seed_from_u64(seed);
         let shape = [cfg.d_sae as i64, cfg.d_in as i64];
-        let raw = crate::rng::normal(&mut rng, &shape, 1.0).f_to_device(device)?;
+        let raw = crate::io::rng::normal(&mut rng, &shape, 1.0).f_to_device(device)?;
         let norm = if arch.unit_norm_decoder() {
             1.0
         } else {

@@ -20,9 +20,9 @@ use tch::{Kind, Tensor};
 use super::autoencoder::Sae;
 use super::config::SaeConfig;
 use super::weights::SaeWeights;
-use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
-use crate::model::safetensors_io::{read_safetensors, write_safetensors};
+use crate::io::atomic::write_atomic;
+use crate::io::safetensors::{read_safetensors, write_safetensors};
 
 pub const CONFIG_FILE: &str = "cfg.json";
 pub const SAELENS_WEIGHTS_FILE: &str = "sae_weights.safetensors";

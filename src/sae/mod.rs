@@ -1,21 +1,16 @@
-//! Sparse autoencoders: one file per architecture behind a registry keyed by
-//! SAELens's `architecture` string, encode/decode, SAELens and sparsify files,
-//! and splicing an SAE into a forward pass.
+//! Sparse autoencoders: the architecture trait and one file per architecture
+//! under `arch/` behind a registry keyed by SAELens's `architecture` string,
+//! encode/decode, SAELens and sparsify files, and splicing an SAE into a
+//! forward pass. May import `io`, `hooks` and `error`; not `model` or `data`.
 
+pub mod arch;
 pub mod architecture;
 pub mod autoencoder;
-pub mod auxk;
-pub mod batchtopk;
 pub mod config;
-pub mod gated;
 pub mod geometric_median;
 pub mod io;
-pub mod jumprelu;
 pub mod registry;
 pub mod splice;
-pub mod standard;
-pub mod topk;
-pub mod topk_sparse;
 pub mod weights;
 
 pub use architecture::{Architecture, StepContext, StepOutput};

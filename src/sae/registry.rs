@@ -1,12 +1,12 @@
 //! From an `architecture` string to its implementation.
 
 use super::architecture::Architecture;
-use super::batchtopk::BatchTopK;
-use super::gated::Gated;
-use super::jumprelu::JumpRelu;
-use super::standard::Standard;
-use super::topk::TopK;
 use crate::error::{Error, Result};
+use crate::sae::arch::batchtopk::BatchTopK;
+use crate::sae::arch::gated::Gated;
+use crate::sae::arch::jumprelu::JumpRelu;
+use crate::sae::arch::standard::Standard;
+use crate::sae::arch::topk::TopK;
 
 /// Every architecture name the registry knows.
 pub const ARCHITECTURES: [&str; 5] = ["standard", "topk", "batchtopk", "jumprelu", "gated"];

@@ -5,12 +5,14 @@ use serde::{Deserialize, Serialize};
 use tch::Kind;
 
 use super::learn::last_logits;
-use super::objective::{kl_without_answers, logit_diff, mass_moved_without_answers, prob_diff};
 use super::steer::{steer_hooks, Steer};
-use super::task::Task;
 use crate::error::Result;
 use crate::hooks::Hooks;
 use crate::model::LoadedModel;
+use crate::steer::learn::objective::{
+    kl_without_answers, logit_diff, mass_moved_without_answers, prob_diff,
+};
+use crate::steer::learn::task::Task;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SteerReport {

@@ -7,6 +7,7 @@ use tch::Tensor;
 use super::spec::SteerSpec;
 use crate::error::Result;
 use crate::hooks::{Hooks, Intervention};
+use crate::plots::Grid;
 
 pub trait Steer: Intervention {
     /// Tensors trained by gradient descent (none for fixed interventions).
@@ -22,6 +23,12 @@ pub trait Steer: Intervention {
 
     /// The JSON spec and the tensors that go beside it.
     fn to_spec(&self) -> Result<(SteerSpec, Vec<(String, Tensor)>)>;
+
+    /// The parameters as a layer × component grid for a heatmap, for kinds
+    /// whose parameters are one number per component (activation scaling).
+    fn grid(&self, _n_layers: usize) -> Result<Option<Grid>> {
+        Ok(None)
+    }
 }
 
 /// The hooks that apply `steers` in order.

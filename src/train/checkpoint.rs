@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
-use crate::model::safetensors_io::{read_safetensors, write_safetensors};
+use crate::io::atomic::write_atomic;
+use crate::io::safetensors::{read_safetensors, write_safetensors};
 
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 pub const STATE_FILE: &str = "state.json";

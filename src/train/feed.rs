@@ -10,10 +10,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::{Kind, Tensor};
 
-use crate::data::reader::{ReaderConfig, StoreReader};
+use crate::data::harvest::stream::StreamingSource;
 use crate::data::source::ActivationSource;
+use crate::data::store::reader::{ReaderConfig, StoreReader};
 use crate::data::store::Store;
-use crate::data::stream::StreamingSource;
 use crate::error::{Error, Result};
 
 /// Batches of rows for several hooks.

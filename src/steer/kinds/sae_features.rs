@@ -1,0 +1,238 @@
+//! Steering through SAE features at the SAE's hook point:
+//! - `add`: `a ← a + α·W_dec[f]`;
+//! - `clamp`: encode, set feature f to v, decode, and keep the SAE's error
+//!   term `a − x̂`, i.e. `a ← a + (v − f(a))·W_dec[f]`, so an unchanged
+//!   feature leaves the activation exactly as it was;
+//! - `ablate`: clamp to 0.
+//!
+//! Without the error term, the clamped activation is the SAE's edited
+//! reconstruction instead. The BOS position is left alone.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::hooks::{HookContext, HookPoint, Intervention};
+use crate::sae::config::{NORMALIZE_EXPECTED_AVERAGE, NORMALIZE_NONE};
+use crate::sae::Sae;
+use crate::steer::build::{BuildContext, SteerKind};
+use crate::steer::spec::SteerSpec;
+use crate::steer::steer::Steer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FeatureOp {
+    Add { alpha: f64 },
+    Clamp { value: f64 },
+    Ablate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FeatureEdit {
+    pub feature: usize,
+    #[serde(flatten)]
+    pub op: FeatureOp,
+}
+
+impl std::str::FromStr for FeatureEdit {
+    type Err = Error;
+
+    /// `FEATURE:add:ALPHA`, `FEATURE:clamp:VALUE` or `FEATURE:ablate`.
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = |why: &str| Error::InvalidArgument(format!("feature edit `{text}`: {why}"));
+        let parts: Vec<&str> = text.split(':').collect();
+        let feature: usize = parts[0]
+            .parse()
+            .map_err(|_| bad("the feature index must be a number"))?;
+        let number = |i: usize| -> Result<f64> {
+            parts
+                .get(i)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("needs a number after the operation"))
+        };
+        let op = match parts.get(1).copied() {
+            Some("add") => FeatureOp::Add { alpha: number(2)? },
+            Some("clamp") => FeatureOp::Clamp { value: number(2)? },
+            Some("ablate") => FeatureOp::Ablate,
+            _ => {
+                return Err(bad(
+                    "use FEATURE:add:ALPHA, FEATURE:clamp:VALUE or FEATURE:ablate",
+                ))
+            }
+        };
+        Ok(FeatureEdit { feature, op })
+    }
+}
+
+pub struct SaeFeatureSteer {
+    pub sae: Sae,
+    /// Where the SAE was loaded from (written back into the spec).
+    pub sae_path: String,
+    pub hook: HookPoint,
+    pub edits: Vec<FeatureEdit>,
+    pub keep_error: bool,
+}
+
+impl SaeFeatureSteer {
+    pub fn new(
+        sae: Sae,
+        sae_path: String,
+        hook: HookPoint,
+        edits: Vec<FeatureEdit>,
+        keep_error: bool,
+    ) -> Result<Self> {
+        if edits.is_empty() {
+            return Err(Error::InvalidArgument(
+                "an SAE-feature intervention needs at least one edit".into(),
+            ));
+        }
+        for e in &edits {
+            if e.feature >= sae.cfg.d_sae {
+                return Err(Error::InvalidArgument(format!(
+                    "feature {} is out of range: the SAE at {sae_path} has {} features",
+                    e.feature, sae.cfg.d_sae
+                )));
+            }
+        }
+        let linear = [NORMALIZE_NONE, NORMALIZE_EXPECTED_AVERAGE]
+            .contains(&sae.cfg.normalize_activations.as_str());
+        if !linear && edits.iter().any(|e| !matches!(e.op, FeatureOp::Add { .. })) {
+            return Err(Error::InvalidArgument(format!(
+                "clamping features of an SAE with per-row `{}` normalisation is not supported",
+                sae.cfg.normalize_activations
+            )));
+        }
+        Ok(SaeFeatureSteer {
+            sae,
+            sae_path,
+            hook,
+            edits,
+            keep_error,
+        })
+    }
+
+    /// `[b*s, d]` change of the activation for rows `x` `[b*s, d]`.
+    fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        let w_dec = &self.sae.weights.w_dec;
+        let needs_acts = self
+            .edits
+            .iter()
+            .any(|e| !matches!(e.op, FeatureOp::Add { .. }));
+        let (acts, recon) = if needs_acts {
+            let (a, r) = self.sae.forward(x)?;
+            (Some(a), Some(r))
+        } else {
+            (None, None)
+        };
+        let mut delta = match (&recon, self.keep_error) {
+            // Without the error term the activation becomes the reconstruction.
+            (Some(r), false) => r.f_sub(x)?,
+            _ => x.f_zeros_like()?,
+        };
+        for e in &self.edits {
+            let row = w_dec.f_get(e.feature as i64)?.f_unsqueeze(0)?; // [1, d]
+            let coef = match (e.op, &acts) {
+                (FeatureOp::Add { alpha }, _) => {
+                    Tensor::f_full([x.size()[0], 1], alpha, (Kind::Float, x.device()))?
+                }
+                (FeatureOp::Clamp { value }, Some(a)) => a
+                    .f_narrow(1, e.feature as i64, 1)?
+                    .f_neg()?
+                    .f_add_scalar(value)?,
+                (FeatureOp::Ablate, Some(a)) => a.f_narrow(1, e.feature as i64, 1)?.f_neg()?,
+                _ => continue,
+            };
+            delta = delta.f_add(&coef.f_matmul(&row)?)?;
+        }
+        Ok(delta)
+    }
+}
+
+impl Intervention for SaeFeatureSteer {
+    fn wants(&self, hook: HookPoint) -> bool {
+        hook == self.hook
+    }
+
+    /// `act` is `[batch, seq, d_in]`.
+    fn apply(&mut self, _: HookPoint, act: &Tensor, ctx: &HookContext) -> Result<Option<Tensor>> {
+        let shape = act.size();
+        let x = act
+            .f_reshape([-1, shape[shape.len() - 1]])?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(self.sae.device())?;
+        let delta = self.delta(&x)?.f_reshape(shape.as_slice())?;
+        // Leave position 0 (BOS) alone.
+        let keep = ctx
+            .positions
+            .f_gt(0)?
+            .f_unsqueeze(-1)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(delta.device())?;
+        let delta = delta
+            .f_mul(&keep)?
+            .f_to_device(act.device())?
+            .f_to_kind(act.kind())?;
+        Ok(Some(act.f_add(&delta)?))
+    }
+}
+
+impl Steer for SaeFeatureSteer {
+    fn l1_from_identity(&self) -> Result<Tensor> {
+        let total: f64 = self
+            .edits
+            .iter()
+            .map(|e| match e.op {
+                FeatureOp::Add { alpha } => alpha.abs(),
+                FeatureOp::Clamp { .. } | FeatureOp::Ablate => 1.0,
+            })
+            .sum();
+        Ok(Tensor::from(total))
+    }
+
+    fn components(&self, _eps: f64) -> Result<(i64, i64)> {
+        Ok((self.edits.len() as i64, self.sae.cfg.d_sae as i64))
+    }
+
+    fn to_spec(&self) -> Result<(SteerSpec, Vec<(String, Tensor)>)> {
+        Ok((
+            SteerSpec::new(
+                KIND.name,
+                &SaeFeaturesParams {
+                    sae: self.sae_path.clone(),
+                    hook: self.hook.to_string(),
+                    edits: self.edits.clone(),
+                    keep_error: self.keep_error,
+                },
+            )?,
+            Vec::new(),
+        ))
+    }
+}
+
+/// The JSON fields of an `sae_features` spec (no tensors: the SAE folder is
+/// referenced by path, relative to the file or absolute).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaeFeaturesParams {
+    pub sae: String,
+    pub hook: String,
+    pub edits: Vec<FeatureEdit>,
+    pub keep_error: bool,
+}
+
+pub const KIND: SteerKind = SteerKind {
+    name: "sae_features",
+    has_tensors: false,
+    build: |spec, ctx: &mut BuildContext| {
+        let p: SaeFeaturesParams = ctx.params(spec)?;
+        let hook = ctx.hook(&p.hook)?;
+        let sae = ctx.sae(&p.sae)?;
+        Ok(Box::new(SaeFeatureSteer::new(
+            sae,
+            p.sae,
+            hook,
+            p.edits,
+            p.keep_error,
+        )?))
+    },
+};
