@@ -17,10 +17,8 @@ pub enum Error {
     /// (truncated, corrupt, absurd sizes).
     #[error("{path}: malformed file: {reason}")]
     Malformed { path: PathBuf, reason: String },
-    #[error(
-        "unsupported model architecture `{0}` (supported: gpt2, llama, mistral, qwen2, gpt_neox)"
-    )]
-    UnknownArchitecture(String),
+    #[error("unsupported model architecture `{name}` (supported: {supported})")]
+    UnknownArchitecture { name: String, supported: String },
     #[error("invalid model configuration: {0}")]
     Config(String),
     #[error("missing tensor `{name}` in {source_desc}")]

@@ -101,7 +101,7 @@ fn unknown_architectures_are_named() {
     let err = load(&write_temp(&dir, "falcon.gguf", &b))
         .err()
         .expect("falcon loaded");
-    assert!(matches!(err, Error::UnknownArchitecture(_)), "{err}");
+    assert!(matches!(err, Error::UnknownArchitecture { .. }), "{err}");
     assert!(err.to_string().contains("falcon"), "{err}");
 
     let folder = dir.path().join("mamba");
@@ -109,7 +109,7 @@ fn unknown_architectures_are_named() {
     std::fs::write(folder.join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
     let err = load(&folder).err().expect("mamba loaded");
     assert!(
-        matches!(err, Error::UnknownArchitecture(ref a) if a == "mamba"),
+        matches!(err, Error::UnknownArchitecture { ref name, .. } if name == "mamba"),
         "{err}"
     );
 }

@@ -3,7 +3,8 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use saescope::train::config::SaeSpec;
+use saescope::sae::SaeArchitecture;
+use saescope::train::config::{InputNormalization, SaeSpec};
 use saescope::train::trainer::Quiet;
 use saescope::train::{train, MemoryFeed, TrainConfig, TrainOptions};
 use tch::{Kind, Tensor};
@@ -58,7 +59,7 @@ fn topk_and_standard_saes_recover_known_directions() {
     let cases = [
         (
             SaeSpec {
-                architecture: "topk".into(),
+                architecture: SaeArchitecture::TopK,
                 hook: "synthetic".into(),
                 expansion: 16,
                 k: Some(8),
@@ -69,7 +70,7 @@ fn topk_and_standard_saes_recover_known_directions() {
         ),
         (
             SaeSpec {
-                architecture: "standard".into(),
+                architecture: SaeArchitecture::Standard,
                 hook: "synthetic".into(),
                 expansion: 16,
                 k: None,
@@ -107,7 +108,7 @@ fn small_run(out: &std::path::Path) -> TrainConfig {
         1e-3,
     );
     cfg.data.batch_size = 256;
-    cfg.data.normalize = "none".into();
+    cfg.data.normalize = InputNormalization::None;
     cfg.run.out = out.to_path_buf();
     cfg.run.checkpoint_every_tokens = 0;
     cfg.run.dead_tokens = 512;
@@ -177,7 +178,7 @@ fn unit_norm_decoders_stay_unit_norm_and_free_ones_are_left_alone() {
     let (x, _) = sparse_data(2000, 16, 64, 3.0, 3);
     for arch in ["topk", "batchtopk", "jumprelu", "gated", "standard"] {
         let mut cfg = small_run(std::path::Path::new("unused"));
-        cfg.saes[0].architecture = arch.into();
+        cfg.saes[0].architecture = arch.parse().unwrap();
         let s = &run(&cfg, &x, &in_memory()).unwrap().saes[0];
         let norms = s
             .sae

@@ -8,7 +8,6 @@ use indicatif::ProgressBar;
 use saescope::data::corpus::Corpus;
 use saescope::eval::{evaluate_sae, EvalObserver, SaeEvalConfig, SaeEvalReport};
 use saescope::io::atomic::write_atomic;
-use saescope::plots::{histogram_svg, log10_densities};
 
 use super::{ModelArgs, SaeOnCorpusArgs};
 
@@ -128,14 +127,7 @@ fn eval_sae(args: EvalSaeArgs) -> anyhow::Result<()> {
     let report = evaluate_sae(&model, &sae, hook, &corpus, &cfg, &mut observer)?;
     observer.0.finish_and_clear();
     if let Some(out) = &args.out {
-        write_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
-        let svg = histogram_svg(
-            &log10_densities(&report.reconstruction.densities),
-            50,
-            &format!("feature density, {} tokens", report.reconstruction.tokens),
-            "log10(fraction of tokens a latent fires on)",
-        )?;
-        write_atomic(&out.with_extension("svg"), svg.as_bytes())?;
+        report.save(out)?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::ProgressBar;
 use saescope::data::{harvest, HarvestConfig, HarvestObserver, StoreDtype, DEFAULT_CORPUS};
 use saescope::hooks::HookPoint;
-use saescope::model::{load_model, parse_device, parse_dtype};
+use saescope::model::{load_model, DeviceSpec, Dtype};
 
 use super::set_threads;
 
@@ -19,10 +19,10 @@ pub struct HarvestArgs {
     model: String,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
-    /// The dtype the model runs in: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    model_dtype: String,
+    device: DeviceSpec,
+    /// The dtype the model runs in.
+    #[arg(long, value_enum, default_value = "f32")]
+    model_dtype: Dtype,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
@@ -44,9 +44,9 @@ pub struct HarvestArgs {
     /// The store folder; with several hooks, one subfolder per hook.
     #[arg(long)]
     out: PathBuf,
-    /// How activations are stored: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// How activations are stored.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: StoreDtype,
     /// Windows per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -95,10 +95,7 @@ impl HarvestObserver for Progress {
 
 pub fn run(args: HarvestArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
-    let device = parse_device(&args.device)?;
-    let kind = parse_dtype(&args.model_dtype)?;
-    let dtype = StoreDtype::parse(&args.dtype)?;
-    let model = load_model(&args.model, device, kind)?;
+    let model = load_model(&args.model, args.device.resolve()?, args.model_dtype.kind())?;
     let n_layers = model.model.config().n_layers;
     let hooks = args
         .hooks
@@ -112,7 +109,7 @@ pub fn run(args: HarvestArgs) -> anyhow::Result<()> {
         tokens: args.tokens,
         context: args.context,
         batch: args.batch,
-        dtype,
+        dtype: args.dtype,
         skip_bos: args.skip_bos,
         seed: args.seed,
         shard_tokens: args.shard_tokens,

@@ -6,15 +6,11 @@ use std::path::PathBuf;
 use clap::Args;
 use saescope::data::corpus::Corpus;
 use saescope::data::Store;
-use saescope::hooks::Hooks;
-use saescope::label::llm::{HttpLabeller, LabelFn};
+use saescope::label::llm::{local_label, HttpLabeller, LabelFn};
 use saescope::label::{
     build_dictionary, save_dictionary, ActivationInput, CheckpointConfig, Directions, LabelConfig,
     LabelInputs, LabelProgress, MiConfig, StatsConfig, Vocabulary, VocabularyConfig,
 };
-use saescope::model::generate::sampling::SamplingConfig;
-use saescope::model::generate::{generate, GenerateConfig};
-use saescope::model::LoadedModel;
 
 use super::{token_bar, SaeOnCorpusArgs};
 
@@ -212,29 +208,4 @@ pub fn run(args: LabelArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-/// A label from the loaded model: greedy completion of the few-shot prompt
-/// (as plain text, which small instruct models continue more faithfully
-/// than a chat turn), up to the end of the line.
-fn local_label(model: &LoadedModel, prompt: &str) -> saescope::Result<String> {
-    let tok = &model.tokenizer;
-    let mut stop_ids = tok.eos_ids().to_vec();
-    stop_ids.extend(tok.encode("\n", false)?);
-    let ids = tok.encode(prompt, true)?;
-    let config = GenerateConfig {
-        max_new_tokens: 12,
-        sampling: SamplingConfig {
-            temperature: 0.0,
-            ..SamplingConfig::default()
-        },
-        stop_ids: stop_ids.clone(),
-    };
-    let out = generate(&model.model, &[ids], &config, &mut Hooks::new(), |_, _| {})?;
-    let kept: Vec<i64> = out[0]
-        .iter()
-        .copied()
-        .filter(|id| !stop_ids.contains(id))
-        .collect();
-    tok.decode(&kept)
 }

@@ -14,7 +14,7 @@ mod train;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use saescope::hooks::HookPoint;
-use saescope::model::{load_model, parse_device, parse_dtype, LoadedModel};
+use saescope::model::{load_model, DeviceSpec, Dtype, LoadedModel};
 
 #[derive(Parser)]
 #[command(
@@ -64,10 +64,9 @@ pub struct ModelArgs {
     pub model: String,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub device: DeviceSpec,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Dtype,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -76,9 +75,11 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         set_threads(self.threads)?;
-        let device = parse_device(&self.device)?;
-        let kind = parse_dtype(&self.dtype)?;
-        Ok(load_model(&self.model, device, kind)?)
+        Ok(load_model(
+            &self.model,
+            self.device.resolve()?,
+            self.dtype.kind(),
+        )?)
     }
 }
 

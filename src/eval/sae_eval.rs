@@ -23,8 +23,10 @@ use crate::data::packing::{windows_tensor, PackConfig, Packer};
 use crate::error::{Error, Result};
 use crate::hooks::names::BlockSite;
 use crate::hooks::{HookContext, HookPoint, Hooks, Intervention};
+use crate::io::atomic::write_atomic;
 use crate::model::transformer::{ForwardInput, LogitsFor, StopAt};
 use crate::model::LoadedModel;
+use crate::plots::{histogram_svg, log10_densities};
 use crate::sae::Sae;
 
 #[derive(Debug, Clone)]
@@ -121,6 +123,21 @@ fn score(clean: &Tensor, other: &Tensor, targets: &Tensor) -> Result<Scores> {
         .f_sum(Kind::Double)?
         .f_double_value(&[])?;
     Ok(Scores { ce, kl })
+}
+
+impl SaeEvalReport {
+    /// Writes the report as JSON to `path` and its feature-density histogram
+    /// beside it (same stem, `.svg`), atomically.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())?;
+        let svg = histogram_svg(
+            &log10_densities(&self.reconstruction.densities),
+            50,
+            &format!("feature density, {} tokens", self.reconstruction.tokens),
+            "log10(fraction of tokens a latent fires on)",
+        )?;
+        write_atomic(&path.with_extension("svg"), svg.as_bytes())
+    }
 }
 
 /// Evaluates `sae` at `hook` of `model` on `corpus`.

@@ -4,6 +4,7 @@
 //! but `error`.
 
 pub mod atomic;
+pub mod dtype;
 pub mod hub;
 pub mod rng;
 pub mod safetensors;

@@ -7,6 +7,8 @@
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::hooks::Hooks;
+use crate::model::{generate, GenerateConfig, LoadedModel, SamplingConfig};
 
 /// Writes a label from a prompt.
 pub type LabelFn<'a> = dyn FnMut(&str) -> Result<String> + 'a;
@@ -104,6 +106,31 @@ impl HttpLabeller {
                 ))
             })
     }
+}
+
+/// A label from the loaded model: greedy completion of the few-shot prompt
+/// (as plain text, which small instruct models continue more faithfully
+/// than a chat turn), up to the end of the line.
+pub fn local_label(model: &LoadedModel, prompt: &str) -> Result<String> {
+    let tok = &model.tokenizer;
+    let mut stop_ids = tok.eos_ids().to_vec();
+    stop_ids.extend(tok.encode("\n", false)?);
+    let ids = tok.encode(prompt, true)?;
+    let config = GenerateConfig {
+        max_new_tokens: 12,
+        sampling: SamplingConfig {
+            temperature: 0.0,
+            ..SamplingConfig::default()
+        },
+        stop_ids: stop_ids.clone(),
+    };
+    let out = generate(&model.model, &[ids], &config, &mut Hooks::new(), |_, _| {})?;
+    let kept: Vec<i64> = out[0]
+        .iter()
+        .copied()
+        .filter(|id| !stop_ids.contains(id))
+        .collect();
+    tok.decode(&kept)
 }
 
 #[cfg(test)]

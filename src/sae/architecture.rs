@@ -103,6 +103,33 @@ pub trait Architecture: Send + Sync {
         Ok(())
     }
 
+    /// The sparsity coefficient a training run starts from (inputs
+    /// normalised to mean norm √d_in); 0 where sparsity is structural.
+    fn default_sparsity_coefficient(&self) -> f64 {
+        0.0
+    }
+
+    /// The tensors a SAELens file holds for this architecture besides
+    /// `W_enc`, `W_dec` and `b_dec`. May rewrite `cfg` where SAELens knows
+    /// the SAE under another architecture (BatchTopK is saved as JumpReLU).
+    fn saved_tensors(
+        &self,
+        w: &SaeWeights,
+        _cfg: &mut SaeConfig,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        Ok(vec![("b_enc", w.b_enc.shallow_clone())])
+    }
+
+    /// Reads back what [`Architecture::saved_tensors`] wrote, by name.
+    fn load_tensors(
+        &self,
+        w: &mut SaeWeights,
+        take: &mut dyn FnMut(&str) -> Result<Tensor>,
+    ) -> Result<()> {
+        w.b_enc = take("b_enc")?;
+        Ok(())
+    }
+
     /// `[batch, d_sae]` feature activations of `x` `[batch, d_in]` at inference.
     fn encode(&self, w: &SaeWeights, cfg: &SaeConfig, x: &Tensor) -> Result<Tensor>;
 
@@ -158,6 +185,15 @@ pub fn pre_activations(
         .f_to_kind(kind)?
         .f_matmul(&w_enc.f_to_kind(kind)?.f_tr()?)?;
     Ok(low.f_to_kind(Kind::Float)?.f_add(b_enc)?)
+}
+
+/// An optional parameter an architecture needs when saving.
+pub fn required<'a>(t: &'a Option<Tensor>, name: &str) -> Result<&'a Tensor> {
+    t.as_ref()
+        .ok_or_else(|| crate::error::Error::MissingTensor {
+            name: name.into(),
+            source_desc: "the SAE being saved".into(),
+        })
 }
 
 /// `[batch, d_sae]`: `values` scattered at `indices`, zero elsewhere.

@@ -17,7 +17,7 @@ const FREE_DECODER_INIT_NORM: f64 = 0.1;
 pub struct Sae {
     pub cfg: SaeConfig,
     pub weights: SaeWeights,
-    arch: Box<dyn Architecture>,
+    arch: &'static dyn Architecture,
 }
 
 impl Sae {
@@ -90,7 +90,7 @@ impl Sae {
     }
 
     pub fn architecture(&self) -> &dyn Architecture {
-        self.arch.as_ref()
+        self.arch
     }
 
     pub fn device(&self) -> Device {

@@ -4,7 +4,8 @@
 //!   `sae_weights.safetensors` with `W_enc [d_in, d_sae]`, `b_enc`, `W_dec
 //!   [d_sae, d_in]`, `b_dec`, and `threshold [d_sae]` (JumpReLU) or `b_gate`,
 //!   `r_mag`, `b_mag` (gated, which has no `b_enc`). A BatchTopK SAE is written
-//!   as JumpReLU with its learned threshold, as SAELens does.
+//!   as JumpReLU with its learned threshold, as SAELens does. Which tensors an
+//!   architecture has is its own business (`Architecture::saved_tensors`).
 //! - **sparsify** (read): `cfg.json` (`num_latents` or `expansion_factor`, `k`,
 //!   `d_in`) and `sae.safetensors` with `encoder.weight [d_sae, d_in]`,
 //!   `encoder.bias`, `W_dec`, `b_dec`: a TopK SAE that subtracts `b_dec`
@@ -19,6 +20,7 @@ use tch::{Kind, Tensor};
 
 use super::autoencoder::Sae;
 use super::config::SaeConfig;
+use super::registry::architecture;
 use super::weights::SaeWeights;
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
@@ -36,39 +38,12 @@ pub fn save_sae(sae: &Sae, dir: &Path) -> Result<()> {
     let w = &sae.weights;
     let mut cfg = sae.cfg.clone();
     let w_enc = w.w_enc.f_tr()?.f_contiguous()?;
-    let mut tensors: Vec<(&str, Tensor)> =
-        vec![("W_enc", w_enc), ("W_dec", w.w_dec.shallow_clone())];
-    tensors.push(("b_dec", w.b_dec.shallow_clone()));
-    match cfg.architecture.as_str() {
-        "gated" => {
-            tensors.push(("b_gate", w.b_enc.shallow_clone()));
-            for (name, t) in [("r_mag", &w.r_mag), ("b_mag", &w.b_mag)] {
-                tensors.push((name, required(t, name)?.shallow_clone()));
-            }
-        }
-        "jumprelu" => {
-            tensors.push(("b_enc", w.b_enc.shallow_clone()));
-            tensors.push((
-                "threshold",
-                required(&w.log_threshold, "threshold")?.f_exp()?,
-            ));
-        }
-        "batchtopk" => {
-            tensors.push(("b_enc", w.b_enc.shallow_clone()));
-            let theta = required(&w.batch_threshold, "batch_threshold")?.f_clamp_min(0.0)?;
-            tensors.push((
-                "threshold",
-                theta.f_expand([cfg.d_sae as i64], true)?.f_contiguous()?,
-            ));
-            cfg.architecture = "jumprelu".into();
-            if let Some(k) = cfg.k.take() {
-                cfg.metadata
-                    .extra
-                    .insert("batchtopk_k".into(), Value::from(k));
-            }
-        }
-        _ => tensors.push(("b_enc", w.b_enc.shallow_clone())),
-    }
+    let mut tensors: Vec<(&str, Tensor)> = vec![
+        ("W_enc", w_enc),
+        ("W_dec", w.w_dec.shallow_clone()),
+        ("b_dec", w.b_dec.shallow_clone()),
+    ];
+    tensors.extend(sae.architecture().saved_tensors(w, &mut cfg)?);
     cfg.dtype = "float32".into();
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
     let kinds: Vec<Tensor> = refs
@@ -79,13 +54,6 @@ pub fn save_sae(sae: &Sae, dir: &Path) -> Result<()> {
     write_safetensors(&dir.join(SAELENS_WEIGHTS_FILE), &named)?;
     let text = serde_json::to_string_pretty(&cfg)?;
     write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
-}
-
-fn required<'a>(t: &'a Option<Tensor>, name: &str) -> Result<&'a Tensor> {
-    t.as_ref().ok_or_else(|| Error::MissingTensor {
-        name: name.into(),
-        source_desc: "the SAE being saved".into(),
-    })
 }
 
 /// Loads a SAELens or sparsify SAE folder onto the CPU, in f32.
@@ -147,19 +115,7 @@ fn load_saelens(dir: &Path, value: Value) -> Result<Sae> {
     }
     let mut weights = SaeWeights::from_matrices(w_enc.f_tr()?.f_contiguous()?, t.take("W_dec")?);
     weights.b_dec = t.take("b_dec")?;
-    match cfg.architecture.as_str() {
-        "gated" => {
-            weights.b_enc = t.take("b_gate")?;
-            weights.r_mag = Some(t.take("r_mag")?);
-            weights.b_mag = Some(t.take("b_mag")?);
-        }
-        "jumprelu" => {
-            weights.b_enc = t.take("b_enc")?;
-            // θ = 0 means "plain ReLU"; its log is clamped, not −∞.
-            weights.log_threshold = Some(t.take("threshold")?.f_clamp_min(1e-30)?.f_log()?);
-        }
-        _ => weights.b_enc = t.take("b_enc")?,
-    }
+    architecture(&cfg.architecture)?.load_tensors(&mut weights, &mut |name| t.take(name))?;
     if cfg.extra.get(RESCALE_KEY).and_then(Value::as_bool) == Some(true) {
         fold_decoder_norms(&mut weights)?;
     }

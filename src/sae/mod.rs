@@ -17,6 +17,6 @@ pub use architecture::{Architecture, StepContext, StepOutput};
 pub use autoencoder::Sae;
 pub use config::SaeConfig;
 pub use io::{load_sae, save_sae};
-pub use registry::{architecture, ARCHITECTURES};
+pub use registry::{architecture, SaeArchitecture, ARCHITECTURES};
 pub use splice::SaeSplice;
 pub use weights::SaeWeights;

@@ -7,7 +7,53 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::sae::architecture;
+use crate::model::{DeviceSpec, Dtype};
+use crate::sae::config::NORMALIZE_EXPECTED_AVERAGE;
+use crate::sae::SaeArchitecture;
+
+/// How training inputs are scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum InputNormalization {
+    /// Scale inputs by one constant so their mean norm is √d_in (SAELens's
+    /// `expected_average_only_in`), folded into the saved weights.
+    #[serde(rename = "expected_average_only_in")]
+    #[value(name = "expected_average_only_in")]
+    ExpectedAverageOnlyIn,
+    #[serde(rename = "none")]
+    #[value(name = "none")]
+    None,
+}
+
+impl InputNormalization {
+    /// The SAELens `normalize_activations` string.
+    pub fn name(self) -> &'static str {
+        match self {
+            InputNormalization::ExpectedAverageOnlyIn => NORMALIZE_EXPECTED_AVERAGE,
+            InputNormalization::None => "none",
+        }
+    }
+}
+
+/// Where `b_dec` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum InitBDec {
+    /// The geometric median of the first batch (Bricken et al. 2023).
+    GeometricMedian,
+    /// The mean of the first batch.
+    Mean,
+    Zeros,
+}
+
+/// The precision of the encoder matmul (master weights stay f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    F32,
+    Bf16,
+}
 
 /// Where activations come from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -20,9 +66,9 @@ pub struct DataConfig {
     pub corpus: String,
     pub text_field: String,
     pub context: usize,
-    pub model_dtype: String,
+    pub model_dtype: Dtype,
     /// Device of the model when streaming.
-    pub model_device: String,
+    pub model_device: DeviceSpec,
     pub skip_bos: bool,
     /// Windows per forward pass when streaming.
     pub windows_per_forward: usize,
@@ -35,7 +81,7 @@ pub struct DataConfig {
     pub buffer_shards: usize,
     /// `expected_average_only_in` (scale inputs to mean norm √d_in, folded into
     /// the saved weights) or `none`.
-    pub normalize: String,
+    pub normalize: InputNormalization,
 }
 
 impl Default for DataConfig {
@@ -46,15 +92,15 @@ impl Default for DataConfig {
             corpus: "default".into(),
             text_field: "text".into(),
             context: 128,
-            model_dtype: "f32".into(),
-            model_device: "cpu".into(),
+            model_dtype: Dtype::F32,
+            model_device: DeviceSpec::Cpu,
             skip_bos: true,
             windows_per_forward: 16,
             batch_size: 4096,
             tokens: 5_000_000,
             seed: 0,
             buffer_shards: 4,
-            normalize: crate::sae::config::NORMALIZE_EXPECTED_AVERAGE.into(),
+            normalize: InputNormalization::ExpectedAverageOnlyIn,
         }
     }
 }
@@ -75,7 +121,7 @@ pub struct OptimConfig {
     /// Ramp the sparsity coefficient up over this first fraction of the steps.
     pub sparsity_warmup_fraction: f64,
     /// `f32`, or `bf16` for the encoder matmul with f32 master weights.
-    pub compute_dtype: String,
+    pub compute_dtype: ComputeDtype,
 }
 
 impl Default for OptimConfig {
@@ -89,7 +135,7 @@ impl Default for OptimConfig {
             lr_decay_fraction: 0.2,
             grad_clip: 1.0,
             sparsity_warmup_fraction: 0.05,
-            compute_dtype: "f32".into(),
+            compute_dtype: ComputeDtype::F32,
         }
     }
 }
@@ -103,7 +149,7 @@ pub struct RunConfig {
     /// A latent is dead after this many tokens without firing.
     pub dead_tokens: u64,
     /// `geometric_median`, `mean` or `zeros`.
-    pub init_b_dec: String,
+    pub init_b_dec: InitBDec,
     /// Seed of the weight initialisation.
     pub seed: u64,
     /// Use the sparse TopK step (else the dense autograd reference).
@@ -116,7 +162,7 @@ impl Default for RunConfig {
             out: PathBuf::from("out/train"),
             checkpoint_every_tokens: 1_000_000,
             dead_tokens: 10_000_000,
-            init_b_dec: "geometric_median".into(),
+            init_b_dec: InitBDec::GeometricMedian,
             seed: 0,
             sparse_topk: true,
         }
@@ -132,7 +178,7 @@ pub const DEFAULT_ENCODER_INIT_SCALE: f64 = 0.577_350_269_189_625_8;
 pub struct SaeSpec {
     /// Folder name under `run.out`; default `{hook}-{architecture}-x{expansion}[-k{k}][-c{coef}]`.
     pub name: Option<String>,
-    pub architecture: String,
+    pub architecture: SaeArchitecture,
     pub hook: String,
     pub expansion: usize,
     pub k: Option<usize>,
@@ -146,14 +192,14 @@ pub struct SaeSpec {
     /// sparsify starts from; unit encoder rows train measurably worse
     /// (eval/results/sae-train-*.json).
     pub encoder_init_scale: f64,
-    pub device: String,
+    pub device: DeviceSpec,
 }
 
 impl Default for SaeSpec {
     fn default() -> Self {
         SaeSpec {
             name: None,
-            architecture: "topk".into(),
+            architecture: SaeArchitecture::TopK,
             hook: "blocks.8.hook_resid_post".into(),
             expansion: 16,
             k: Some(32),
@@ -162,7 +208,7 @@ impl Default for SaeSpec {
             auxk_alpha: 1.0 / 32.0,
             threshold_momentum: 0.01,
             encoder_init_scale: DEFAULT_ENCODER_INIT_SCALE,
-            device: "cpu".into(),
+            device: DeviceSpec::Cpu,
         }
     }
 }
@@ -184,19 +230,17 @@ impl SaeSpec {
     }
 
     fn uses_k(&self) -> bool {
-        architecture(&self.architecture).is_ok_and(|a| a.needs_k())
+        self.architecture.implementation().needs_k()
     }
 
     /// The sparsity coefficient, or the architecture's starting point
     /// (inputs normalised to mean norm √d_in).
     pub fn sparsity_coefficient(&self) -> f64 {
-        self.sparsity_coefficient
-            .unwrap_or(match self.architecture.as_str() {
-                "standard" => 5.0,
-                "jumprelu" => 0.01,
-                "gated" => 1.0,
-                _ => 0.0,
-            })
+        self.sparsity_coefficient.unwrap_or_else(|| {
+            self.architecture
+                .implementation()
+                .default_sparsity_coefficient()
+        })
     }
 }
 
@@ -244,27 +288,6 @@ impl TrainConfig {
         if self.data.batch_size == 0 || self.data.tokens == 0 {
             return bad("batch_size and tokens must be positive".into());
         }
-        if !["none", crate::sae::config::NORMALIZE_EXPECTED_AVERAGE]
-            .contains(&self.data.normalize.as_str())
-        {
-            return bad(format!(
-                "normalize `{}`: use `{}` or `none`",
-                self.data.normalize,
-                crate::sae::config::NORMALIZE_EXPECTED_AVERAGE
-            ));
-        }
-        if !["geometric_median", "mean", "zeros"].contains(&self.run.init_b_dec.as_str()) {
-            return bad(format!(
-                "init_b_dec `{}`: use geometric_median, mean or zeros",
-                self.run.init_b_dec
-            ));
-        }
-        if !["f32", "bf16"].contains(&self.optim.compute_dtype.as_str()) {
-            return bad(format!(
-                "compute_dtype `{}`: use f32 or bf16",
-                self.optim.compute_dtype
-            ));
-        }
         let o = &self.optim;
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || o.eps <= 0.0 {
             return bad("Adam needs 0 ≤ beta < 1 and eps > 0".into());
@@ -279,7 +302,7 @@ impl TrainConfig {
         }
         let mut names = std::collections::HashSet::new();
         for spec in &self.saes {
-            let arch = architecture(&spec.architecture)?;
+            let arch = spec.architecture.implementation();
             if arch.needs_k() && spec.k.is_none_or(|k| k == 0) {
                 return bad(format!(
                     "{}: architecture `{}` needs k > 0",
@@ -347,5 +370,72 @@ mod tests {
             ..SaeSpec::default()
         }];
         assert!(cfg.validate().unwrap_err().to_string().contains("needs k"));
+    }
+
+    /// A `train_config.toml` as saescope wrote it before the fields were
+    /// typed: every string spelling still loads, and a bad value is an error
+    /// naming the field and the allowed values.
+    #[test]
+    fn configs_saved_with_string_fields_still_load() {
+        let saved = r#"
+[data]
+model = "smollm2-135m"
+model_dtype = "bf16"
+model_device = "cuda:1"
+normalize = "none"
+
+[optim]
+compute_dtype = "bf16"
+
+[run]
+init_b_dec = "zeros"
+
+[[sae]]
+architecture = "jumprelu"
+hook = "blocks.3.hook_resid_post"
+device = "cuda"
+"#;
+        let cfg: TrainConfig = toml::from_str(saved).unwrap();
+        assert_eq!(cfg.data.model_dtype, Dtype::Bf16);
+        assert_eq!(cfg.data.model_device.to_string(), "cuda:1");
+        assert_eq!(cfg.data.normalize, InputNormalization::None);
+        assert_eq!(cfg.optim.compute_dtype, ComputeDtype::Bf16);
+        assert_eq!(cfg.run.init_b_dec, InitBDec::Zeros);
+        assert_eq!(cfg.saes[0].architecture, SaeArchitecture::JumpRelu);
+        assert_eq!(cfg.saes[0].device.to_string(), "cuda");
+        // Written back with the same spellings.
+        let text = cfg.to_toml().unwrap();
+        for line in [
+            "model_dtype = \"bf16\"",
+            "model_device = \"cuda:1\"",
+            "normalize = \"none\"",
+            "init_b_dec = \"zeros\"",
+            "architecture = \"jumprelu\"",
+            "device = \"cuda\"",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        for (field, bad, allowed) in [
+            (
+                "init_b_dec",
+                "[run]\ninit_b_dec = \"median\"",
+                "geometric_median",
+            ),
+            (
+                "normalize",
+                "[data]\nnormalize = \"l2\"",
+                "expected_average_only_in",
+            ),
+            (
+                "architecture",
+                "[[sae]]\narchitecture = \"relu\"",
+                "batchtopk",
+            ),
+            ("model_dtype", "[data]\nmodel_dtype = \"int4\"", "bf16"),
+            ("model_device", "[data]\nmodel_device = \"tpu\"", "cuda:N"),
+        ] {
+            let err = toml::from_str::<TrainConfig>(bad).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains(allowed), "{err}");
+        }
     }
 }

@@ -7,10 +7,13 @@ pub mod checkpoint;
 pub mod config;
 pub mod dead;
 pub mod feed;
+pub mod from_config;
 pub mod metrics;
+pub mod overrides;
 pub mod schedule;
 pub mod trainer;
 
 pub use config::{SaeSpec, TrainConfig};
 pub use feed::{ActivationFeed, MemoryFeed, StoreFeed, StreamFeed};
+pub use from_config::train_from_config;
 pub use trainer::{train, TrainObserver, TrainOptions, TrainSummary, TrainedSae};

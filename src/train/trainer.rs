@@ -17,14 +17,15 @@ use super::adam::{Adam, AdamConfig};
 use super::checkpoint::{
     checkpoint_dir, read_checkpoint, write_checkpoint, CheckpointState, SaeCheckpoint,
 };
-use super::config::{SaeSpec, TrainConfig, SAVED_CONFIG_FILE};
+use super::config::{
+    ComputeDtype, InitBDec, InputNormalization, SaeSpec, TrainConfig, SAVED_CONFIG_FILE,
+};
 use super::dead::DeadLatents;
 use super::feed::ActivationFeed;
 use super::metrics::{MetricsLog, StepRecord, METRICS_FILE};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
-use crate::model::load::parse_device;
 use crate::plots::{histogram_svg, log10_densities, training_curves_svg};
 use crate::sae::config::{SaeMetadata, NORMALIZE_NONE};
 use crate::sae::geometric_median::geometric_median;
@@ -220,10 +221,9 @@ pub fn train(
         write_atomic(&out.join(SAVED_CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
     }
 
-    let compute_kind = if cfg.optim.compute_dtype == "bf16" {
-        Kind::BFloat16
-    } else {
-        Kind::Float
+    let compute_kind = match cfg.optim.compute_dtype {
+        ComputeDtype::Bf16 => Kind::BFloat16,
+        ComputeDtype::F32 => Kind::Float,
     };
     let adam_cfg = AdamConfig {
         beta1: cfg.optim.beta1,
@@ -257,10 +257,10 @@ pub fn train(
     for (i, spec) in cfg.saes.iter().enumerate() {
         let hook_index = hooks.iter().position(|h| *h == spec.hook).unwrap_or(0);
         let d_in = widths[hook_index];
-        let device = parse_device(&spec.device)?;
-        let mut sae_cfg = SaeConfig::new(&spec.architecture, d_in, d_in * spec.expansion);
+        let device = spec.device.resolve()?;
+        let mut sae_cfg = SaeConfig::new(spec.architecture.name(), d_in, d_in * spec.expansion);
         sae_cfg.k = spec.k;
-        let arch = crate::sae::architecture(&spec.architecture)?;
+        let arch = spec.architecture.implementation();
         sae_cfg.apply_b_dec_to_input = arch.default_apply_b_dec_to_input();
         sae_cfg.metadata = opts.metadata.clone();
         sae_cfg.metadata.hook_name = Some(spec.hook.clone());
@@ -276,7 +276,7 @@ pub fn train(
         };
         if let Some(batch) = &first_batch {
             let x = batch[hook_index].f_to_device(device)?.f_mul_scalar(scale)?;
-            init_b_dec(&mut sae, &cfg.run.init_b_dec, &x)?;
+            init_b_dec(&mut sae, cfg.run.init_b_dec, &x)?;
         }
         let name = spec.name();
         let params: Vec<&Tensor> = sae
@@ -382,7 +382,7 @@ pub fn train(
 
 /// `√d / mean‖x‖` when normalising (the store's statistic, else this batch's), else 1.
 fn input_scale(cfg: &TrainConfig, known_mean_norm: Option<f64>, batch: &Tensor) -> Result<f64> {
-    if cfg.data.normalize == NORMALIZE_NONE {
+    if cfg.data.normalize == InputNormalization::None {
         return Ok(1.0);
     }
     let mean_norm = match known_mean_norm {
@@ -400,11 +400,11 @@ fn input_scale(cfg: &TrainConfig, known_mean_norm: Option<f64>, batch: &Tensor) 
     Ok((batch.size()[1] as f64).sqrt() / mean_norm)
 }
 
-fn init_b_dec(sae: &mut Sae, how: &str, x: &Tensor) -> Result<()> {
+fn init_b_dec(sae: &mut Sae, how: InitBDec, x: &Tensor) -> Result<()> {
     let centre = match how {
-        "geometric_median" => geometric_median(x, 100, 1e-5)?,
-        "mean" => x.f_mean_dim([0i64].as_slice(), false, Kind::Float)?,
-        _ => return Ok(()),
+        InitBDec::GeometricMedian => geometric_median(x, 100, 1e-5)?,
+        InitBDec::Mean => x.f_mean_dim([0i64].as_slice(), false, Kind::Float)?,
+        InitBDec::Zeros => return Ok(()),
     };
     sae.weights.b_dec = centre.f_to_device(sae.device())?;
     Ok(())
@@ -440,7 +440,7 @@ fn train_step(
         sparse: cfg.run.sparse_topk,
         threshold_momentum: run.spec.threshold_momentum,
     };
-    let arch = crate::sae::architecture(&run.spec.architecture)?;
+    let arch = run.spec.architecture.implementation();
     let out = arch.train_step(&mut run.sae.weights, &run.sae.cfg, &x, &ctx)?;
     if !out.loss.is_finite() {
         return Err(Error::Training(format!(

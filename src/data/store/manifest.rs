@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
@@ -18,60 +18,8 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// The version of the store layout this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// How activations are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StoreDtype {
-    #[serde(rename = "f32")]
-    F32,
-    #[serde(rename = "bf16")]
-    Bf16,
-    #[serde(rename = "f16")]
-    F16,
-}
-
-impl StoreDtype {
-    pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "f32" | "float32" => Ok(StoreDtype::F32),
-            "bf16" | "bfloat16" => Ok(StoreDtype::Bf16),
-            "f16" | "float16" => Ok(StoreDtype::F16),
-            other => Err(Error::InvalidArgument(format!(
-                "unknown store dtype `{other}` (expected f32, bf16 or f16)"
-            ))),
-        }
-    }
-
-    pub fn kind(self) -> Kind {
-        match self {
-            StoreDtype::F32 => Kind::Float,
-            StoreDtype::Bf16 => Kind::BFloat16,
-            StoreDtype::F16 => Kind::Half,
-        }
-    }
-
-    pub fn safetensors(self) -> safetensors::Dtype {
-        match self {
-            StoreDtype::F32 => safetensors::Dtype::F32,
-            StoreDtype::Bf16 => safetensors::Dtype::BF16,
-            StoreDtype::F16 => safetensors::Dtype::F16,
-        }
-    }
-
-    pub fn bytes(self) -> usize {
-        match self {
-            StoreDtype::F32 => 4,
-            StoreDtype::Bf16 | StoreDtype::F16 => 2,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            StoreDtype::F32 => "f32",
-            StoreDtype::Bf16 => "bf16",
-            StoreDtype::F16 => "f16",
-        }
-    }
-}
+/// How activations are stored: `f32`, `bf16` or `f16`.
+pub use crate::io::dtype::Dtype as StoreDtype;
 
 /// The model the activations came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,12 +12,11 @@ use tch::{Device, Kind};
 use super::config::ModelConfig;
 use super::tokenizer::ModelTokenizer;
 use super::transformer::Transformer;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::io::safetensors::read_checkpoint;
 use crate::model::load::gguf::file::GgufFile;
 use crate::model::load::gguf::load::{gguf_config, gguf_tokenizer, gguf_weights};
-use crate::model::load::hf::config::read_hf_config;
-use crate::model::load::hf::convert::convert_hf;
+use crate::model::load::hf::{convert_hf, read_hf_config};
 use crate::model::load::source::{resolve_model, ModelSource};
 
 /// A model ready to run, with what describes it.
@@ -81,40 +80,4 @@ fn read_chat_template(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json.get("chat_template")?.as_str().map(str::to_string)
-}
-
-/// Parses `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda_device(0),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(index)) => cuda_device(index),
-            _ => Err(Error::InvalidArgument(format!(
-                "unknown device `{name}` (expected cpu, cuda or cuda:N)"
-            ))),
-        },
-    }
-}
-
-fn cuda_device(index: usize) -> Result<Device> {
-    let available = tch::Cuda::device_count() as usize;
-    if index >= available {
-        return Err(Error::InvalidArgument(format!(
-            "cuda:{index} requested but {available} CUDA device(s) are visible"
-        )));
-    }
-    Ok(Device::Cuda(index))
-}
-
-/// Parses `f32`, `bf16` or `f16`.
-pub fn parse_dtype(name: &str) -> Result<Kind> {
-    match name {
-        "f32" | "float32" => Ok(Kind::Float),
-        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
-        "f16" | "float16" => Ok(Kind::Half),
-        other => Err(Error::InvalidArgument(format!(
-            "unknown dtype `{other}` (expected f32, bf16 or f16)"
-        ))),
-    }
 }

@@ -8,7 +8,9 @@
 use tch::{Kind, Tensor};
 
 use super::auxk::topk_family_loss;
+use super::jumprelu::JumpRelu;
 use crate::error::{Error, Result};
+use crate::sae::architecture::required;
 use crate::sae::architecture::scatter_dense;
 use crate::sae::architecture::{
     autograd_step_with_acts, encoder_pre, Architecture, Losses, StepContext, StepOutput,
@@ -53,6 +55,29 @@ impl Architecture for BatchTopK {
     fn init_extra(&self, w: &mut SaeWeights) -> Result<()> {
         w.batch_threshold = Some(Tensor::f_full([], UNSET, (Kind::Float, w.device()))?);
         Ok(())
+    }
+
+    /// Saved as SAELens does: a JumpReLU SAE whose threshold is the learned
+    /// batch threshold for every latent; `k` moves to the metadata.
+    fn saved_tensors(
+        &self,
+        w: &SaeWeights,
+        cfg: &mut SaeConfig,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        let theta = required(&w.batch_threshold, "batch_threshold")?.f_clamp_min(0.0)?;
+        cfg.architecture = JumpRelu.name().into();
+        if let Some(k) = cfg.k.take() {
+            cfg.metadata
+                .extra
+                .insert("batchtopk_k".into(), serde_json::Value::from(k));
+        }
+        Ok(vec![
+            ("b_enc", w.b_enc.shallow_clone()),
+            (
+                "threshold",
+                theta.f_expand([cfg.d_sae as i64], true)?.f_contiguous()?,
+            ),
+        ])
     }
 
     /// Inference: JumpReLU with the learned threshold.

@@ -13,6 +13,7 @@ use tch::{Kind, Tensor};
 
 use super::standard::weighted_l1;
 use crate::error::{Error, Result};
+use crate::sae::architecture::required;
 use crate::sae::architecture::{
     decode, encoder_input, pre_activations, summed_squared_error, Architecture, Losses, StepContext,
 };
@@ -59,6 +60,34 @@ impl Architecture for Gated {
         let opts = (Kind::Float, w.device());
         w.r_mag = Some(Tensor::f_zeros([w.d_sae()], opts)?);
         w.b_mag = Some(Tensor::f_zeros([w.d_sae()], opts)?);
+        Ok(())
+    }
+
+    fn default_sparsity_coefficient(&self) -> f64 {
+        1.0
+    }
+
+    /// SAELens names the gate's bias `b_gate` (there is no `b_enc`).
+    fn saved_tensors(
+        &self,
+        w: &SaeWeights,
+        _cfg: &mut SaeConfig,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        Ok(vec![
+            ("b_gate", w.b_enc.shallow_clone()),
+            ("r_mag", required(&w.r_mag, "r_mag")?.shallow_clone()),
+            ("b_mag", required(&w.b_mag, "b_mag")?.shallow_clone()),
+        ])
+    }
+
+    fn load_tensors(
+        &self,
+        w: &mut SaeWeights,
+        take: &mut dyn FnMut(&str) -> Result<Tensor>,
+    ) -> Result<()> {
+        w.b_enc = take("b_gate")?;
+        w.r_mag = Some(take("r_mag")?);
+        w.b_mag = Some(take("b_mag")?);
         Ok(())
     }
 

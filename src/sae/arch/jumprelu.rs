@@ -15,6 +15,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::sae::architecture::required;
 use crate::sae::architecture::{encoder_pre, penalised_mse, Architecture, Losses, StepContext};
 use crate::sae::config::SaeConfig;
 use crate::sae::weights::SaeWeights;
@@ -83,6 +84,36 @@ impl Architecture for JumpRelu {
             INITIAL_THRESHOLD.ln(),
             (Kind::Float, w.device()),
         )?);
+        Ok(())
+    }
+
+    fn default_sparsity_coefficient(&self) -> f64 {
+        0.01
+    }
+
+    /// The threshold itself is saved (θ, not the log θ that trains).
+    fn saved_tensors(
+        &self,
+        w: &SaeWeights,
+        _cfg: &mut SaeConfig,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        Ok(vec![
+            ("b_enc", w.b_enc.shallow_clone()),
+            (
+                "threshold",
+                required(&w.log_threshold, "threshold")?.f_exp()?,
+            ),
+        ])
+    }
+
+    fn load_tensors(
+        &self,
+        w: &mut SaeWeights,
+        take: &mut dyn FnMut(&str) -> Result<Tensor>,
+    ) -> Result<()> {
+        w.b_enc = take("b_enc")?;
+        // θ = 0 means "plain ReLU"; its log is clamped, not −∞.
+        w.log_threshold = Some(take("threshold")?.f_clamp_min(1e-30)?.f_log()?);
         Ok(())
     }
 

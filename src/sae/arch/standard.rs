@@ -41,6 +41,10 @@ impl Architecture for Standard {
         false
     }
 
+    fn default_sparsity_coefficient(&self) -> f64 {
+        5.0
+    }
+
     fn encode(&self, w: &SaeWeights, cfg: &SaeConfig, x: &Tensor) -> Result<Tensor> {
         Ok(encoder_pre(w, cfg, x, Kind::Float)?.f_relu()?)
     }

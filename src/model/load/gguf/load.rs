@@ -17,9 +17,10 @@ use crate::model::weights::{BlockWeights, ModelWeights, NormWeights, TensorBag};
 pub fn gguf_config(gguf: &GgufFile) -> Result<ModelConfig> {
     let arch = gguf.meta_str("general.architecture")?;
     if arch != "llama" {
-        return Err(Error::UnknownArchitecture(format!(
-            "{arch} (GGUF files of the `llama` architecture are supported)"
-        )));
+        return Err(Error::UnknownArchitecture {
+            name: arch.to_string(),
+            supported: "llama (in GGUF files)".into(),
+        });
     }
     let key = |k: &str| format!("{arch}.{k}");
     let int = |k: &str| -> Result<i64> {

@@ -1,0 +1,114 @@
+//! GPT-NeoX (`gpt_neox`, the Pythia models): parallel residual, partial
+//! rotary embeddings, QKV fused per head.
+
+use serde_json::Value;
+use tch::Tensor;
+
+use super::family::Family;
+use super::json::*;
+use super::tensors::*;
+use crate::error::{Error, Result};
+use crate::model::config::{Activation, ModelConfig, NormKind, PositionKind};
+use crate::model::weights::{BlockWeights, ModelWeights, TensorBag};
+
+pub const FAMILY: Family = Family {
+    model_types: &["gpt_neox"],
+    config: |json, _| config(json),
+    convert,
+};
+
+fn config(json: &Value) -> Result<ModelConfig> {
+    let d_model = int(json, "hidden_size")?;
+    let n_heads = int(json, "num_attention_heads")?;
+    let d_head = d_model / n_heads.max(1);
+    let section = rope_section(json);
+    let rotary_fraction = section
+        .get("partial_rotary_factor")
+        .and_then(Value::as_f64)
+        .or_else(|| json.get("partial_rotary_factor").and_then(Value::as_f64))
+        .or_else(|| json.get("rotary_pct").and_then(Value::as_f64))
+        .unwrap_or(1.0);
+    let base = section
+        .get("rope_theta")
+        .and_then(Value::as_f64)
+        .or_else(|| json.get("rotary_emb_base").and_then(Value::as_f64))
+        .unwrap_or(10_000.0);
+    let activation = match json.get("hidden_act").and_then(Value::as_str) {
+        None | Some("gelu") => Activation::Gelu,
+        Some("gelu_new") | Some("gelu_fast") | Some("gelu_pytorch_tanh") => Activation::GeluTanh,
+        Some(other) => return Err(Error::Config(format!("unsupported activation `{other}`"))),
+    };
+    let bias = bool_or(json, "attention_bias", true);
+    Ok(ModelConfig {
+        architecture: "gpt_neox".into(),
+        vocab_size: int(json, "vocab_size")?,
+        d_model,
+        n_layers: layers(json, "num_hidden_layers")?,
+        n_heads,
+        n_kv_heads: n_heads,
+        d_head,
+        d_mlp: int(json, "intermediate_size")?,
+        norm: NormKind::LayerNorm,
+        norm_eps: float_or(json, "layer_norm_eps", 1e-5),
+        activation,
+        gated_mlp: false,
+        positions: PositionKind::Rotary {
+            base,
+            rotary_dim: (d_head as f64 * rotary_fraction) as i64,
+            llama3_scaling: None,
+        },
+        parallel_residual: bool_or(json, "use_parallel_residual", true),
+        qkv_bias: bias,
+        attn_out_bias: bias,
+        mlp_bias: true,
+        tied_embeddings: bool_or(json, "tie_word_embeddings", false),
+        max_context: int_or(json, "max_position_embeddings", 2048),
+        bos_token_id: json.get("bos_token_id").and_then(Value::as_i64),
+        eos_token_ids: eos_ids(json),
+    })
+}
+
+/// GPT-NeoX fuses QKV per head (`[head, {q,k,v}, d_head]` rows); regroup them
+/// into all queries, then all keys, then all values.
+fn neox_regroup_qkv(t: &Tensor, cfg: &ModelConfig) -> Tensor {
+    let mut shape = vec![cfg.n_heads, 3, cfg.d_head];
+    let trailing = &t.size()[1..];
+    shape.extend_from_slice(trailing);
+    let mut out_shape = vec![3 * cfg.n_heads * cfg.d_head];
+    out_shape.extend_from_slice(trailing);
+    t.reshape(shape.as_slice())
+        .transpose(0, 1)
+        .contiguous()
+        .reshape(out_shape.as_slice())
+}
+
+fn convert(cfg: &ModelConfig, bag: &mut TensorBag) -> Result<ModelWeights> {
+    debug_assert!(matches!(cfg.positions, PositionKind::Rotary { .. }));
+    let embed = bag.take("gpt_neox.embed_in.weight")?;
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for i in 0..cfg.n_layers {
+        let l = format!("gpt_neox.layers.{i}");
+        let qkv_w = bag.take(&format!("{l}.attention.query_key_value.weight"))?;
+        let qkv_b = bag.take_if(cfg.qkv_bias, &format!("{l}.attention.query_key_value.bias"))?;
+        blocks.push(BlockWeights {
+            ln1: norm(cfg, bag, &format!("{l}.input_layernorm"))?,
+            qkv_w: neox_regroup_qkv(&qkv_w, cfg),
+            qkv_b: qkv_b.map(|b| neox_regroup_qkv(&b, cfg)),
+            out_w: bag.take(&format!("{l}.attention.dense.weight"))?,
+            out_b: bag.take_if(cfg.attn_out_bias, &format!("{l}.attention.dense.bias"))?,
+            ln2: norm(cfg, bag, &format!("{l}.post_attention_layernorm"))?,
+            mlp_in_w: bag.take(&format!("{l}.mlp.dense_h_to_4h.weight"))?,
+            mlp_in_b: Some(bag.take(&format!("{l}.mlp.dense_h_to_4h.bias"))?),
+            mlp_out_w: bag.take(&format!("{l}.mlp.dense_4h_to_h.weight"))?,
+            mlp_out_b: Some(bag.take(&format!("{l}.mlp.dense_4h_to_h.bias"))?),
+        });
+    }
+    let unembed = unembed(cfg, bag, "embed_out.weight", &embed)?;
+    Ok(ModelWeights {
+        pos_embed: None,
+        blocks,
+        ln_final: norm(cfg, bag, "gpt_neox.final_layer_norm")?,
+        unembed,
+        embed,
+    })
+}

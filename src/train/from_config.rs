@@ -1,0 +1,80 @@
+//! A whole training run from its config alone: the activations come from
+//! the store named in `[data]`, or stream from the model over the corpus
+//! when no store is given; each saved SAE's metadata names that source.
+
+use super::config::TrainConfig;
+use super::feed::{store_for_hook, StoreFeed, StreamFeed};
+use super::trainer::{train, TrainObserver, TrainOptions, TrainSummary};
+use crate::data::corpus::Corpus;
+use crate::data::harvest::stream::StreamingSource;
+use crate::data::store::Store;
+use crate::error::Result;
+use crate::hooks::HookPoint;
+use crate::model::load_model;
+use crate::sae::config::SaeMetadata;
+
+/// Trains `cfg`'s SAEs (resuming from the checkpoint in `run.out` when
+/// `resume`), reporting to `observer`.
+pub fn train_from_config(
+    cfg: &TrainConfig,
+    resume: bool,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary> {
+    let mut opts = TrainOptions {
+        resume,
+        ..TrainOptions::default()
+    };
+    let hooks = cfg.hooks();
+    match &cfg.data.store {
+        Some(root) => {
+            let first = Store::open(&store_for_hook(root, &hooks[0])?)?;
+            let m = first.manifest();
+            opts.metadata = SaeMetadata {
+                model_name: Some(m.model.spec.clone()),
+                context_size: Some(m.context),
+                prepend_bos: Some(true),
+                dataset_path: Some(m.corpus.clone()),
+                ..SaeMetadata::default()
+            };
+            let mut feed = StoreFeed::open(
+                root,
+                &hooks,
+                cfg.data.batch_size,
+                cfg.data.seed,
+                cfg.data.buffer_shards,
+            )?;
+            train(cfg, &mut feed, &opts, observer)
+        }
+        None => {
+            let model = load_model(
+                &cfg.data.model,
+                cfg.data.model_device.resolve()?,
+                cfg.data.model_dtype.kind(),
+            )?;
+            let n_layers = model.model.config().n_layers;
+            let points = hooks
+                .iter()
+                .map(|h| HookPoint::parse_for(h, n_layers))
+                .collect::<Result<Vec<_>>>()?;
+            let corpus = Corpus::open(&cfg.data.corpus, &cfg.data.text_field)?;
+            let source = StreamingSource::with_hooks(
+                &model,
+                &corpus,
+                &points,
+                cfg.data.context,
+                cfg.data.windows_per_forward,
+                cfg.data.skip_bos,
+                false,
+            )?;
+            opts.metadata = SaeMetadata {
+                model_name: Some(cfg.data.model.clone()),
+                context_size: Some(cfg.data.context),
+                prepend_bos: Some(true),
+                dataset_path: Some(cfg.data.corpus.clone()),
+                ..SaeMetadata::default()
+            };
+            let mut feed = StreamFeed::new(source, cfg.data.batch_size);
+            train(cfg, &mut feed, &opts, observer)
+        }
+    }
+}
