@@ -28,7 +28,7 @@ pub struct TrainBenchConfig {
     pub held_out_tokens: u64,
     #[arg(long, default_value_t = 4096)]
     pub batch: usize,
-    #[arg(long, value_enum, default_value = "topk")]
+    #[arg(long, default_value = "topk")]
     pub architecture: SaeArchitecture,
     #[arg(long, default_value_t = 16)]
     pub expansion: usize,
@@ -44,17 +44,17 @@ pub struct TrainBenchConfig {
     #[arg(long, default_value_t = 0.0)]
     pub auxk_alpha: f64,
     /// Precision of the encoder matmul.
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, default_value = "f32")]
     pub compute_dtype: ComputeDtype,
     /// The dense autograd TopK step instead of the sparse one.
     #[arg(long)]
     pub dense_topk: bool,
     /// Input normalisation: none (sparsify's) or expected_average_only_in
     /// (saescope's default: mean norm √d_in, folded into the weights after).
-    #[arg(long, value_enum, default_value = "none")]
+    #[arg(long, default_value = "none")]
     pub normalize: InputNormalization,
     /// b_dec initialisation: mean (sparsify's), geometric_median or zeros.
-    #[arg(long, value_enum, default_value = "mean")]
+    #[arg(long, default_value = "mean")]
     pub init_b_dec: InitBDec,
     /// W_enc = scale · W_decᵀ at initialisation.
     #[arg(long, default_value_t = DEFAULT_ENCODER_INIT_SCALE)]

@@ -17,9 +17,8 @@ use crate::sae::arch::standard::Standard;
 use crate::sae::arch::topk::TopK;
 
 /// An SAE architecture, as configs and flags name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[value(rename_all = "lowercase")]
 pub enum SaeArchitecture {
     /// ReLU with an L1 penalty weighted by decoder norms.
     Standard,
@@ -99,12 +98,7 @@ mod tests {
         for arch in SaeArchitecture::ALL {
             let json = serde_json::to_string(&arch).unwrap();
             assert_eq!(json, format!("\"{}\"", arch.name()));
-            assert_eq!(
-                <SaeArchitecture as clap::ValueEnum>::to_possible_value(&arch)
-                    .unwrap()
-                    .get_name(),
-                arch.name()
-            );
+            assert_eq!(arch.name().parse::<SaeArchitecture>().unwrap(), arch);
         }
         let err = architecture("relu").err().unwrap().to_string();
         assert!(err.contains("unknown SAE architecture `relu`"), "{err}");

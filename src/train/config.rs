@@ -12,15 +12,13 @@ use crate::sae::config::NORMALIZE_EXPECTED_AVERAGE;
 use crate::sae::SaeArchitecture;
 
 /// How training inputs are scaled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InputNormalization {
     /// Scale inputs by one constant so their mean norm is √d_in (SAELens's
     /// `expected_average_only_in`), folded into the saved weights.
     #[serde(rename = "expected_average_only_in")]
-    #[value(name = "expected_average_only_in")]
     ExpectedAverageOnlyIn,
     #[serde(rename = "none")]
-    #[value(name = "none")]
     None,
 }
 
@@ -35,9 +33,8 @@ impl InputNormalization {
 }
 
 /// Where `b_dec` starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
 pub enum InitBDec {
     /// The geometric median of the first batch (Bricken et al. 2023).
     GeometricMedian,
@@ -47,13 +44,50 @@ pub enum InitBDec {
 }
 
 /// The precision of the encoder matmul (master weights stay f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[value(rename_all = "lowercase")]
 pub enum ComputeDtype {
     F32,
     Bf16,
 }
+
+/// `FromStr` for a config enum from its serde spelling, with an error that
+/// names the config field and the allowed values (what flags print too).
+macro_rules! parse_as_config {
+    ($ty:ty, $field:literal, [$($name:literal => $value:expr),+ $(,)?]) => {
+        impl std::str::FromStr for $ty {
+            type Err = Error;
+
+            fn from_str(text: &str) -> Result<Self> {
+                match text {
+                    $($name => Ok($value),)+
+                    other => Err(Error::Config(format!(
+                        concat!($field, " `{}`: use ", parse_as_config!(@list $($name),+)),
+                        other
+                    ))),
+                }
+            }
+        }
+    };
+    (@list $first:literal) => { $first };
+    (@list $first:literal, $($rest:literal),+) => {
+        concat!($first, ", ", parse_as_config!(@list $($rest),+))
+    };
+}
+
+parse_as_config!(InputNormalization, "normalize", [
+    "expected_average_only_in" => InputNormalization::ExpectedAverageOnlyIn,
+    "none" => InputNormalization::None,
+]);
+parse_as_config!(InitBDec, "init_b_dec", [
+    "geometric_median" => InitBDec::GeometricMedian,
+    "mean" => InitBDec::Mean,
+    "zeros" => InitBDec::Zeros,
+]);
+parse_as_config!(ComputeDtype, "compute_dtype", [
+    "f32" => ComputeDtype::F32,
+    "bf16" => ComputeDtype::Bf16,
+]);
 
 /// Where activations come from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -8,5 +8,7 @@ pub mod alloc;
 pub mod decode_step;
 pub mod fused_ops;
 pub mod gemv;
+pub mod host;
+pub mod step_ops;
 pub mod team;
 pub mod torch_threads;

@@ -2,6 +2,7 @@
 //! tests use to build files.
 
 use super::*;
+use crate::model::load::gguf::value::*;
 
 pub(crate) mod testutil {
     use super::*;
