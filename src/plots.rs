@@ -1,36 +1,38 @@
-//! Pictures of a run as SVG (plotters): training curves and a
-//! feature-density histogram. SVG needs no font files, so it works on a bare
+//! Pictures as SVG (plotters): line panels (training curves), histograms
+//! (feature densities) and heatmaps (learned scalars). Knows no caller's
+//! types: each takes plain numbers and labels. SVG needs no font files, so it works on a bare
 //! machine and opens in any browser.
 
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::train::metrics::StepRecord;
 
 fn plot_error(e: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("cannot draw plot: {e}"))
 }
 
-/// Four panels against training tokens: FVU, L0, dead fraction, learning rate.
-pub fn training_curves_svg(records: &[StepRecord], title: &str) -> Result<String> {
+/// One panel of [`panels_svg`]: a named line of `(x, y)` points, on a log
+/// y axis when `log` (non-positive points are then left out).
+pub struct Panel<'a> {
+    pub name: &'a str,
+    pub points: Vec<(f64, f64)>,
+    pub log: bool,
+}
+
+/// Line panels in a 2 × 2 grid (the first four of `panels`) sharing the x
+/// axis `0..x_max`, described as `x_desc`.
+pub fn panels_svg(panels: Vec<Panel>, x_max: f64, x_desc: &str, title: &str) -> Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1100, 760)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
         let root = root.titled(title, ("sans-serif", 22)).map_err(plot_error)?;
-        let panels = root.split_evenly((2, 2));
-        type Metric = fn(&StepRecord) -> f64;
-        let series: [(&str, Metric, bool); 4] = [
-            ("FVU (log scale)", |r| r.fvu, true),
-            ("L0 (active latents per token)", |r| r.l0, false),
-            ("dead fraction", |r| r.dead_fraction, false),
-            ("learning rate", |r| r.lr, false),
-        ];
-        let max_tokens = records.last().map_or(1, |r| r.tokens.max(1)) as f64;
-        for (panel, (name, get, log)) in panels.iter().zip(series) {
-            let points: Vec<(f64, f64)> = records
-                .iter()
-                .map(|r| (r.tokens as f64, get(r)))
+        let areas = root.split_evenly((2, 2));
+        for (area, panel) in areas.iter().zip(panels) {
+            let log = panel.log;
+            let points: Vec<(f64, f64)> = panel
+                .points
+                .into_iter()
                 .filter(|(_, y)| y.is_finite() && (!log || *y > 0.0))
                 .collect();
             let (lo, hi) = points
@@ -40,18 +42,18 @@ pub fn training_curves_svg(records: &[StepRecord], title: &str) -> Result<String
                 });
             let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
             let pad = ((hi - lo) * 0.05).max(1e-12);
-            let mut chart = ChartBuilder::on(panel);
+            let mut chart = ChartBuilder::on(area);
             chart
-                .caption(name, ("sans-serif", 16))
+                .caption(panel.name, ("sans-serif", 16))
                 .margin(12)
                 .x_label_area_size(32)
                 .y_label_area_size(64);
             if log {
                 let mut c = chart
-                    .build_cartesian_2d(0.0..max_tokens, (lo * 0.9..hi * 1.1).log_scale())
+                    .build_cartesian_2d(0.0..x_max, (lo * 0.9..hi * 1.1).log_scale())
                     .map_err(plot_error)?;
                 c.configure_mesh()
-                    .x_desc("tokens")
+                    .x_desc(x_desc)
                     .draw()
                     .map_err(plot_error)?;
                 c.draw_series(LineSeries::new(points, &BLUE))
@@ -63,10 +65,10 @@ pub fn training_curves_svg(records: &[StepRecord], title: &str) -> Result<String
                     lo - pad
                 };
                 let mut c = chart
-                    .build_cartesian_2d(0.0..max_tokens, lo..hi + pad)
+                    .build_cartesian_2d(0.0..x_max, lo..hi + pad)
                     .map_err(plot_error)?;
                 c.configure_mesh()
-                    .x_desc("tokens")
+                    .x_desc(x_desc)
                     .draw()
                     .map_err(plot_error)?;
                 c.draw_series(LineSeries::new(points, &BLUE))
@@ -227,23 +229,15 @@ mod tests {
 
     #[test]
     fn plots_are_svg_documents_with_their_titles() {
-        let records: Vec<StepRecord> = (0..5)
-            .map(|i| StepRecord {
-                step: i,
-                tokens: (i + 1) * 100,
-                loss: 1.0 / (i + 1) as f64,
-                mse: 0.1,
-                fvu: 1.0 / (i + 1) as f64,
-                explained_variance: 0.5,
-                l0: 32.0,
-                dead_fraction: 0.0,
-                lr: 1e-3,
-                sparsity_coefficient: 0.0,
-                sparsity_loss: 0.0,
-                aux_loss: 0.0,
+        let panels = ["FVU", "L0", "dead", "lr"]
+            .map(|name| Panel {
+                name,
+                points: (0..5).map(|i| (i as f64, 1.0 / (i + 1) as f64)).collect(),
+                log: name == "FVU",
             })
+            .into_iter()
             .collect();
-        let svg = training_curves_svg(&records, "run A").unwrap();
+        let svg = panels_svg(panels, 5.0, "tokens", "run A").unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("run A") && svg.contains("FVU"));
         let hist =
             histogram_svg(&log10_densities(&[0.1, 0.01, 0.0]), 10, "density", "log10").unwrap();

@@ -81,7 +81,7 @@ fn topk_and_standard_saes_recover_known_directions() {
         ),
     ];
     for (spec, lr) in cases {
-        let arch = spec.architecture.clone();
+        let arch = spec.architecture;
         let cfg = synthetic_config(spec, 1_500_000, lr);
         let mut feed = MemoryFeed::new(vec![x.shallow_clone()], cfg.data.batch_size, 0).unwrap();
         let summary = train(&cfg, &mut feed, &in_memory(), &mut Quiet).unwrap();

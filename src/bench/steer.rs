@@ -40,9 +40,9 @@ pub fn steer_bench(
     let (mut plain, mut steered) = (0.0f64, 0.0f64);
     // Warm up both paths, then alternate, keeping each side's best round.
     for round in 0..=rounds {
-        let p = time_generation(&loaded, &prompt, new_tokens, &mut Hooks::new())?;
+        let p = time_generation(loaded, &prompt, new_tokens, &mut Hooks::new())?;
         let mut hooks = steer_hooks(&mut steers);
-        let q = time_generation(&loaded, &prompt, new_tokens, &mut hooks)?;
+        let q = time_generation(loaded, &prompt, new_tokens, &mut hooks)?;
         if round > 0 {
             plain = plain.max(p);
             steered = steered.max(q);

@@ -8,3 +8,4 @@ pub mod dtype;
 pub mod hub;
 pub mod rng;
 pub mod safetensors;
+pub mod tensor_bag;

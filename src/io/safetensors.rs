@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor};
 
+use super::tensor_bag::TensorBag;
 use crate::error::{Error, Result};
-use crate::model::weights::TensorBag;
 
 /// The safetensors files of a model folder: the shards named by the index when
 /// there is one, else `model.safetensors`.

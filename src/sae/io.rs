@@ -12,7 +12,6 @@
 //!   first. A folder named `layers.N` is sparsify's residual stream after
 //!   layer N, i.e. `blocks.N.hook_resid_post`.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::Value;
@@ -25,6 +24,7 @@ use super::weights::SaeWeights;
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 use crate::io::safetensors::{read_safetensors, write_safetensors};
+use crate::io::tensor_bag::TensorBag;
 
 pub const CONFIG_FILE: &str = "cfg.json";
 pub const SAELENS_WEIGHTS_FILE: &str = "sae_weights.safetensors";
@@ -56,6 +56,22 @@ pub fn save_sae(sae: &Sae, dir: &Path) -> Result<()> {
     write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
 }
 
+/// The tensors of `file`, each converted to f32 as it is taken.
+struct FloatTensors(TensorBag);
+
+impl FloatTensors {
+    fn take(&mut self, name: &str) -> Result<Tensor> {
+        Ok(self.0.take(name)?.f_to_kind(Kind::Float)?)
+    }
+}
+
+fn float_tensors(file: &Path) -> Result<FloatTensors> {
+    Ok(FloatTensors(TensorBag::new(
+        read_safetensors(file)?,
+        file.display().to_string(),
+    )))
+}
+
 /// Loads a SAELens or sparsify SAE folder onto the CPU, in f32.
 pub fn load_sae(dir: &Path) -> Result<Sae> {
     let cfg_path = dir.join(CONFIG_FILE);
@@ -80,30 +96,12 @@ pub fn load_sae(dir: &Path) -> Result<Sae> {
     }
 }
 
-struct Tensors<'a> {
-    map: HashMap<String, Tensor>,
-    file: &'a Path,
-}
-
-impl Tensors<'_> {
-    fn take(&mut self, name: &str) -> Result<Tensor> {
-        let t = self.map.remove(name).ok_or_else(|| Error::MissingTensor {
-            name: name.into(),
-            source_desc: self.file.display().to_string(),
-        })?;
-        Ok(t.f_to_kind(Kind::Float)?)
-    }
-}
-
 fn load_saelens(dir: &Path, value: Value) -> Result<Sae> {
     let cfg_path = dir.join(CONFIG_FILE);
     let cfg: SaeConfig = serde_json::from_value(value)
         .map_err(|e| Error::malformed(&cfg_path, format!("not an SAELens config: {e}")))?;
     let file = dir.join(SAELENS_WEIGHTS_FILE);
-    let mut t = Tensors {
-        map: read_safetensors(&file)?,
-        file: &file,
-    };
+    let mut t = float_tensors(&file)?;
     let w_enc = t.take("W_enc")?;
     let expected = [cfg.d_in as i64, cfg.d_sae as i64];
     if w_enc.size() != expected {
@@ -143,10 +141,7 @@ fn fold_decoder_norms(w: &mut SaeWeights) -> Result<()> {
 fn load_sparsify(dir: &Path, value: &Value) -> Result<Sae> {
     let cfg_path = dir.join(CONFIG_FILE);
     let file = dir.join(SPARSIFY_WEIGHTS_FILE);
-    let mut t = Tensors {
-        map: read_safetensors(&file)?,
-        file: &file,
-    };
+    let mut t = float_tensors(&file)?;
     let w_enc = t.take("encoder.weight")?;
     let (d_sae, d_in) = match w_enc.size()[..] {
         [a, b] => (a as usize, b as usize),

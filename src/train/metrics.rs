@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::plots::{panels_svg, Panel};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
@@ -80,4 +81,54 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepRecord>> {
                 .map_err(|e| Error::malformed(path, format!("line {}: {e}", i + 1)))
         })
         .collect()
+}
+
+/// Four panels against training tokens: FVU (log scale), L0, dead fraction,
+/// learning rate.
+pub fn training_curves_svg(records: &[StepRecord], title: &str) -> Result<String> {
+    type Metric = fn(&StepRecord) -> f64;
+    let series: [(&str, Metric, bool); 4] = [
+        ("FVU (log scale)", |r| r.fvu, true),
+        ("L0 (active latents per token)", |r| r.l0, false),
+        ("dead fraction", |r| r.dead_fraction, false),
+        ("learning rate", |r| r.lr, false),
+    ];
+    let panels = series
+        .into_iter()
+        .map(|(name, get, log)| Panel {
+            name,
+            points: records.iter().map(|r| (r.tokens as f64, get(r))).collect(),
+            log,
+        })
+        .collect();
+    let max_tokens = records.last().map_or(1, |r| r.tokens.max(1)) as f64;
+    panels_svg(panels, max_tokens, "tokens", title)
+}
+
+#[cfg(test)]
+mod curve_tests {
+    use super::*;
+
+    #[test]
+    fn training_curves_are_an_svg_with_the_four_metrics() {
+        let records: Vec<StepRecord> = (0..5)
+            .map(|i| StepRecord {
+                step: i,
+                tokens: (i + 1) * 100,
+                loss: 1.0 / (i + 1) as f64,
+                mse: 0.1,
+                fvu: 1.0 / (i + 1) as f64,
+                explained_variance: 0.5,
+                l0: 32.0,
+                dead_fraction: 0.0,
+                lr: 1e-3,
+                sparsity_coefficient: 0.0,
+                sparsity_loss: 0.0,
+                aux_loss: 0.0,
+            })
+            .collect();
+        let svg = training_curves_svg(&records, "run A").unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("run A") && svg.contains("FVU"));
+        assert!(svg.contains("dead fraction") && svg.contains("learning rate"));
+    }
 }

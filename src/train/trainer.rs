@@ -22,11 +22,11 @@ use super::config::{
 };
 use super::dead::DeadLatents;
 use super::feed::ActivationFeed;
-use super::metrics::{MetricsLog, StepRecord, METRICS_FILE};
+use super::metrics::{training_curves_svg, MetricsLog, StepRecord, METRICS_FILE};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
-use crate::plots::{histogram_svg, log10_densities, training_curves_svg};
+use crate::plots::{histogram_svg, log10_densities};
 use crate::sae::config::{SaeMetadata, NORMALIZE_NONE};
 use crate::sae::geometric_median::geometric_median;
 use crate::sae::{save_sae, Sae, SaeConfig, StepContext};

@@ -391,3 +391,94 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod product_tests {
+    //! The matrix–vector kernels of `gemv`, run as the fused step runs them:
+    //! shared out by a team, against a plain f64 loop.
+
+    use super::*;
+    use crate::model::cpu::gemv::*;
+
+    fn reference(x: &[f32], m: usize, w: &[f32], n: usize, b: &[f32]) -> Vec<f32> {
+        let k = x.len() / m;
+        let mut y = vec![0f32; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                    .sum();
+                y[r * n + j] = dot as f32 + b[j];
+            }
+        }
+        y
+    }
+
+    /// The product as the fused step computes it, by a team of libtorch's threads.
+    fn product(x: &[f32], m: usize, w: WeightSlice, b: Option<WeightSlice>) -> Vec<f32> {
+        let n = w.len() / (x.len() / m);
+        run(m * n, |team| team.product(x, m, w, b, Readers::All)).unwrap_or_default()
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32
+                    / 1000.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_a_plain_loop_for_every_row_count_and_odd_widths() {
+        for (m, n, k) in [
+            (1, 37, 64),
+            (3, 100, 70),
+            (5, 33, 96),
+            (8, 300, 576),
+            (13, 50, 576),
+        ] {
+            let x = values(m * k, 1);
+            let w = values(n * k, 2);
+            let b = values(n, 3);
+            let want = reference(&x, m, &w, n, &b);
+            let got = product(&x, m, WeightSlice::F32(&w), Some(WeightSlice::F32(&b)));
+            for (g, e) in got.iter().zip(&want) {
+                assert!((g - e).abs() < 1e-4, "m={m} n={n} k={k}: {g} vs {e}");
+            }
+            // bf16 weights: the same products on the rounded weights.
+            let w16: Vec<u16> = w
+                .iter()
+                .map(|v| (round_bf16(*v).to_bits() >> 16) as u16)
+                .collect();
+            let w_rounded: Vec<f32> = w16.iter().map(|b| bf16_to_f32(*b)).collect();
+            let x_rounded: Vec<f32> = x.iter().map(|v| round_bf16(*v)).collect();
+            let want = reference(&x_rounded, m, &w_rounded, n, &vec![0.0; n]);
+            let got = product(&x, m, WeightSlice::Bf16(&w16), None);
+            for (g, e) in got.iter().zip(&want) {
+                assert!((g - e).abs() < 1e-4, "bf16 m={m} n={n} k={k}: {g} vs {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even 1.
+        assert_eq!(round_bf16(1.0 + 1.0 / 256.0), 1.0);
+        // 1 + 3·2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: even is 1 + 2^-6.
+        assert_eq!(round_bf16(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+        assert_eq!(round_bf16(1.0 + 1.0 / 200.0), 1.0 + 1.0 / 128.0);
+        assert!(round_bf16(f32::NAN).is_nan());
+        assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
+        let t = tch::Tensor::from_slice(&[1.0f32 + 1.0 / 200.0, -3.3333, 65504.7, 1e-30]);
+        let torch: Vec<f32> =
+            Vec::try_from(t.to_kind(tch::Kind::BFloat16).to_kind(tch::Kind::Float))
+                .unwrap_or_default();
+        let ours: Vec<f32> = [1.0f32 + 1.0 / 200.0, -3.3333, 65504.7, 1e-30]
+            .iter()
+            .map(|v| round_bf16(*v))
+            .collect();
+        assert_eq!(ours, torch);
+    }
+}

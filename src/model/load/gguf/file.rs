@@ -23,59 +23,11 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::header::parse_header;
+pub use super::header::{GgufTensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 use super::quant;
 pub use super::quant::GgmlType;
 pub use super::value::GgufValue;
 use crate::error::{Error, Result};
-
-/// The four bytes every GGUF file starts with.
-pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
-/// Alignment of the data section and of each tensor's offset when the file
-/// does not set `general.alignment`.
-pub const DEFAULT_ALIGNMENT: u64 = 32;
-/// ggml tensors have at most four dimensions (`GGML_MAX_DIMS`).
-pub const MAX_DIMS: usize = 4;
-
-// ---------------------------------------------------------------------------
-// Tensor descriptions
-// ---------------------------------------------------------------------------
-
-/// One entry of the tensor table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GgufTensorInfo {
-    pub name: String,
-    /// ggml order: `dims[0]` (ne\[0\]) varies fastest. A `[out, in]` PyTorch
-    /// weight is stored as `dims == [in, out]`.
-    pub dims: Vec<u64>,
-    pub ggml_type: GgmlType,
-    /// Offset of the data from the start of the data section.
-    pub offset: u64,
-}
-
-impl GgufTensorInfo {
-    /// Number of elements (checked at open time to fit in i64; saturates
-    /// for a hand-built info that does not).
-    pub fn n_elements(&self) -> u64 {
-        self.dims.iter().fold(1u64, |n, &d| n.saturating_mul(d))
-    }
-
-    /// The PyTorch-order shape: `dims` reversed.
-    pub fn shape(&self) -> Vec<i64> {
-        // Each dim was checked at open time to fit in i64.
-        self.dims
-            .iter()
-            .rev()
-            .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
-            .collect()
-    }
-
-    /// Size of the data in bytes, when the type's layout is known.
-    pub fn n_bytes(&self) -> Option<u64> {
-        let block = self.ggml_type.block_size()? as u64;
-        let bytes = self.ggml_type.block_bytes()? as u64;
-        (self.n_elements() / block).checked_mul(bytes)
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The file
