@@ -5,7 +5,7 @@
 # <method>.eval.json, and prints the comparison table.
 #   bash eval/steer/country_capital.sh [EPOCHS] [SAE_DIR]
 # SAE_DIR (default out/l8-5m-sae/blocks.8.hook_resid_post-topk-x16-k32, the
-# reference run of the README) adds SAE-feature steering: the 3 features whose
+# reference run of docs/results.md) adds SAE-feature steering: the 3 features whose
 # decoder rows most raise the logit difference on the training prompts, α = 10.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

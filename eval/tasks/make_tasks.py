@@ -9,7 +9,7 @@ Writes, for each task, eval/tasks/<task>/train.jsonl and test.jsonl with one obj
 
 target and foil are single tokens of SmolLM2's tokenizer, each with its leading space; the
 prompt carries no BOS (the model's tools prepend id 1). In every task the target is the answer
-the clean model does NOT prefer, so an intervention has something to flip (see README.md).
+the clean model does NOT prefer, so an intervention has something to flip (see docs/results.md).
 
 Generation uses only the tokenizer (read from the GGUF file) and a fixed seed, so the JSONL files
 come out byte-identical on every run. Unless --no-eval is given, the script then runs the clean
