@@ -273,3 +273,51 @@ fn cached_generation_matches_full_forwards() {
         }
     }
 }
+
+#[test]
+fn run_with_cache_returns_the_hooks_of_a_plain_forward_and_stops_after_the_last() {
+    let model = tiny(Kind::Float);
+    let wanted = [
+        HookPoint::resid_post(0),
+        HookPoint::mlp_out(1),
+        HookPoint::Block(1, saescope::hooks::BlockSite::AttnZ),
+    ];
+    let mut cache = ActivationCache::new(wanted);
+    let logits = run(&model, &mut Hooks::new().with(&mut cache));
+
+    let ids = tokens();
+    let input = ForwardInput::tokens(&ids);
+    let mut full = model
+        .run_with_cache(&input, &wanted, Some(LogitsFor::All))
+        .unwrap();
+    assert_eq!(max_diff(full.logits.as_ref().unwrap(), &logits), 0.0);
+    for hook in wanted {
+        assert_eq!(
+            max_diff(&full.take(hook).unwrap(), cache.get(hook).unwrap()),
+            0.0
+        );
+    }
+    assert!(full.take(HookPoint::resid_post(0)).is_err(), "taken twice");
+
+    // Without logits the pass ends at the last hook; rows flatten heads.
+    let mut early = model.run_with_cache(&input, &wanted, None).unwrap();
+    assert!(early.logits.is_none());
+    let z = early
+        .take_rows(HookPoint::Block(1, saescope::hooks::BlockSite::AttnZ))
+        .unwrap();
+    let cfg = model.config();
+    assert_eq!(z.size(), [2, 8, cfg.n_heads * cfg.d_head]);
+    let rows = model
+        .hook_rows(&tokens(), &[HookPoint::resid_post(0)])
+        .unwrap();
+    assert_eq!(
+        max_diff(&rows[0], cache.get(HookPoint::resid_post(0)).unwrap()),
+        0.0
+    );
+
+    // Patterns have no row per token; an empty hook list is an error.
+    let pattern = HookPoint::Block(0, saescope::hooks::BlockSite::AttnPattern);
+    let mut run = model.run_with_cache(&input, &[pattern], None).unwrap();
+    assert!(run.take_rows(pattern).is_err());
+    assert!(model.run_with_cache(&input, &[], None).is_err());
+}

@@ -234,3 +234,41 @@ impl TrainOverrides {
         specs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_flags_sweep_over_the_first_sae_and_scalars_apply_to_all() {
+        let overrides = TrainOverrides {
+            architectures: vec![SaeArchitecture::TopK, SaeArchitecture::BatchTopK],
+            ks: vec![16, 32],
+            auxk_alpha: Some(0.5),
+            devices: vec![DeviceSpec::Cpu],
+            init_b_dec: Some(InitBDec::Mean),
+            ..TrainOverrides::default()
+        };
+        let cfg = overrides.apply(TrainConfig::default()).unwrap();
+        let names: Vec<String> = cfg.saes.iter().map(SaeSpec::name).collect();
+        assert_eq!(
+            names,
+            [
+                "blocks.8.hook_resid_post-topk-x16-k16",
+                "blocks.8.hook_resid_post-topk-x16-k32",
+                "blocks.8.hook_resid_post-batchtopk-x16-k16",
+                "blocks.8.hook_resid_post-batchtopk-x16-k32",
+            ]
+        );
+        assert!(cfg.saes.iter().all(|s| s.auxk_alpha == 0.5));
+        assert_eq!(cfg.run.init_b_dec, InitBDec::Mean);
+    }
+
+    #[test]
+    fn without_list_flags_the_configs_saes_are_kept_and_checked() {
+        let mut base = TrainConfig::default();
+        base.saes[0].k = None;
+        let err = TrainOverrides::default().apply(base).unwrap_err();
+        assert!(err.to_string().contains("needs k"), "{err}");
+    }
+}

@@ -35,3 +35,20 @@ pub fn kind(name: &str) -> Result<&'static SteerKind> {
             ))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_found_by_its_name_and_unknown_ones_list_them() {
+        for k in KINDS {
+            assert_eq!(kind(k.name).unwrap().name, k.name);
+        }
+        let err = kind("steer_harder").err().unwrap().to_string();
+        assert!(err.contains("steer_harder"), "{err}");
+        for k in KINDS {
+            assert!(err.contains(k.name), "{err}");
+        }
+    }
+}

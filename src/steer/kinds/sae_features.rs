@@ -236,3 +236,28 @@ pub const KIND: SteerKind = SteerKind {
         )?))
     },
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_parse_from_their_flag_spelling() {
+        let add: FeatureEdit = "12:add:2.5".parse().unwrap();
+        assert_eq!((add.feature, add.op), (12, FeatureOp::Add { alpha: 2.5 }));
+        let clamp: FeatureEdit = "3:clamp:-1".parse().unwrap();
+        assert_eq!(clamp.op, FeatureOp::Clamp { value: -1.0 });
+        assert_eq!(
+            "7:ablate".parse::<FeatureEdit>().unwrap().op,
+            FeatureOp::Ablate
+        );
+        for (bad, why) in [
+            ("x:add:1", "must be a number"),
+            ("1:add", "needs a number"),
+            ("1:scale:2", "FEATURE:add:ALPHA"),
+        ] {
+            let err = bad.parse::<FeatureEdit>().unwrap_err().to_string();
+            assert!(err.contains(bad) && err.contains(why), "{err}");
+        }
+    }
+}

@@ -262,3 +262,42 @@ pub const KIND: SteerKind = SteerKind {
         )?))
     },
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_puts_each_scalar_at_its_layer_and_site() {
+        let sites = vec![HookPoint::attn_out(0), HookPoint::mlp_out(2)];
+        let scalars = Tensor::from_slice(&[2.0f32, 3.0]).view([2, 1, 1]);
+        let steer = ActivationScaling::new(sites, Granularity::Site, None, scalars).unwrap();
+        let grid = steer.grid(3).unwrap().unwrap();
+        assert_eq!(grid.rows, ["L0", "L1", "L2"]);
+        assert_eq!(grid.cols, ["hook_attn_out", "hook_mlp_out"]);
+        assert_eq!(
+            grid.values,
+            vec![vec![2.0, 1.0], vec![1.0, 1.0], vec![1.0, 3.0]]
+        );
+    }
+
+    #[test]
+    fn per_head_and_position_scalars_get_a_column_each() {
+        let sites = vec![HookPoint::Block(1, BlockSite::AttnZ)];
+        let scalars = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([1, 2, 2]);
+        let steer = ActivationScaling::new(sites, Granularity::Head, Some(2), scalars).unwrap();
+        let grid = steer.grid(2).unwrap().unwrap();
+        let cols: Vec<&str> = grid.cols.iter().map(String::as_str).collect();
+        assert_eq!(
+            cols,
+            [
+                "attn.hook_z h0 p0",
+                "attn.hook_z h0 p1",
+                "attn.hook_z h1 p0",
+                "attn.hook_z h1 p1"
+            ]
+        );
+        assert_eq!(grid.values[1], [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(grid.values[0], [1.0; 4]);
+    }
+}
