@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::model::load::source::{cache_dir, hub_cache_dir};
+use crate::io::hub::{cache_dir, hub_cache_dir};
 
 /// The spec that names the corpora `scripts/setup.sh` installs.
 pub const DEFAULT_CORPUS: &str = "default";
