@@ -5,6 +5,7 @@
 //! (corpora, activation stores) → `sae` (architectures, files) → `train`
 //! (the trainer) → `eval` (SAE metrics) → `label` (feature dictionaries).
 
+pub mod analysis;
 pub mod bench;
 pub mod data;
 pub mod error;

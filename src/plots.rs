@@ -218,6 +218,140 @@ pub fn heatmap_svg(grid: &Grid, title: &str) -> Result<String> {
     Ok(svg)
 }
 
+/// A square or rectangular matrix as cells coloured from white (its
+/// minimum) to dark blue (its maximum), with `labels` on both axes when there
+/// are few enough rows to read them (an RDM).
+pub fn matrix_svg(values: &[Vec<f64>], labels: &[String], title: &str) -> Result<String> {
+    let n_rows = values.len();
+    let n_cols = values.first().map_or(0, Vec::len);
+    if n_rows == 0 || n_cols == 0 || values.iter().any(|r| r.len() != n_cols) {
+        return Err(Error::InvalidArgument(
+            "a matrix plot needs equal, non-empty rows".into(),
+        ));
+    }
+    let (lo, hi) = values
+        .iter()
+        .flatten()
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(*v), hi.max(*v))
+        });
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let cell = (640 / n_rows.max(n_cols)).clamp(2, 24) as i32;
+    let show_labels = labels.len() == n_rows && cell >= 10;
+    let margin = if show_labels { 150 } else { 20 };
+    let (width, height) = (
+        margin + cell * n_cols as i32 + 20,
+        40 + cell * n_rows as i32 + 40,
+    );
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width.max(360) as u32, height as u32))
+            .into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        root.draw(&Text::new(title.to_string(), (10, 12), ("sans-serif", 16)))
+            .map_err(plot_error)?;
+        for (r, row) in values.iter().enumerate() {
+            let y = 40 + r as i32 * cell;
+            if show_labels {
+                root.draw(&Text::new(
+                    labels[r].clone(),
+                    (4, y + cell / 4),
+                    ("sans-serif", 10),
+                ))
+                .map_err(plot_error)?;
+            }
+            for (c, v) in row.iter().enumerate() {
+                let x = margin + c as i32 * cell;
+                let t = if v.is_finite() {
+                    ((v - lo) / span).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                let shade = |full: f64| (255.0 - t * (255.0 - full)) as u8;
+                let color = RGBColor(shade(8.0), shade(48.0), shade(107.0));
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell, y + cell)],
+                    color.filled(),
+                ))
+                .map_err(plot_error)?;
+            }
+        }
+        let legend = format!("white = {lo:.3}, blue = {hi:.3}");
+        root.draw(&Text::new(
+            legend,
+            (margin, 40 + cell * n_rows as i32 + 12),
+            ("sans-serif", 12),
+        ))
+        .map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
+/// Named lines of `(x, y)` points in one chart, with a legend.
+pub fn lines_svg(
+    series: &[(String, Vec<(f64, f64)>)],
+    x_desc: &str,
+    y_desc: &str,
+    title: &str,
+) -> Result<String> {
+    let points = || {
+        series
+            .iter()
+            .flat_map(|(_, p)| p.iter())
+            .filter(|p| p.1.is_finite())
+    };
+    let (x_lo, x_hi) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+        (a.min(p.0), b.max(p.0))
+    });
+    let (y_lo, y_hi) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+        (a.min(p.1), b.max(p.1))
+    });
+    if !x_lo.is_finite() || !y_lo.is_finite() {
+        return Err(Error::InvalidArgument(
+            "a line plot needs finite points".into(),
+        ));
+    }
+    let pad = ((y_hi - y_lo) * 0.08).max(1e-3);
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (820, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(14)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x_lo..x_hi.max(x_lo + 1.0), y_lo - pad..y_hi + pad)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .draw()
+            .map_err(plot_error)?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = palette[i % palette.len()];
+            let finite: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.1.is_finite()).collect();
+            chart
+                .draw_series(LineSeries::new(finite, color.stroke_width(2)))
+                .map_err(plot_error)?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
 /// `log10` of each latent's firing frequency; never-firing latents give −∞.
 pub fn log10_densities(frequencies: &[f64]) -> Vec<f64> {
     frequencies.iter().map(|f| f.log10()).collect()
@@ -239,6 +373,13 @@ mod tests {
             .collect();
         let svg = panels_svg(panels, 5.0, "tokens", "run A").unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("run A") && svg.contains("FVU"));
+        let labels: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        let m = matrix_svg(&[vec![0.0, 1.0], vec![1.0, 0.0]], &labels, "RDM x").unwrap();
+        assert!(m.contains("RDM x") && m.contains("blue = 1.000"));
+        assert!(matrix_svg(&[vec![0.0, 1.0], vec![1.0]], &labels, "bad").is_err());
+        let series = vec![("rho".to_string(), vec![(0.0, 0.1), (1.0, 0.4)])];
+        let l = lines_svg(&series, "layer", "Spearman", "RSA").unwrap();
+        assert!(l.contains("RSA") && l.contains("rho"));
         let hist =
             histogram_svg(&log10_densities(&[0.1, 0.01, 0.0]), 10, "density", "log10").unwrap();
         assert!(hist.contains("1 not shown"), "{}", &hist[..200]);

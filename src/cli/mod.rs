@@ -1,5 +1,6 @@
 //! Subcommands and the option groups they share.
 
+mod analysis;
 mod bench;
 mod eval;
 mod features;
@@ -54,6 +55,12 @@ enum Command {
     /// Search and show the features of a dictionary.
     #[command(subcommand)]
     Features(features::FeaturesCommand),
+    /// Representational similarity of prompts' activations against hypotheses.
+    Rsa(Box<analysis::RsaArgs>),
+    /// Attention from query tokens to relevant against irrelevant spans.
+    AttentionRatio(Box<analysis::AttentionRatioArgs>),
+    /// Cross-validated linear probes of a label or value, layer by layer.
+    Probe(Box<analysis::ProbeArgs>),
 }
 
 /// Which model, where, in what precision.
@@ -173,6 +180,9 @@ pub fn main() -> std::process::ExitCode {
         Command::Steer(cmd) => steer::run(cmd),
         Command::Label(args) => label::run(*args),
         Command::Features(cmd) => features::run(cmd),
+        Command::Rsa(args) => analysis::run_rsa_cmd(*args),
+        Command::AttentionRatio(args) => analysis::run_attention_ratio_cmd(*args),
+        Command::Probe(args) => analysis::run_probe_cmd(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

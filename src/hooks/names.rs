@@ -113,6 +113,18 @@ impl HookPoint {
         Ok(hook)
     }
 
+    /// The hook points a name stands for in a model with `n_layers` blocks:
+    /// the name itself, or with `*` as the layer (`blocks.*.hook_resid_post`)
+    /// the site in every block, in order.
+    pub fn expand(name: &str, n_layers: usize) -> Result<Vec<Self>> {
+        match name.strip_prefix("blocks.*.") {
+            Some(site) => (0..n_layers)
+                .map(|l| HookPoint::parse_for(&format!("blocks.{l}.{site}"), n_layers))
+                .collect(),
+            None => Ok(vec![HookPoint::parse_for(name, n_layers)?]),
+        }
+    }
+
     /// Every hook point of a model with `n_layers` blocks, in forward order.
     pub fn all(n_layers: usize) -> Vec<HookPoint> {
         let mut out = vec![HookPoint::Embed, HookPoint::PosEmbed];
@@ -206,5 +218,17 @@ mod tests {
         assert!(err.to_string().contains("out of range"), "{err}");
         assert!("resid_post".parse::<HookPoint>().is_err());
         assert!("blocks.x.hook_resid_post".parse::<HookPoint>().is_err());
+    }
+
+    #[test]
+    fn a_star_layer_expands_to_every_block() {
+        let all = HookPoint::expand("blocks.*.hook_resid_post", 3).unwrap();
+        assert_eq!(all, (0..3).map(HookPoint::resid_post).collect::<Vec<_>>());
+        assert_eq!(
+            HookPoint::expand("blocks.1.hook_mlp_out", 3).unwrap(),
+            [HookPoint::mlp_out(1)]
+        );
+        assert!(HookPoint::expand("blocks.*.hook_nothing", 3).is_err());
+        assert!(HookPoint::expand("blocks.3.hook_mlp_out", 3).is_err());
     }
 }

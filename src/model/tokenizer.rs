@@ -7,6 +7,9 @@ use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 
+/// `[start, end)` bytes of a token in the text it came from.
+pub type ByteRange = (usize, usize);
+
 /// A `tokenizers::Tokenizer` with the ids the runtime needs.
 pub struct ModelTokenizer {
     inner: Tokenizer,
@@ -59,6 +62,28 @@ impl ModelTokenizer {
         }
         ids.extend(encoding.get_ids().iter().map(|&i| i as i64));
         Ok(ids)
+    }
+
+    /// [`ModelTokenizer::encode`] with each token's `[start, end)` byte range
+    /// in `text` (`(0, 0)` for BOS).
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_bos: bool,
+    ) -> Result<(Vec<i64>, Vec<ByteRange>)> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(format!("cannot encode text: {e}")))?;
+        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        let mut offsets = Vec::with_capacity(encoding.len() + 1);
+        if let (true, Some(bos)) = (add_bos, self.bos) {
+            ids.push(bos);
+            offsets.push((0, 0));
+        }
+        ids.extend(encoding.get_ids().iter().map(|&i| i as i64));
+        offsets.extend_from_slice(encoding.get_offsets());
+        Ok((ids, offsets))
     }
 
     /// Text of `ids`, special tokens included.
