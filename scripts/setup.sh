@@ -48,9 +48,9 @@ else
   say "torch $TORCH_VERSION present"
 fi
 if [ "$WITH_REFERENCE" = 1 ]; then
-  if ! "$VENV/bin/python" -c "import transformers, gguf, safetensors, tokenizers, accelerate" 2>/dev/null; then
+  if ! "$VENV/bin/python" -c "import transformers, gguf, safetensors, tokenizers, accelerate, scipy" 2>/dev/null; then
     say "installing transformers, gguf, accelerate (reference stack)"
-    "$VENV/bin/pip" install -q --disable-pip-version-check transformers gguf accelerate safetensors tokenizers numpy
+    "$VENV/bin/pip" install -q --disable-pip-version-check transformers gguf accelerate safetensors tokenizers numpy scipy
   else
     say "reference stack present"
   fi

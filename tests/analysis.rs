@@ -275,3 +275,80 @@ fn unknown_spans_empty_conditions_and_mismatched_files_are_clear_errors() {
         .to_string()
         .contains("line 1"));
 }
+
+#[test]
+fn the_icl_task_files_align_with_smollm2_and_the_cli_writes_its_reports() {
+    let model = saescope::model::load_model("smollm2-135m", tch::Device::Cpu, tch::Kind::Float)
+        .expect("the default model (scripts/setup.sh installs it)");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/icl");
+    for task in [
+        "linear_regression",
+        "reading_comprehension",
+        "prompt_injection",
+    ] {
+        let set = PromptSet::load(&root.join(format!("{task}.jsonl"))).unwrap();
+        assert_eq!(set.conditions(), ["no_examples", "with_examples"], "{task}");
+        for p in &set.prompts {
+            let t = tokenize(p, &model.tokenizer).unwrap_or_else(|e| panic!("{task}: {e}"));
+            assert!(
+                t.target_id.is_some() && t.spans.contains_key("query"),
+                "{task} {}",
+                p.id
+            );
+        }
+    }
+    // The first 8 groups of reading comprehension through the CLI.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root.join("reading_comprehension.jsonl")).unwrap();
+    let subset = dir.path().join("rc.jsonl");
+    std::fs::write(
+        &subset,
+        text.lines().take(16).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("ratio");
+    let (ok, stdout, err) = common::saescope(&[
+        "attention-ratio",
+        "--prompts",
+        subset.to_str().unwrap(),
+        "--model",
+        "smollm2-135m",
+        "--permutations",
+        "99",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("no_examples → with_examples") && stdout.contains("over 8 groups"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("attention_ratio.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["conditions"][0]["per_layer"]
+            .as_array()
+            .unwrap()
+            .len(),
+        30
+    );
+    assert!(
+        out.join("ratio_heads_with_examples.svg").is_file()
+            && out.join("ratio_layers.svg").is_file()
+    );
+    let (ok, _, err) = common::saescope(&[
+        "rsa",
+        "--prompts",
+        subset.to_str().unwrap(),
+        "--model",
+        "smollm2-135m",
+        "--hook",
+        "blocks.20.hook_resid_post",
+        "--span",
+        "noun",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("no span `noun`"), "{err}");
+}

@@ -401,9 +401,13 @@ impl ProbeReport {
                 line("probe", |s| s.score),
                 line("control (shuffled)", |s| s.control),
             ];
+            let target = match self.target {
+                ProbeTarget::Label => "label",
+                ProbeTarget::Value => "value",
+            };
             let title = format!(
-                "{}-fold probe of `{:?}` from the {} span ({} prompts)",
-                self.folds, self.target, self.span, self.n_prompts
+                "{}-fold probe of `{target}` from the {} span ({} prompts)",
+                self.folds, self.span, self.n_prompts
             );
             let svg = lines_svg(&series, "hook (in order)", &self.metric, &title)?;
             let path = dir.join("probe_layers.svg");
