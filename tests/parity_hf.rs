@@ -160,3 +160,60 @@ fn left_padded_batch_matches_transformers() {
     );
     assert!(d <= 1e-4, "padded logits differ by {d}");
 }
+
+/// `ln1`/`ln2.hook_normalized`, `attn.hook_q/k/v` (before rotary) and
+/// `attn.hook_z` against transformers' modules (scripts/make_hook_fixtures.py);
+/// `attn.hook_result` summed over heads plus `b_O` is `hook_attn_out`.
+#[test]
+fn analysis_hooks_match_transformers_internals() {
+    for name in ["llama", "qwen2", "gpt2", "neox"] {
+        let loaded = load_model(fixture(name).to_str().unwrap(), Device::Cpu, Kind::Float).unwrap();
+        let model = &loaded.model;
+        let r = reference(name);
+        let h = read_safetensors(&fixture(name).join("hooks_reference.safetensors")).unwrap();
+        let site = |s: &str| -> HookPoint { format!("blocks.0.{s}").parse().unwrap() };
+        let sites = [
+            ("ln1.0", "ln1.hook_normalized"),
+            ("q.0", "attn.hook_q"),
+            ("k.0", "attn.hook_k"),
+            ("v.0", "attn.hook_v"),
+            ("z.0", "attn.hook_z"),
+            ("ln2.0", "ln2.hook_normalized"),
+        ];
+        let mut hooks: Vec<HookPoint> = sites.iter().map(|(_, s)| site(s)).collect();
+        hooks.extend([site("attn.hook_result"), HookPoint::attn_out(0)]);
+        let mut run = model
+            .run_with_cache(
+                &ForwardInput::tokens(&r["input_ids"]),
+                &hooks,
+                Some(LogitsFor::All),
+            )
+            .unwrap();
+        // Hooking q/k/v and result reroutes the computation; the logits stay put.
+        let d = max_diff(run.logits.as_ref().unwrap(), &r["logits"]);
+        assert!(
+            d <= 1e-4,
+            "{name}: logits with every analysis hook differ by {d}"
+        );
+        for (key, s) in sites {
+            let d = max_diff(&run.take(site(s)).unwrap(), &h[key]);
+            assert!(d <= 1e-4, "{name}: {s} differs from transformers by {d}");
+        }
+        let result = run.take(site("attn.hook_result")).unwrap();
+        let cfg = model.config();
+        assert_eq!(result.size(), [2, 12, cfg.n_heads, cfg.d_model]);
+        let summed = result.sum_dim_intlist([2i64].as_slice(), false, Kind::Float);
+        let attn_out = run.take(HookPoint::attn_out(0)).unwrap();
+        let bias = (&attn_out - &summed).mean_dim([0i64, 1].as_slice(), false, Kind::Float);
+        let d = max_diff(&(summed + &bias), &attn_out);
+        assert!(
+            d <= 1e-4,
+            "{name}: heads' results plus a bias miss attn_out by {d}"
+        );
+        let d = max_diff(&attn_out, &r["attn_out.0"]);
+        assert!(
+            d <= 1e-4,
+            "{name}: attn_out with hook_result differs by {d}"
+        );
+    }
+}

@@ -6,10 +6,16 @@
 //! | `hook_embed` | `[batch, seq, d_model]` token embeddings |
 //! | `hook_pos_embed` | `[batch, seq, d_model]` learned position embeddings (GPT-2 only) |
 //! | `blocks.{L}.hook_resid_pre` | `[batch, seq, d_model]` |
+//! | `blocks.{L}.ln1.hook_normalized` | `[batch, seq, d_model]` the attention's input norm, gain included |
+//! | `blocks.{L}.attn.hook_q` | `[batch, seq, n_heads, d_head]` queries before rotary embeddings |
+//! | `blocks.{L}.attn.hook_k` | `[batch, seq, n_kv_heads, d_head]` keys before rotary embeddings |
+//! | `blocks.{L}.attn.hook_v` | `[batch, seq, n_kv_heads, d_head]` values |
 //! | `blocks.{L}.attn.hook_pattern` | `[batch, n_heads, seq_q, seq_k]` attention probabilities |
 //! | `blocks.{L}.attn.hook_z` | `[batch, seq, n_heads, d_head]` per-head outputs before `W_O` |
+//! | `blocks.{L}.attn.hook_result` | `[batch, seq, n_heads, d_model]` each head's contribution to the residual (`z·W_Oᵀ` per head; their sum plus `b_O` is `hook_attn_out`) |
 //! | `blocks.{L}.hook_attn_out` | `[batch, seq, d_model]` |
 //! | `blocks.{L}.hook_resid_mid` | `[batch, seq, d_model]` resid_pre + attn_out |
+//! | `blocks.{L}.ln2.hook_normalized` | `[batch, seq, d_model]` the MLP's input norm, gain included |
 //! | `blocks.{L}.mlp.hook_post` | `[batch, seq, d_mlp]` MLP activations before `W_out` |
 //! | `blocks.{L}.hook_mlp_out` | `[batch, seq, d_model]` |
 //! | `blocks.{L}.hook_resid_post` | `[batch, seq, d_model]` |
@@ -27,22 +33,34 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BlockSite {
     ResidPre,
+    Ln1Normalized,
+    AttnQ,
+    AttnK,
+    AttnV,
     AttnPattern,
     AttnZ,
+    AttnResult,
     AttnOut,
     ResidMid,
+    Ln2Normalized,
     MlpPost,
     MlpOut,
     ResidPost,
 }
 
 impl BlockSite {
-    const ALL: [(BlockSite, &'static str); 8] = [
+    const ALL: [(BlockSite, &'static str); 14] = [
         (BlockSite::ResidPre, "hook_resid_pre"),
+        (BlockSite::Ln1Normalized, "ln1.hook_normalized"),
+        (BlockSite::AttnQ, "attn.hook_q"),
+        (BlockSite::AttnK, "attn.hook_k"),
+        (BlockSite::AttnV, "attn.hook_v"),
         (BlockSite::AttnPattern, "attn.hook_pattern"),
         (BlockSite::AttnZ, "attn.hook_z"),
+        (BlockSite::AttnResult, "attn.hook_result"),
         (BlockSite::AttnOut, "hook_attn_out"),
         (BlockSite::ResidMid, "hook_resid_mid"),
+        (BlockSite::Ln2Normalized, "ln2.hook_normalized"),
         (BlockSite::MlpPost, "mlp.hook_post"),
         (BlockSite::MlpOut, "hook_mlp_out"),
         (BlockSite::ResidPost, "hook_resid_post"),

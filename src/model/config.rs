@@ -130,7 +130,11 @@ impl ModelConfig {
     pub fn hook_width(&self, hook: HookPoint) -> Result<usize> {
         let d = match hook {
             HookPoint::Block(_, BlockSite::MlpPost) => self.d_mlp,
-            HookPoint::Block(_, BlockSite::AttnZ) => self.n_heads * self.d_head,
+            HookPoint::Block(_, BlockSite::AttnZ | BlockSite::AttnQ) => self.n_heads * self.d_head,
+            HookPoint::Block(_, BlockSite::AttnK | BlockSite::AttnV) => {
+                self.n_kv_heads * self.d_head
+            }
+            HookPoint::Block(_, BlockSite::AttnResult) => self.n_heads * self.d_model,
             HookPoint::Block(_, BlockSite::AttnPattern) => {
                 return Err(Error::InvalidArgument(format!(
                     "`{hook}` is [batch, heads, seq, seq], not one row per token"

@@ -59,7 +59,11 @@ impl Transformer {
     ) -> Result<Option<Tensor>> {
         let site = |s| HookPoint::Block(layer, s);
         let resid_pre = hook!(pass, site(BlockSite::ResidPre), resid_pre);
-        let attn_in = self.norm(&resid_pre, &w.ln1);
+        let attn_in = hook!(
+            pass,
+            site(BlockSite::Ln1Normalized),
+            self.norm(&resid_pre, &w.ln1)
+        );
         let attn_out = match self.attention(layer, w, &attn_in, mask, rotary, cache, pass)? {
             Some(a) => a,
             None => return Ok(None),
@@ -71,6 +75,7 @@ impl Transformer {
         } else {
             self.norm(&resid_mid, &w.ln2)
         };
+        let mlp_in = hook!(pass, site(BlockSite::Ln2Normalized), mlp_in);
         let mlp_out = match self.mlp(layer, w, &mlp_in, pass)? {
             Some(m) => m,
             None => return Ok(None),
@@ -96,6 +101,39 @@ impl Transformer {
         // [batch, seq, (n_heads + 2·n_kv)·d_head]
         let qkv = linear(x, &w.qkv_w, w.qkv_b.as_ref());
         let q_width = c.n_heads * c.d_head;
+        let site = |s| HookPoint::Block(layer, s);
+        let qkv = if [BlockSite::AttnQ, BlockSite::AttnK, BlockSite::AttnV]
+            .iter()
+            .any(|&s| pass.wants(site(s)))
+        {
+            // TransformerLens's `[batch, seq, heads, d_head]`, before rotary.
+            let kv_width = c.n_kv_heads * c.d_head;
+            let part = |start: i64, width: i64, heads: i64| {
+                qkv.narrow(2, start, width)
+                    .reshape([batch, seq, heads, c.d_head])
+            };
+            let q = hook!(pass, site(BlockSite::AttnQ), part(0, q_width, c.n_heads));
+            let k = hook!(
+                pass,
+                site(BlockSite::AttnK),
+                part(q_width, kv_width, c.n_kv_heads)
+            );
+            let v = hook!(
+                pass,
+                site(BlockSite::AttnV),
+                part(q_width + kv_width, kv_width, c.n_kv_heads)
+            );
+            Tensor::cat(
+                &[
+                    q.reshape([batch, seq, -1]),
+                    k.reshape([batch, seq, -1]),
+                    v.reshape([batch, seq, -1]),
+                ],
+                2,
+            )
+        } else {
+            qkv
+        };
         let (q, k, v) = self.split_heads(&qkv, rotary);
         let (q, k, v) = match cache {
             Some((cache, l)) => {
@@ -118,6 +156,19 @@ impl Transformer {
         // [batch, seq, n_heads, d_head], TransformerLens's hook_z layout
         let z = z.transpose(1, 2).to_kind(self.kind);
         let z = hook!(pass, HookPoint::Block(layer, BlockSite::AttnZ), z);
+        let result_hook = HookPoint::Block(layer, BlockSite::AttnResult);
+        if pass.wants(result_hook) {
+            // Each head's share of the output projection:
+            // [batch, seq, heads, d_head] × [d_model, heads, d_head] → [batch, seq, heads, d_model].
+            let w_o = w.out_w.reshape([c.d_model, c.n_heads, c.d_head]);
+            let result = Tensor::einsum("bshd,mhd->bshm", &[&z, &w_o], None::<i64>);
+            let result = hook!(pass, result_hook, result);
+            let summed = result.sum_dim_intlist([2i64].as_slice(), false, result.kind());
+            return Ok(Some(match &w.out_b {
+                Some(b) => summed + b,
+                None => summed,
+            }));
+        }
         let z = z.reshape([batch, seq, q_width]);
         Ok(Some(linear(&z, &w.out_w, w.out_b.as_ref())))
     }
