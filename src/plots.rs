@@ -149,6 +149,11 @@ pub struct Grid {
 /// right), diverging around 1: red above, blue below, white at 1, with the
 /// colour saturating at the largest distance from 1. Cells print their value.
 pub fn heatmap_svg(grid: &Grid, title: &str) -> Result<String> {
+    heatmap_around_svg(grid, title, 1.0)
+}
+
+/// [`heatmap_svg`] diverging around `center` instead of 1.
+pub fn heatmap_around_svg(grid: &Grid, title: &str, center: f64) -> Result<String> {
     let Grid { rows, cols, values } = grid;
     let (n_rows, n_cols) = (rows.len(), cols.len());
     if values.len() != n_rows
@@ -163,7 +168,7 @@ pub fn heatmap_svg(grid: &Grid, title: &str) -> Result<String> {
     let spread = values
         .iter()
         .flatten()
-        .map(|v| (v - 1.0).abs())
+        .map(|v| (v - center).abs())
         .fold(1e-9, f64::max);
     let cell = 38i32;
     let (left, top) = (60i32, 50i32);
@@ -185,7 +190,7 @@ pub fn heatmap_svg(grid: &Grid, title: &str) -> Result<String> {
             .map_err(plot_error)?;
             for (c, v) in row.iter().enumerate() {
                 let x = left + c as i32 * cell;
-                let t = ((v - 1.0) / spread).clamp(-1.0, 1.0);
+                let t = ((v - center) / spread).clamp(-1.0, 1.0);
                 let fade = |x: f64| (255.0 * (1.0 - x.abs())) as u8;
                 let color = if t >= 0.0 {
                     RGBColor(255, fade(t), fade(t))

@@ -1,11 +1,14 @@
-//! `saescope rsa`, `saescope attention-ratio` and `saescope probe`: the
-//! analyses of prompt sets with marked spans (see `saescope::analysis`).
+//! `saescope rsa`, `saescope attention-ratio` and `saescope probe` (prompt
+//! sets with marked spans) and `saescope patch` (clean/corrupted pairs): the
+//! analyses of `saescope::analysis`.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use saescope::analysis::attention_ratio::{attention_ratio, RatioSpans};
+use saescope::analysis::patch_sweeps::{run_sweeps, Method, Sweep};
+use saescope::analysis::patching::{Direction, PatchTask};
 use saescope::analysis::probe::{run_probes, ProbeConfig, ProbeRequest, ProbeTarget};
 use saescope::analysis::prompts::PromptSet;
 use saescope::analysis::rsa::{run_rsa, Dissimilarity, HypothesisSource, RsaConfig, RsaRequest};
@@ -246,5 +249,66 @@ pub fn run_probe_cmd(args: ProbeArgs) -> anyhow::Result<()> {
         );
     }
     report_paths(&report.save(&args.set.out)?);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PatchArgs {
+    /// Task JSONL: `clean`, `corrupted` (same token length), `answer`, `wrong`.
+    #[arg(long)]
+    task: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Sweeps to run (repeat): resid_pre, attn_out, mlp_out, attn_out_layer,
+    /// mlp_out_layer, heads.
+    #[arg(long = "sweep", value_enum, default_values = ["resid_pre", "attn_out_layer", "mlp_out_layer", "heads"])]
+    sweeps: Vec<Sweep>,
+    #[arg(long, value_enum, default_value = "denoise")]
+    direction: Direction,
+    #[arg(long, value_enum, default_value = "both")]
+    method: Method,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run_patch_cmd(args: PatchArgs) -> anyhow::Result<()> {
+    let model = args.model.load()?;
+    let task = PatchTask::load(&args.task, &model.tokenizer)?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template(
+        "{elapsed_precise} {wide_bar} {pos}/{len} cells  {per_sec}  {msg}",
+    )?);
+    let name = args.task.display().to_string();
+    let report = run_sweeps(
+        &model,
+        &task,
+        &name,
+        &args.sweeps,
+        args.direction,
+        args.method,
+        &mut |sweep, done, total| {
+            bar.set_message(format!("{sweep:?}"));
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(b) = report.baselines {
+        println!(
+            "{} pairs: mean logit difference clean {:+.3}, corrupted {:+.3}",
+            report.pairs, b.clean, b.corrupted
+        );
+    }
+    for s in &report.sweeps {
+        let time = |t: Option<f64>| t.map_or("-".into(), |t| format!("{t:.1} s"));
+        let corr = s.correlation.map_or("-".into(), |r| format!("{r:.3}"));
+        println!(
+            "{:<14} exact {:>8}  attribution {:>8}  correlation {corr}",
+            format!("{:?}", s.sweep),
+            time(s.exact_seconds),
+            time(s.attribution_seconds)
+        );
+    }
+    report_paths(&report.save(&args.out)?);
     Ok(())
 }

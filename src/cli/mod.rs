@@ -61,6 +61,8 @@ enum Command {
     AttentionRatio(Box<analysis::AttentionRatioArgs>),
     /// Cross-validated linear probes of a label or value, layer by layer.
     Probe(Box<analysis::ProbeArgs>),
+    /// Activation and attribution patching sweeps over clean/corrupted pairs.
+    Patch(Box<analysis::PatchArgs>),
 }
 
 /// Which model, where, in what precision.
@@ -183,6 +185,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Rsa(args) => analysis::run_rsa_cmd(*args),
         Command::AttentionRatio(args) => analysis::run_attention_ratio_cmd(*args),
         Command::Probe(args) => analysis::run_probe_cmd(*args),
+        Command::Patch(args) => analysis::run_patch_cmd(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
