@@ -28,7 +28,7 @@ ALLOWED = {
     "eval": {"io", "hooks", "model", "data", "sae", "plots"},
     "label": {"io", "hooks", "model", "data", "sae", "plots"},
     "steer": {"io", "hooks", "model", "sae", "plots", "train"},
-    "analysis": {"io", "hooks", "model", "plots"},
+    "analysis": {"io", "hooks", "model", "data", "plots"},
     "bench": {"io", "hooks", "model", "data", "sae", "train", "eval", "steer"},
 }
 MODLINE = re.compile(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+(\w+)\s*\{")

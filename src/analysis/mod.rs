@@ -8,13 +8,16 @@
 //! - `stats`: rank correlations, permutation and paired tests;
 //! - `rsa`, `attention_ratio`, `probe`: the three analyses and their reports;
 //! - `patching`: exact and attribution patching; `patch_sweeps`: the
-//!   standard sweeps and their report.
+//!   standard sweeps and their report;
+//! - `patchscope`, `patchscope_eval`: Patchscopes and their next-token evaluation.
 //!
-//! May import `io`, `hooks`, `model`, `plots`.
+//! May import `io`, `hooks`, `model`, `data` (corpora), `plots`.
 
 pub mod attention_ratio;
 pub mod patch_sweeps;
 pub mod patching;
+pub mod patchscope;
+pub mod patchscope_eval;
 pub mod probe;
 pub mod prompts;
 pub mod rsa;

@@ -4,11 +4,13 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use saescope::analysis::attention_ratio::{attention_ratio, RatioSpans};
 use saescope::analysis::patch_sweeps::{run_sweeps, Method, Sweep};
 use saescope::analysis::patching::{Direction, PatchTask};
+use saescope::analysis::patchscope::{Mapping, Target, TOKEN_IDENTITY_PROMPT};
+use saescope::analysis::patchscope_eval::{evaluate_next_token, NextTokenEvalConfig};
 use saescope::analysis::probe::{run_probes, ProbeConfig, ProbeRequest, ProbeTarget};
 use saescope::analysis::prompts::PromptSet;
 use saescope::analysis::rsa::{run_rsa, Dissimilarity, HypothesisSource, RsaConfig, RsaRequest};
@@ -307,6 +309,204 @@ pub fn run_patch_cmd(args: PatchArgs) -> anyhow::Result<()> {
             format!("{:?}", s.sweep),
             time(s.exact_seconds),
             time(s.attribution_seconds)
+        );
+    }
+    report_paths(&report.save(&args.out)?);
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum PatchscopeCommand {
+    /// Decode one hidden state: the patched target's top tokens, or a generation.
+    Run(PatchscopeRunArgs),
+    /// Next-token Precision@1 and surprisal by layer against the logit lens
+    /// and an affine baseline, over held-out corpus positions.
+    Eval(PatchscopeEvalArgs),
+}
+
+#[derive(Args)]
+pub struct PatchscopeRunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    source_prompt: String,
+    /// Source layer ℓ (its `hook_resid_post`).
+    #[arg(long)]
+    source_layer: usize,
+    /// Source position i (negative counts from the end; BOS is position 0).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    source_position: i64,
+    /// Target prompt (default: the token-identity prompt).
+    #[arg(long)]
+    target_prompt: Option<String>,
+    /// Target model M* (default: the source model).
+    #[arg(long)]
+    target_model: Option<String>,
+    /// Target layer ℓ* (default: ℓ).
+    #[arg(long)]
+    target_layer: Option<usize>,
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    target_position: i64,
+    /// An affine map f (safetensors `weight [d_target, d_source]`, `bias`).
+    #[arg(long)]
+    map: Option<PathBuf>,
+    /// Generate this many tokens from the patched target instead of its top tokens.
+    #[arg(long, default_value_t = 0)]
+    generate: usize,
+    #[arg(long, default_value_t = 5)]
+    top: i64,
+}
+
+#[derive(Args)]
+pub struct PatchscopeEvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value = saescope::data::DEFAULT_CORPUS)]
+    corpus: String,
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    #[arg(long, default_value_t = 1000)]
+    positions: usize,
+    #[arg(long, default_value_t = 4000)]
+    train_positions: usize,
+    #[arg(long, default_value_t = 64)]
+    context: usize,
+    /// Source layers (default: all).
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<usize>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run_patchscope_cmd(cmd: PatchscopeCommand) -> anyhow::Result<()> {
+    match cmd {
+        PatchscopeCommand::Run(args) => patchscope_run(args),
+        PatchscopeCommand::Eval(args) => patchscope_eval(args),
+    }
+}
+
+/// `position` from the end when negative.
+fn index(position: i64, len: usize) -> anyhow::Result<usize> {
+    let i = if position < 0 {
+        len as i64 + position
+    } else {
+        position
+    };
+    anyhow::ensure!(
+        (0..len as i64).contains(&i),
+        "position {position} is outside a prompt of {len} tokens"
+    );
+    Ok(i as usize)
+}
+
+fn patchscope_run(args: PatchscopeRunArgs) -> anyhow::Result<()> {
+    let source = args.model.load()?;
+    let target_model = match &args.target_model {
+        Some(spec) => Some(
+            ModelArgs {
+                model: spec.clone(),
+                ..args.model.clone()
+            }
+            .load()?,
+        ),
+        None => None,
+    };
+    let target_model = target_model.as_ref().unwrap_or(&source);
+    let src_ids = source.tokenizer.encode(&args.source_prompt, true)?;
+    let i = index(args.source_position, src_ids.len())?;
+    let n_layers = source.model.config().n_layers;
+    anyhow::ensure!(
+        args.source_layer < n_layers,
+        "--source-layer must be below {n_layers}"
+    );
+    let hook = HookPoint::resid_post(args.source_layer);
+    let tokens = tch::Tensor::from_slice(&src_ids)
+        .view([1, -1])
+        .to_device(source.model.device());
+    let h = source
+        .model
+        .run_with_cache(
+            &saescope::model::ForwardInput::tokens(&tokens),
+            &[hook],
+            None,
+        )?
+        .take(hook)?
+        .select(0, 0)
+        .select(0, i as i64)
+        .unsqueeze(0);
+    let mapping = match &args.map {
+        Some(path) => Mapping::load(path)?,
+        None => Mapping::Identity,
+    };
+    let h = mapping.apply(&h)?;
+    let prompt = args
+        .target_prompt
+        .as_deref()
+        .unwrap_or(TOKEN_IDENTITY_PROMPT);
+    let ids = target_model.tokenizer.encode(prompt, true)?;
+    let target = Target {
+        model: target_model,
+        position: index(args.target_position, ids.len())?,
+        ids,
+        layer: args.target_layer.unwrap_or(args.source_layer),
+    };
+    println!(
+        "source {:?} at layer {}, position {i} ({:?})",
+        args.source_prompt,
+        args.source_layer,
+        source.tokenizer.token_text(src_ids[i])
+    );
+    if args.generate > 0 {
+        let out = target.generate_patched(&h.squeeze_dim(0), args.generate)?;
+        println!("{}", target_model.tokenizer.decode(&out)?);
+        return Ok(());
+    }
+    let probs = target.patched_logits(&h, 1)?.softmax(-1, tch::Kind::Float);
+    let (p, idx) = probs.select(0, 0).topk(args.top, 0, true, true);
+    for k in 0..p.size()[0] {
+        let id = idx.int64_value(&[k]);
+        println!(
+            "{:>8.4}  {:?}",
+            p.double_value(&[k]),
+            target_model.tokenizer.token_text(id)
+        );
+    }
+    Ok(())
+}
+
+fn patchscope_eval(args: PatchscopeEvalArgs) -> anyhow::Result<()> {
+    let model = args.model.load()?;
+    let corpus = saescope::data::Corpus::open(&args.corpus, &args.text_field)?;
+    let n_layers = model.model.config().n_layers;
+    let cfg = NextTokenEvalConfig {
+        positions: args.positions,
+        train_positions: args.train_positions,
+        context: args.context,
+        layers: if args.layers.is_empty() {
+            (0..n_layers).collect()
+        } else {
+            args.layers
+        },
+        chunk: 128,
+    };
+    let bar = prompt_bar()?;
+    bar.set_message("layers");
+    let report = evaluate_next_token(&model, &corpus, &args.corpus, &cfg, &mut |d, t| {
+        bar.set_length(t as u64);
+        bar.set_position(d as u64);
+    })?;
+    bar.finish_and_clear();
+    println!("layer  patchscope P@1 / surprisal   logit lens          affine");
+    for l in &report.layers {
+        println!(
+            "{:>5}  {:>6.3} / {:>6.2}            {:>6.3} / {:>6.2}     {:>6.3} / {:>6.2}",
+            l.layer,
+            l.patchscope.precision_at_1,
+            l.patchscope.surprisal,
+            l.logit_lens.precision_at_1,
+            l.logit_lens.surprisal,
+            l.affine.precision_at_1,
+            l.affine.surprisal
         );
     }
     report_paths(&report.save(&args.out)?);

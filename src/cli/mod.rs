@@ -63,6 +63,9 @@ enum Command {
     Probe(Box<analysis::ProbeArgs>),
     /// Activation and attribution patching sweeps over clean/corrupted pairs.
     Patch(Box<analysis::PatchArgs>),
+    /// Patchscopes: decode a hidden state by patching it into a target prompt.
+    #[command(subcommand)]
+    Patchscope(analysis::PatchscopeCommand),
 }
 
 /// Which model, where, in what precision.
@@ -186,6 +189,7 @@ pub fn main() -> std::process::ExitCode {
         Command::AttentionRatio(args) => analysis::run_attention_ratio_cmd(*args),
         Command::Probe(args) => analysis::run_probe_cmd(*args),
         Command::Patch(args) => analysis::run_patch_cmd(*args),
+        Command::Patchscope(cmd) => analysis::run_patchscope_cmd(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
