@@ -120,3 +120,49 @@ fn patching_across_models_of_different_width_goes_through_a_fitted_map() {
     let err = target.patched_logits(&hs.narrow(0, 0, 2), 2).unwrap_err();
     assert!(err.to_string().contains("patched vectors"), "{err}");
 }
+
+#[test]
+fn generation_applies_the_patch_to_the_prompt_only() {
+    let model = common::tiny_llama();
+    let n_layers = model.model.config().n_layers;
+    let ids = ids();
+    let (h, _) = state(&model, &ids, n_layers - 1);
+    let target = Target {
+        model: &model,
+        ids: ids.clone(),
+        layer: n_layers - 1,
+        position: ids.len() - 1,
+    };
+    // The prompt's own state written back: the same tokens as plain generation.
+    let own = target
+        .generate_patched(&h.get(ids.len() as i64 - 1), 6)
+        .unwrap();
+    let cfg = saescope::model::GenerateConfig {
+        max_new_tokens: 6,
+        sampling: Default::default(),
+        stop_ids: model.tokenizer.eos_ids().to_vec(),
+    };
+    let plain = saescope::model::generate(
+        &model.model,
+        std::slice::from_ref(&ids),
+        &cfg,
+        &mut saescope::hooks::Hooks::new(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(own, plain[0]);
+    // Another position's state changes the first generated token's logits.
+    let first = |v: &Tensor| {
+        target
+            .patched_logits(&v.unsqueeze(0), 1)
+            .unwrap()
+            .argmax(-1, false)
+    };
+    let (a, b) = (
+        first(&h.get(ids.len() as i64 - 1)),
+        first(&(h.get(2) * 10.0)),
+    );
+    let generated = target.generate_patched(&(h.get(2) * 10.0), 1).unwrap();
+    assert_eq!(generated[0], b.int64_value(&[0]));
+    let _ = a;
+}
