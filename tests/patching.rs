@@ -55,6 +55,7 @@ fn patching_a_run_with_itself_changes_nothing_and_the_whole_first_residual_resto
         &hooks,
         Unit::Position,
         (Run::Clean, Run::Clean),
+        None,
         &mut |_, _| {},
     )
     .unwrap();
@@ -69,13 +70,22 @@ fn patching_a_run_with_itself_changes_nothing_and_the_whole_first_residual_resto
         &heads,
         Unit::Head,
         (Run::Clean, Run::Clean),
+        None,
         &mut |_, _| {},
     )
     .unwrap();
     assert!(grid.values[0].iter().all(|v| (v - 1.0).abs() < 1e-5));
     // Every position of the first residual from the clean run: exactly clean.
-    let (grid, _) =
-        exact_patching(&model, &t, &hooks[..1], Unit::All, ALL, &mut |_, _| {}).unwrap();
+    let (grid, _) = exact_patching(
+        &model,
+        &t,
+        &hooks[..1],
+        Unit::All,
+        ALL,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert!((grid.values[0][0] - 1.0).abs() < 1e-5, "{:?}", grid.values);
     // Noising with the corrupted run's whole first residual: exactly corrupted.
     let (grid, _) = exact_patching(
@@ -84,6 +94,7 @@ fn patching_a_run_with_itself_changes_nothing_and_the_whole_first_residual_resto
         &hooks[..1],
         Unit::All,
         Direction::Noise.runs(),
+        None,
         &mut |_, _| {},
     )
     .unwrap();
@@ -99,8 +110,9 @@ fn attribution_equals_exact_patching_where_the_metric_is_linear() {
     let t = PatchTask::load(&task(dir.path()), &model.tokenizer).unwrap();
     let hooks = [HookPoint::LnFinal];
     for unit in [Unit::Position, Unit::All] {
-        let (exact, _) = exact_patching(&model, &t, &hooks, unit, ALL, &mut |_, _| {}).unwrap();
-        let (approx, _) = attribution_patching(&model, &t, &hooks, unit, ALL).unwrap();
+        let (exact, _) =
+            exact_patching(&model, &t, &hooks, unit, ALL, None, &mut |_, _| {}).unwrap();
+        let (approx, _) = attribution_patching(&model, &t, &hooks, unit, ALL, None).unwrap();
         for (a, b) in exact.values[0].iter().zip(&approx.values[0]) {
             assert!(
                 (a - b).abs() < 1e-4,
@@ -111,9 +123,17 @@ fn attribution_equals_exact_patching_where_the_metric_is_linear() {
     // Elsewhere it is an approximation that still tracks the exact values.
     let n_layers = model.model.config().n_layers;
     let hooks: Vec<HookPoint> = (0..n_layers).map(HookPoint::resid_pre).collect();
-    let (exact, _) =
-        exact_patching(&model, &t, &hooks, Unit::Position, ALL, &mut |_, _| {}).unwrap();
-    let (approx, _) = attribution_patching(&model, &t, &hooks, Unit::Position, ALL).unwrap();
+    let (exact, _) = exact_patching(
+        &model,
+        &t,
+        &hooks,
+        Unit::Position,
+        ALL,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let (approx, _) = attribution_patching(&model, &t, &hooks, Unit::Position, ALL, None).unwrap();
     let r = grid_correlation(&exact, &approx);
     assert!(r > 0.5, "correlation {r}");
 }
@@ -140,12 +160,20 @@ fn bad_tasks_are_clear_errors() {
     check(serde_json::json!({"clean": "a"}), "line 1");
     let t = PatchTask::load(&task(dir.path()), &model.tokenizer).unwrap();
     let pattern = [HookPoint::Block(0, BlockSite::AttnPattern)];
-    let err = exact_patching(&model, &t, &pattern, Unit::Position, ALL, &mut |_, _| {})
-        .unwrap_err()
-        .to_string();
+    let err = exact_patching(
+        &model,
+        &t,
+        &pattern,
+        Unit::Position,
+        ALL,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("hook_z"), "{err}");
     let resid = [HookPoint::resid_pre(0)];
-    let err = exact_patching(&model, &t, &resid, Unit::Head, ALL, &mut |_, _| {})
+    let err = exact_patching(&model, &t, &resid, Unit::Head, ALL, None, &mut |_, _| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("has no heads"), "{err}");
@@ -195,4 +223,62 @@ fn the_patch_command_writes_its_report_and_heatmaps() {
         out.to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("everything"), "{err}");
+}
+
+#[test]
+fn heads_at_chosen_positions_patch_only_there() {
+    let model = common::tiny_llama();
+    let dir = tempfile::tempdir().unwrap();
+    let t = PatchTask::load(&task(dir.path()), &model.tokenizer).unwrap();
+    let seq = t.pairs[0].clean.len();
+    let heads = [
+        HookPoint::Block(0, BlockSite::AttnZ),
+        HookPoint::Block(1, BlockSite::AttnZ),
+    ];
+    let every: Vec<usize> = (0..seq).collect();
+    let run = |positions: Option<&[usize]>| {
+        exact_patching(
+            &model,
+            &t,
+            &heads,
+            Unit::Head,
+            ALL,
+            positions,
+            &mut |_, _| {},
+        )
+        .unwrap()
+        .0
+    };
+    let (all, chosen_all, last) = (run(None), run(Some(&every)), run(Some(&[seq - 1])));
+    assert_eq!(all.values, chosen_all.values);
+    assert_eq!(last.positions, Some(vec![seq - 1]));
+    // Layer 1's heads at the last position reach the logits directly; at
+    // the first position (BOS, the same in both runs) nothing changes.
+    let bos = run(Some(&[0]));
+    assert!(
+        bos.values.iter().flatten().all(|v| v.abs() < 1e-5),
+        "{:?}",
+        bos.values
+    );
+    let attr_all = attribution_patching(&model, &t, &heads, Unit::Head, ALL, None)
+        .unwrap()
+        .0;
+    let attr_every = attribution_patching(&model, &t, &heads, Unit::Head, ALL, Some(&every))
+        .unwrap()
+        .0;
+    for (a, b) in attr_all
+        .values
+        .iter()
+        .flatten()
+        .zip(attr_every.values.iter().flatten())
+    {
+        assert!((a - b).abs() < 1e-6);
+    }
+    let bad = |unit: Unit, ps: &[usize]| {
+        exact_patching(&model, &t, &heads, unit, ALL, Some(ps), &mut |_, _| {})
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(bad(Unit::Head, &[seq]).contains("outside"));
+    assert!(bad(Unit::Position, &[0]).contains("head cells only"));
 }

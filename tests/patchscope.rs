@@ -166,3 +166,62 @@ fn generation_applies_the_patch_to_the_prompt_only() {
     assert_eq!(generated[0], b.int64_value(&[0]));
     let _ = a;
 }
+
+#[test]
+fn the_cli_fits_a_map_and_decodes_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), 40);
+    let map = dir.path().join("map.safetensors");
+    let (ok, _, err) = common::saescope(&[
+        "patchscope",
+        "fit-map",
+        "--model",
+        common::TINY_LLAMA,
+        "--source-layer",
+        "0",
+        "--target-layer",
+        "1",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--positions",
+        "300",
+        "--context",
+        "32",
+        "--out",
+        map.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let Mapping::Affine { weight, .. } = Mapping::load(&map).unwrap() else {
+        panic!("an affine map")
+    };
+    assert_eq!(weight.size(), [64, 64]);
+    let (ok, stdout, err) = common::saescope(&[
+        "patchscope",
+        "run",
+        "--model",
+        common::TINY_LLAMA,
+        "--source-prompt",
+        "the model reads",
+        "--source-layer",
+        "0",
+        "--target-layer",
+        "1",
+        "--map",
+        map.to_str().unwrap(),
+        "--top",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    let (ok, _, err) = common::saescope(&[
+        "patchscope",
+        "run",
+        "--model",
+        common::TINY_LLAMA,
+        "--source-prompt",
+        "the model reads",
+        "--source-layer",
+        "7",
+    ]);
+    assert!(!ok && err.contains("--source-layer"), "{err}");
+}

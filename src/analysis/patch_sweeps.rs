@@ -84,7 +84,8 @@ pub struct PatchReport {
     pub sweeps: Vec<SweepResult>,
 }
 
-/// Runs `sweeps` on `task`.
+/// Runs `sweeps` on `task`; head sweeps patch only `head_positions` when given.
+#[allow(clippy::too_many_arguments)]
 pub fn run_sweeps(
     model: &LoadedModel,
     task: &PatchTask,
@@ -92,6 +93,7 @@ pub fn run_sweeps(
     sweeps: &[Sweep],
     direction: Direction,
     method: Method,
+    head_positions: Option<&[usize]>,
     progress: &mut dyn FnMut(Sweep, usize, usize),
 ) -> Result<PatchReport> {
     if sweeps.is_empty() {
@@ -102,21 +104,32 @@ pub fn run_sweeps(
     let mut results = Vec::new();
     for &sweep in sweeps {
         let (hooks, unit) = sweep.hooks_and_unit(n_layers);
+        let positions = if unit == Unit::Head {
+            head_positions
+        } else {
+            None
+        };
         let (mut exact, mut attribution) = (None, None);
         let (mut exact_seconds, mut attribution_seconds) = (None, None);
         if method != Method::Attribution {
             let started = std::time::Instant::now();
-            let (grid, base) =
-                exact_patching(model, task, &hooks, unit, direction.runs(), &mut |d, t| {
-                    progress(sweep, d, t)
-                })?;
+            let (grid, base) = exact_patching(
+                model,
+                task,
+                &hooks,
+                unit,
+                direction.runs(),
+                positions,
+                &mut |d, t| progress(sweep, d, t),
+            )?;
             exact_seconds = Some(started.elapsed().as_secs_f64());
             exact = Some(grid);
             baselines = Some(base);
         }
         if method != Method::Exact {
             let started = std::time::Instant::now();
-            let (grid, base) = attribution_patching(model, task, &hooks, unit, direction.runs())?;
+            let (grid, base) =
+                attribution_patching(model, task, &hooks, unit, direction.runs(), positions)?;
             attribution_seconds = Some(started.elapsed().as_secs_f64());
             attribution = Some(grid);
             baselines = Some(base);

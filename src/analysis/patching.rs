@@ -195,6 +195,8 @@ struct Patch<'a> {
     source: &'a Tensor,
     unit: Unit,
     index: i64,
+    /// With `Unit::Head`: only these positions (default all).
+    positions: Option<&'a [usize]>,
 }
 
 impl Intervention for Patch<'_> {
@@ -206,6 +208,16 @@ impl Intervention for Patch<'_> {
         let src = self.source.f_to_kind(act.kind())?;
         let out = match self.unit {
             Unit::All => src,
+            Unit::Head if self.positions.is_some() => {
+                let out = act.f_detach_copy()?;
+                for &p in self.positions.unwrap_or_default() {
+                    let cell = |t: &Tensor| -> Result<Tensor> {
+                        Ok(t.f_narrow(1, p as i64, 1)?.f_narrow(2, self.index, 1)?)
+                    };
+                    cell(&out)?.f_copy_(&cell(&src)?)?;
+                }
+                out
+            }
             Unit::Position | Unit::Head => {
                 let dim = if self.unit == Unit::Position { 1 } else { 2 };
                 let out = act.f_detach_copy()?;
@@ -255,6 +267,24 @@ fn cells(model: &LoadedModel, hook: HookPoint, unit: Unit, seq: usize) -> Result
     })
 }
 
+/// Head positions must be given only for head cells, and lie inside every pair.
+fn check_positions(task: &PatchTask, unit: Unit, positions: Option<&[usize]>) -> Result<()> {
+    let Some(ps) = positions else { return Ok(()) };
+    if unit != Unit::Head {
+        return Err(Error::InvalidArgument(
+            "chosen positions apply to head cells only".into(),
+        ));
+    }
+    let shortest = task.pairs.iter().map(|p| p.clean.len()).min().unwrap_or(0);
+    match ps.iter().find(|&&p| p >= shortest) {
+        Some(p) => Err(Error::InvalidArgument(format!(
+            "position {p} is outside the shortest pair ({shortest} tokens)"
+        ))),
+        None if ps.is_empty() => Err(Error::InvalidArgument("no positions given".into())),
+        None => Ok(()),
+    }
+}
+
 /// The metric's baselines: mean clean and corrupted logit differences.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Baselines {
@@ -273,6 +303,8 @@ impl Baselines {
 pub struct PatchGrid {
     pub hooks: Vec<String>,
     pub unit: Unit,
+    /// The positions head cells were patched at (`None`: all).
+    pub positions: Option<Vec<usize>>,
     /// `[hook][cell]` normalised metric.
     pub values: Vec<Vec<f64>>,
 }
@@ -373,9 +405,11 @@ pub fn exact_patching(
     hooks: &[HookPoint],
     unit: Unit,
     (from, into): (Run, Run),
+    positions: Option<&[usize]>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(PatchGrid, Baselines)> {
     let prep = prepare(model, task, hooks)?;
+    check_positions(task, unit, positions)?;
     let seq = task.pairs[0].clean.len();
     let widths = hooks
         .iter()
@@ -404,6 +438,7 @@ pub fn exact_patching(
                     source: &source[&hook],
                     unit,
                     index: index as i64,
+                    positions,
                 };
                 let start = hook.layer().map(|l| (l, &target[&HookPoint::resid_pre(l)]));
                 let logits = tch::no_grad(|| {
@@ -427,6 +462,7 @@ pub fn exact_patching(
         PatchGrid {
             hooks: hooks.iter().map(|h| h.to_string()).collect(),
             unit,
+            positions: positions.map(<[usize]>::to_vec),
             values,
         },
         prep.baselines,
@@ -460,8 +496,10 @@ pub fn attribution_patching(
     hooks: &[HookPoint],
     unit: Unit,
     (from, into): (Run, Run),
+    positions: Option<&[usize]>,
 ) -> Result<(PatchGrid, Baselines)> {
     let prep = prepare(model, task, hooks)?;
+    check_positions(task, unit, positions)?;
     let seq = task.pairs[0].clean.len();
     let widths = hooks
         .iter()
@@ -510,6 +548,16 @@ pub fn attribution_patching(
                     )?
                 }
                 Unit::Head => {
+                    let contrib = match positions {
+                        Some(ps) => {
+                            let ps: Vec<i64> = ps.iter().map(|&p| p as i64).collect();
+                            contrib.f_index_select(
+                                1,
+                                &Tensor::f_from_slice(&ps)?.f_to_device(contrib.device())?,
+                            )?
+                        }
+                        None => contrib,
+                    };
                     let c = contrib.f_transpose(0, 2)?.f_contiguous()?;
                     c.f_reshape([width as i64, -1])?.f_sum_dim_intlist(
                         [1i64].as_slice(),
@@ -541,6 +589,7 @@ pub fn attribution_patching(
         PatchGrid {
             hooks: hooks.iter().map(|h| h.to_string()).collect(),
             unit,
+            positions: positions.map(<[usize]>::to_vec),
             values,
         },
         prep.baselines,

@@ -297,3 +297,76 @@ pub fn score(top: &Tensor, log_probs: &Tensor) -> Result<Scores> {
         surprisal: surprisal.f_double_value(&[])?,
     })
 }
+
+/// An affine map from `source`'s `resid_post` at `source_layer` to
+/// `target`'s at `target_layer`, fit by least squares on `positions`
+/// positions (after BOS) of `corpus` windows of `context` tokens fed to both
+/// models. The models must share a tokenizer (the same ids for the same
+/// text); widths may differ.
+pub fn fit_map_on_corpus(
+    source: &LoadedModel,
+    target: &LoadedModel,
+    (source_layer, target_layer): (usize, usize),
+    corpus: &crate::data::Corpus,
+    positions: usize,
+    context: usize,
+) -> Result<Mapping> {
+    use crate::data::packing::{windows_tensor, PackConfig, Packer};
+    let same_tokenizer = source.tokenizer.vocab_size() == target.tokenizer.vocab_size()
+        && source.tokenizer.bos_id() == target.tokenizer.bos_id()
+        && source
+            .tokenizer
+            .encode("The models must tokenize this alike: 12 ü!", false)?
+            == target
+                .tokenizer
+                .encode("The models must tokenize this alike: 12 ü!", false)?;
+    if !same_tokenizer {
+        return Err(Error::InvalidArgument(
+            "the two models tokenize text differently; a map between their hidden states needs aligned positions".into(),
+        ));
+    }
+    for (model, layer) in [(source, source_layer), (target, target_layer)] {
+        let n = model.model.config().n_layers;
+        if layer >= n {
+            return Err(Error::InvalidArgument(format!(
+                "layer {layer} is out of range for {} ({n} layers)",
+                model.spec
+            )));
+        }
+    }
+    let mut packer = Packer::new(
+        corpus,
+        &source.tokenizer,
+        PackConfig::for_tokenizer(&source.tokenizer, context),
+    )?;
+    let (mut xs, mut ys, mut have) = (Vec::new(), Vec::new(), 0usize);
+    while have < positions {
+        let windows = packer.next_windows(8)?;
+        if windows.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "the corpus ran out after {have} of {positions} positions"
+            )));
+        }
+        let rows = |model: &LoadedModel, layer: usize| -> Result<Tensor> {
+            let tokens = windows_tensor(&windows, model.model.device())?;
+            let act = model
+                .model
+                .hook_rows(&tokens, &[HookPoint::resid_post(layer)])?
+                .remove(0);
+            let (s, d) = (act.size()[1], act.size()[2]);
+            Ok(act
+                .f_narrow(1, 1, s - 1)?
+                .f_reshape([-1, d])?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(tch::Device::Cpu)?)
+        };
+        let x = rows(source, source_layer)?;
+        have += x.size()[0] as usize;
+        xs.push(x);
+        ys.push(rows(target, target_layer)?);
+    }
+    let n = positions as i64;
+    let x = Tensor::f_cat(&xs, 0)?.f_narrow(0, 0, n)?;
+    let y = Tensor::f_cat(&ys, 0)?.f_narrow(0, 0, n)?;
+    fit_affine(&x, &y)
+}

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use saescope::analysis::attention_ratio::{attention_ratio, RatioSpans};
 use saescope::analysis::patch_sweeps::{run_sweeps, Method, Sweep};
 use saescope::analysis::patching::{Direction, PatchTask};
-use saescope::analysis::patchscope::{Mapping, Target, TOKEN_IDENTITY_PROMPT};
+use saescope::analysis::patchscope::{fit_map_on_corpus, Mapping, Target, TOKEN_IDENTITY_PROMPT};
 use saescope::analysis::patchscope_eval::{evaluate_next_token, NextTokenEvalConfig};
 use saescope::analysis::probe::{run_probes, ProbeConfig, ProbeRequest, ProbeTarget};
 use saescope::analysis::prompts::PromptSet;
@@ -269,6 +269,9 @@ pub struct PatchArgs {
     direction: Direction,
     #[arg(long, value_enum, default_value = "both")]
     method: Method,
+    /// Patch heads only at these positions (e.g. `7,20`; default: all).
+    #[arg(long, value_delimiter = ',')]
+    head_positions: Vec<usize>,
     #[arg(long)]
     out: PathBuf,
 }
@@ -288,6 +291,7 @@ pub fn run_patch_cmd(args: PatchArgs) -> anyhow::Result<()> {
         &args.sweeps,
         args.direction,
         args.method,
+        (!args.head_positions.is_empty()).then_some(args.head_positions.as_slice()),
         &mut |sweep, done, total| {
             bar.set_message(format!("{sweep:?}"));
             bar.set_length(total as u64);
@@ -322,6 +326,33 @@ pub enum PatchscopeCommand {
     /// Next-token Precision@1 and surprisal by layer against the logit lens
     /// and an affine baseline, over held-out corpus positions.
     Eval(PatchscopeEvalArgs),
+    /// Fit an affine map between two layers (of one model or two) by least
+    /// squares on corpus positions, for `run --map`.
+    FitMap(PatchscopeFitMapArgs),
+}
+
+#[derive(Args)]
+pub struct PatchscopeFitMapArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The model mapped into (default: the source model).
+    #[arg(long)]
+    target_model: Option<String>,
+    #[arg(long)]
+    source_layer: usize,
+    #[arg(long)]
+    target_layer: usize,
+    #[arg(long, default_value = saescope::data::DEFAULT_CORPUS)]
+    corpus: String,
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    #[arg(long, default_value_t = 4000)]
+    positions: usize,
+    #[arg(long, default_value_t = 64)]
+    context: usize,
+    /// Where to write the map (safetensors `weight`, `bias`).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -382,6 +413,7 @@ pub fn run_patchscope_cmd(cmd: PatchscopeCommand) -> anyhow::Result<()> {
     match cmd {
         PatchscopeCommand::Run(args) => patchscope_run(args),
         PatchscopeCommand::Eval(args) => patchscope_eval(args),
+        PatchscopeCommand::FitMap(args) => patchscope_fit_map(args),
     }
 }
 
@@ -471,6 +503,32 @@ fn patchscope_run(args: PatchscopeRunArgs) -> anyhow::Result<()> {
             target_model.tokenizer.token_text(id)
         );
     }
+    Ok(())
+}
+
+fn patchscope_fit_map(args: PatchscopeFitMapArgs) -> anyhow::Result<()> {
+    let source = args.model.load()?;
+    let target = match &args.target_model {
+        Some(spec) => Some(
+            ModelArgs {
+                model: spec.clone(),
+                ..args.model.clone()
+            }
+            .load()?,
+        ),
+        None => None,
+    };
+    let corpus = saescope::data::Corpus::open(&args.corpus, &args.text_field)?;
+    let map = fit_map_on_corpus(
+        &source,
+        target.as_ref().unwrap_or(&source),
+        (args.source_layer, args.target_layer),
+        &corpus,
+        args.positions,
+        args.context,
+    )?;
+    map.save(&args.out)?;
+    println!("wrote {}", args.out.display());
     Ok(())
 }
 
