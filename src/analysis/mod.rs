@@ -15,6 +15,7 @@
 
 pub mod attention_ratio;
 pub mod patch_sweeps;
+pub mod patch_task;
 pub mod patching;
 pub mod patchscope;
 pub mod patchscope_eval;
