@@ -145,6 +145,26 @@ fn cells(model: &LoadedModel, hook: HookPoint, unit: Unit, seq: usize) -> Result
     })
 }
 
+/// The number of cells at each hook, after checking that the cells exist in
+/// every pair: by position, every pair must have one token length; chosen
+/// positions are for head cells and must lie inside every pair.
+fn layout(
+    model: &LoadedModel,
+    task: &PatchTask,
+    hooks: &[HookPoint],
+    unit: Unit,
+    positions: Option<&[usize]>,
+) -> Result<Vec<usize>> {
+    check_positions(task, unit, positions)?;
+    let seq = task.pairs[0].clean.len();
+    if unit == Unit::Position && task.pairs.iter().any(|p| p.clean.len() != seq) {
+        return Err(Error::InvalidArgument(
+            "patching by position needs every pair to have the same token length".into(),
+        ));
+    }
+    hooks.iter().map(|&h| cells(model, h, unit, seq)).collect()
+}
+
 /// Head positions must be given only for head cells, and lie inside every pair.
 fn check_positions(task: &PatchTask, unit: Unit, positions: Option<&[usize]>) -> Result<()> {
     let Some(ps) = positions else { return Ok(()) };
@@ -225,6 +245,19 @@ struct Prepared {
     baselines: Baselines,
 }
 
+/// One run's cache and tokens within a batch.
+fn run_of<'a>(
+    b: &'a Batch,
+    clean: &'a BTreeMap<HookPoint, Tensor>,
+    corrupted: &'a BTreeMap<HookPoint, Tensor>,
+    run: Run,
+) -> (&'a BTreeMap<HookPoint, Tensor>, &'a Tensor) {
+    match run {
+        Run::Clean => (clean, &b.clean),
+        Run::Corrupted => (corrupted, &b.corrupted),
+    }
+}
+
 fn prepare(model: &LoadedModel, task: &PatchTask, hooks: &[HookPoint]) -> Result<Prepared> {
     let n_layers = model.model.config().n_layers;
     let mut wanted: Vec<HookPoint> = (0..n_layers).map(HookPoint::resid_pre).collect();
@@ -286,18 +319,8 @@ pub fn exact_patching(
     positions: Option<&[usize]>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(PatchGrid, Baselines)> {
+    let widths = layout(model, task, hooks, unit, positions)?;
     let prep = prepare(model, task, hooks)?;
-    check_positions(task, unit, positions)?;
-    let seq = task.pairs[0].clean.len();
-    let widths = hooks
-        .iter()
-        .map(|&h| cells(model, h, unit, seq))
-        .collect::<Result<Vec<_>>>()?;
-    if unit == Unit::Position && task.pairs.iter().any(|p| p.clean.len() != seq) {
-        return Err(Error::InvalidArgument(
-            "patching by position needs every pair to have the same token length".into(),
-        ));
-    }
     let total: usize = widths.iter().sum();
     let mut done = 0;
     let mut values = Vec::with_capacity(hooks.len());
@@ -306,11 +329,10 @@ pub fn exact_patching(
         for index in 0..width {
             let mut ld = 0.0;
             for (b, (clean, corrupted)) in prep.batches.iter().zip(&prep.caches) {
-                let pick = |r: Run| match r {
-                    Run::Clean => (clean, &b.clean),
-                    Run::Corrupted => (corrupted, &b.corrupted),
-                };
-                let ((source, _), (target, tokens)) = (pick(from), pick(into));
+                let ((source, _), (target, tokens)) = (
+                    run_of(b, clean, corrupted, from),
+                    run_of(b, clean, corrupted, into),
+                );
                 let mut patch = Patch {
                     hook,
                     source: &source[&hook],
@@ -376,20 +398,14 @@ pub fn attribution_patching(
     (from, into): (Run, Run),
     positions: Option<&[usize]>,
 ) -> Result<(PatchGrid, Baselines)> {
+    let widths = layout(model, task, hooks, unit, positions)?;
     let prep = prepare(model, task, hooks)?;
-    check_positions(task, unit, positions)?;
-    let seq = task.pairs[0].clean.len();
-    let widths = hooks
-        .iter()
-        .map(|&h| cells(model, h, unit, seq))
-        .collect::<Result<Vec<_>>>()?;
     let mut sums: Vec<Vec<f64>> = widths.iter().map(|&w| vec![0.0; w]).collect();
     for (b, (clean, corrupted)) in prep.batches.iter().zip(&prep.caches) {
-        let pick = |r: Run| match r {
-            Run::Clean => (clean, &b.clean),
-            Run::Corrupted => (corrupted, &b.corrupted),
-        };
-        let ((source, _), (target, tokens)) = (pick(from), pick(into));
+        let ((source, _), (target, tokens)) = (
+            run_of(b, clean, corrupted, from),
+            run_of(b, clean, corrupted, into),
+        );
         let mut probe = GradProbe {
             hooks: hooks.to_vec(),
             deltas: BTreeMap::new(),

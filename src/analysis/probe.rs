@@ -332,10 +332,7 @@ pub fn run_probes(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ProbeReport> {
     let started = std::time::Instant::now();
-    let prompts: Vec<&Prompt> = match &request.condition {
-        Some(c) => set.of_condition(c)?,
-        None => set.prompts.iter().collect(),
-    };
+    let prompts = set.select(request.condition.as_deref())?;
     require_span(&prompts, &request.span)?;
     let targets = targets_of(&prompts, request.target)?;
     let pooled = pooled_activations(
@@ -350,9 +347,7 @@ pub fn run_probes(
         .hooks
         .iter()
         .map(|hook| {
-            let x = pooled.by_hook.get(hook).ok_or_else(|| {
-                Error::InvalidArgument(format!("no activations were cached at `{hook}`"))
-            })?;
+            let x = pooled.at(*hook)?;
             Ok(HookProbe {
                 hook: hook.to_string(),
                 score: probe(x, &targets, &request.cfg)?,

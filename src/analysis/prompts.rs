@@ -105,6 +105,14 @@ impl PromptSet {
         out
     }
 
+    /// The prompts of `condition`, or all of them.
+    pub fn select(&self, condition: Option<&str>) -> Result<Vec<&Prompt>> {
+        match condition {
+            Some(c) => self.of_condition(c),
+            None => Ok(self.prompts.iter().collect()),
+        }
+    }
+
     /// The prompts of `condition`; an error when there are none.
     pub fn of_condition(&self, condition: &str) -> Result<Vec<&Prompt>> {
         let chosen: Vec<&Prompt> = self

@@ -277,10 +277,7 @@ pub fn run_rsa(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<RsaReport> {
     let started = std::time::Instant::now();
-    let prompts: Vec<&Prompt> = match &request.condition {
-        Some(c) => set.of_condition(c)?,
-        None => set.prompts.iter().collect(),
-    };
+    let prompts = set.select(request.condition.as_deref())?;
     require_span(&prompts, &request.span)?;
     let hypotheses = request
         .hypotheses
@@ -307,9 +304,7 @@ pub fn run_rsa(
         .hooks
         .iter()
         .map(|hook| {
-            let x = pooled.by_hook.get(hook).ok_or_else(|| {
-                Error::InvalidArgument(format!("no activations were cached at `{hook}`"))
-            })?;
+            let x = pooled.at(*hook)?;
             let (rdm, fits) = rsa(x, &hypotheses, &request.cfg)?;
             Ok(HookRsa {
                 hook: hook.to_string(),

@@ -102,6 +102,15 @@ pub struct PooledActivations {
     pub correct: Vec<Option<bool>>,
 }
 
+impl PooledActivations {
+    /// `[n_prompts, width]` at `hook`.
+    pub fn at(&self, hook: HookPoint) -> Result<&Tensor> {
+        self.by_hook.get(&hook).ok_or_else(|| {
+            Error::InvalidArgument(format!("no activations were cached at `{hook}`"))
+        })
+    }
+}
+
 /// Runs `prompts` and pools each hook's rows over `span`.
 pub fn pooled_activations(
     model: &LoadedModel,

@@ -417,6 +417,19 @@ pub fn run_patchscope_cmd(cmd: PatchscopeCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The model `spec` names, on the device and in the dtype of `like`.
+fn other_model(like: &ModelArgs, spec: &Option<String>) -> anyhow::Result<Option<LoadedModel>> {
+    spec.as_ref()
+        .map(|spec| {
+            ModelArgs {
+                model: spec.clone(),
+                ..like.clone()
+            }
+            .load()
+        })
+        .transpose()
+}
+
 /// `position` from the end when negative.
 fn index(position: i64, len: usize) -> anyhow::Result<usize> {
     let i = if position < 0 {
@@ -508,16 +521,7 @@ fn patchscope_run(args: PatchscopeRunArgs) -> anyhow::Result<()> {
 
 fn patchscope_fit_map(args: PatchscopeFitMapArgs) -> anyhow::Result<()> {
     let source = args.model.load()?;
-    let target = match &args.target_model {
-        Some(spec) => Some(
-            ModelArgs {
-                model: spec.clone(),
-                ..args.model.clone()
-            }
-            .load()?,
-        ),
-        None => None,
-    };
+    let target = other_model(&args.model, &args.target_model)?;
     let corpus = saescope::data::Corpus::open(&args.corpus, &args.text_field)?;
     let map = fit_map_on_corpus(
         &source,
