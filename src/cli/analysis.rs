@@ -446,16 +446,7 @@ fn index(position: i64, len: usize) -> anyhow::Result<usize> {
 
 fn patchscope_run(args: PatchscopeRunArgs) -> anyhow::Result<()> {
     let source = args.model.load()?;
-    let target_model = match &args.target_model {
-        Some(spec) => Some(
-            ModelArgs {
-                model: spec.clone(),
-                ..args.model.clone()
-            }
-            .load()?,
-        ),
-        None => None,
-    };
+    let target_model = other_model(&args.model, &args.target_model)?;
     let target_model = target_model.as_ref().unwrap_or(&source);
     let src_ids = source.tokenizer.encode(&args.source_prompt, true)?;
     let i = index(args.source_position, src_ids.len())?;
