@@ -253,3 +253,38 @@ fn steer_learn_evaluate_and_generate_from_the_command_line() {
     let (ok, _, err) = eval_steer(&[]);
     assert!(!ok && err.contains("line 1"), "{err}");
 }
+
+/// Where stderr is not a terminal (CI logs, pipes) long jobs print plain
+/// progress lines with what is done, the rate and the ETA.
+#[test]
+fn progress_shows_as_lines_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .env("SAESCOPE_PROGRESS_SECS", "0")
+        .args([
+            "harvest",
+            "--model",
+            common::TINY_LLAMA,
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--tokens",
+            "2000",
+            "--context",
+            "32",
+            "--batch",
+            "4",
+            "--out",
+            dir.path().join("acts").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(" tokens (")).collect();
+    assert!(lines.len() >= 2, "{err}");
+    assert!(
+        lines.iter().all(|l| l.contains("/s") && l.contains("ETA")),
+        "{err}"
+    );
+    assert!(!err.contains('\r'), "no carriage returns in a log: {err:?}");
+}

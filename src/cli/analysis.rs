@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use saescope::analysis::attention_ratio::{attention_ratio, RatioSpans};
 use saescope::analysis::patch_sweeps::{run_sweeps, Method, Sweep};
 use saescope::analysis::patching::{Direction, PatchTask};
@@ -112,11 +112,11 @@ pub struct ProbeArgs {
 
 /// A bar over prompts, with the condition being run as its message.
 fn prompt_bar() -> anyhow::Result<ProgressBar> {
-    let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template(
+    super::progress::bar(
+        false,
         "{elapsed_precise} {wide_bar} {pos}/{len} prompts  {per_sec}  {msg}",
-    )?);
-    Ok(bar)
+        "[{elapsed_precise}] {pos}/{len} prompts  {per_sec}  ETA {eta}  {msg}",
+    )
 }
 
 impl PromptSetArgs {
@@ -279,10 +279,11 @@ pub struct PatchArgs {
 pub fn run_patch_cmd(args: PatchArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
     let task = PatchTask::load(&args.task, &model.tokenizer)?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template(
+    let bar = super::progress::bar(
+        false,
         "{elapsed_precise} {wide_bar} {pos}/{len} cells  {per_sec}  {msg}",
-    )?);
+        "[{elapsed_precise}] {pos}/{len} cells  {per_sec}  ETA {eta}  {msg}",
+    )?;
     let name = args.task.display().to_string();
     let report = run_sweeps(
         &model,

@@ -8,12 +8,13 @@ mod generate;
 mod harvest;
 mod label;
 mod logits;
+mod progress;
 mod steer;
 mod store;
 mod train;
 
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use saescope::hooks::HookPoint;
 use saescope::model::{load_model, DeviceSpec, Dtype, LoadedModel};
 
@@ -152,17 +153,18 @@ impl SaeOnCorpusArgs {
 }
 
 /// A progress bar counting tokens with their rate, hidden when `hidden`
-/// (e.g. with `--json`), followed by `extra` (a template fragment).
+/// (e.g. with `--json`), followed by `extra` (a template fragment); periodic
+/// lines instead when stderr is not a terminal.
 pub fn token_bar(hidden: bool, extra: &str) -> anyhow::Result<ProgressBar> {
-    let bar = if hidden {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(ProgressStyle::with_template(&format!(
-        "{{elapsed_precise}} {{wide_bar}} {{human_pos}}/{{human_len}} tokens  {{per_sec}}  ETA {{eta}}{extra}"
-    ))?);
-    Ok(bar)
+    progress::bar(
+        hidden,
+        &format!(
+            "{{elapsed_precise}} {{wide_bar}} {{human_pos}}/{{human_len}} tokens  {{per_sec}}  ETA {{eta}}{extra}"
+        ),
+        &format!(
+            "[{{elapsed_precise}}] {{human_pos}}/{{human_len}} tokens ({{percent}}%)  {{per_sec}}  ETA {{eta}}{extra}"
+        ),
+    )
 }
 
 pub fn main() -> std::process::ExitCode {
