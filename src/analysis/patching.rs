@@ -217,6 +217,22 @@ fn logits_for(hooks: &[HookPoint]) -> LogitsFor {
     }
 }
 
+impl PatchGrid {
+    fn new(
+        hooks: &[HookPoint],
+        unit: Unit,
+        positions: Option<&[usize]>,
+        values: Vec<Vec<f64>>,
+    ) -> Self {
+        PatchGrid {
+            hooks: hooks.iter().map(|h| h.to_string()).collect(),
+            unit,
+            positions: positions.map(<[usize]>::to_vec),
+            values,
+        }
+    }
+}
+
 /// Runs `model` on `tokens` from block `start` (or from the embedding) with
 /// `hooks`, returning logits `[batch, 1 or seq, vocab]`.
 fn logits_from(
@@ -359,12 +375,7 @@ pub fn exact_patching(
         values.push(row);
     }
     Ok((
-        PatchGrid {
-            hooks: hooks.iter().map(|h| h.to_string()).collect(),
-            unit,
-            positions: positions.map(<[usize]>::to_vec),
-            values,
-        },
+        PatchGrid::new(hooks, unit, positions, values),
         prep.baselines,
     ))
 }
@@ -480,12 +491,7 @@ pub fn attribution_patching(
         })
         .collect();
     Ok((
-        PatchGrid {
-            hooks: hooks.iter().map(|h| h.to_string()).collect(),
-            unit,
-            positions: positions.map(<[usize]>::to_vec),
-            values,
-        },
+        PatchGrid::new(hooks, unit, positions, values),
         prep.baselines,
     ))
 }
