@@ -13,6 +13,7 @@ pub mod eval;
 pub mod hooks;
 pub mod io;
 pub mod label;
+pub mod machine;
 pub mod model;
 pub mod plots;
 pub mod sae;

@@ -231,3 +231,31 @@ fn generation_from_other_threads_gives_the_same_tokens() {
     });
     assert!(concurrent.iter().all(|tokens| *tokens == plain));
 }
+
+#[test]
+fn fused_steps_agree_on_every_cpu_path() {
+    use saescope::machine::cpu::{available, with_tier, CpuTier};
+    for (name, kind, tolerance) in [
+        ("llama", Kind::Float, 1e-4),
+        ("qwen2", Kind::Float, 1e-4),
+        // bf16: a path's different sum order may move an intermediate by one
+        // rounding step, as between the fused and libtorch paths above.
+        ("llama", Kind::BFloat16, 0.05),
+    ] {
+        let mut model = load(name, kind);
+        model.set_fused_decode(true);
+        let run = || decode_logits(&model, &mut Hooks::new(), 2);
+        let portable = with_tier(CpuTier::Portable, run);
+        let scale = portable
+            .iter()
+            .map(|t| t.abs().max().double_value(&[]))
+            .fold(0.0, f64::max);
+        for tier in available() {
+            let diff = max_diff(&with_tier(tier, run), &portable);
+            assert!(
+                diff <= tolerance * scale.max(1.0),
+                "{name} {kind:?} at {tier}: {diff} from the portable path (scale {scale})"
+            );
+        }
+    }
+}

@@ -8,9 +8,9 @@ use clap::Args;
 use indicatif::ProgressBar;
 use saescope::data::{harvest, HarvestConfig, HarvestObserver, StoreDtype, DEFAULT_CORPUS};
 use saescope::hooks::HookPoint;
-use saescope::model::{load_model, DeviceSpec, Dtype};
+use saescope::model::{load_model, DeviceSpec, ModelDtype};
 
-use super::set_threads;
+use super::{choose_dtype, set_threads};
 
 #[derive(Args)]
 pub struct HarvestArgs {
@@ -20,9 +20,10 @@ pub struct HarvestArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
-    /// The dtype the model runs in.
-    #[arg(long, value_enum, default_value = "f32")]
-    model_dtype: Dtype,
+    /// The dtype the model runs in: auto (bf16 where the device has native
+    /// bf16 arithmetic, else f32), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    model_dtype: ModelDtype,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
@@ -95,7 +96,9 @@ impl HarvestObserver for Progress {
 
 pub fn run(args: HarvestArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
-    let model = load_model(&args.model, args.device.resolve()?, args.model_dtype.kind())?;
+    let device = args.device.resolve()?;
+    let dtype = choose_dtype(args.model_dtype, device);
+    let model = load_model(&args.model, device, dtype.kind())?;
     let n_layers = model.model.config().n_layers;
     let hooks = args
         .hooks

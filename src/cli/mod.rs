@@ -6,6 +6,7 @@ mod eval;
 mod features;
 mod generate;
 mod harvest;
+mod info;
 mod label;
 mod logits;
 mod progress;
@@ -16,7 +17,7 @@ mod train;
 use clap::{Args, Parser, Subcommand};
 use indicatif::ProgressBar;
 use saescope::hooks::HookPoint;
-use saescope::model::{load_model, DeviceSpec, Dtype, LoadedModel};
+use saescope::model::{load_model, DeviceSpec, Dtype, LoadedModel, ModelDtype};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The machine: CPU tiers, libtorch's capability, CUDA devices.
+    Info(info::InfoArgs),
     /// Print the token ids of a prompt and the top next tokens with log-probs.
     Logits(logits::LogitsArgs),
     /// Generate text, streaming tokens to stdout.
@@ -78,8 +81,10 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: Dtype,
+    /// auto (bf16 where the device has native bf16 arithmetic, else f32),
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: ModelDtype,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -88,12 +93,20 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         set_threads(self.threads)?;
-        Ok(load_model(
-            &self.model,
-            self.device.resolve()?,
-            self.dtype.kind(),
-        )?)
+        let device = self.device.resolve()?;
+        let dtype = choose_dtype(self.dtype, device);
+        Ok(load_model(&self.model, device, dtype.kind())?)
     }
+}
+
+/// The dtype `requested` resolves to on `device`, after printing the warning
+/// when it will be slow there.
+pub fn choose_dtype(requested: ModelDtype, device: tch::Device) -> Dtype {
+    let chosen = requested.choose(device);
+    if let Some(warning) = &chosen.slow_warning {
+        eprintln!("warning: {warning}");
+    }
+    chosen.dtype
 }
 
 /// Sets the CPU threads of libtorch (which the fused kernels and decode step
@@ -167,6 +180,14 @@ pub fn token_bar(hidden: bool, extra: &str) -> anyhow::Result<ProgressBar> {
     )
 }
 
+/// Rejects a misspelt `SAESCOPE_CPU` and notes one above the CPU's tier.
+fn check_cpu_tier() -> anyhow::Result<()> {
+    if let Some(note) = saescope::machine::cpu::check_environment()? {
+        eprintln!("note: {note}");
+    }
+    Ok(())
+}
+
 pub fn main() -> std::process::ExitCode {
     // Printing into a closed pipe (`saescope features show ... | head`) ends
     // the process quietly, as other Unix tools do, instead of panicking.
@@ -176,7 +197,8 @@ pub fn main() -> std::process::ExitCode {
     }
     saescope::model::cpu::alloc::keep_freed_memory_mapped();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = check_cpu_tier().and_then(|()| match cli.command {
+        Command::Info(args) => info::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
@@ -192,7 +214,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Probe(args) => analysis::run_probe_cmd(*args),
         Command::Patch(args) => analysis::run_patch_cmd(*args),
         Command::Patchscope(cmd) => analysis::run_patchscope_cmd(cmd),
-    };
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -61,6 +61,10 @@ impl TrainObserver for BarObserver {
         self.bar.reset_eta();
     }
 
+    fn on_warning(&mut self, message: &str) {
+        self.bar.suspend(|| eprintln!("warning: {message}"));
+    }
+
     fn on_step(&mut self, _step: u64, tokens: u64, records: &[StepRecord]) {
         self.bar.set_position(tokens);
         if let Some(r) = records.first() {

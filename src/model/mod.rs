@@ -26,7 +26,7 @@ pub use config::ModelConfig;
 pub use generate::sampling::SamplingConfig;
 pub use generate::{generate, GenerateConfig};
 pub use load::{load_model, LoadedModel};
-pub use placement::{parse_device, parse_dtype, DeviceSpec, Dtype};
+pub use placement::{parse_device, parse_dtype, ChosenDtype, DeviceSpec, Dtype, ModelDtype};
 pub use run::CachedRun;
 pub use tokenizer::ModelTokenizer;
 pub use transformer::{ForwardInput, LogitsFor, StopAt, Transformer};

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{DeviceSpec, Dtype};
+use crate::model::{DeviceSpec, ModelDtype};
 use crate::sae::config::NORMALIZE_EXPECTED_AVERAGE;
 use crate::sae::SaeArchitecture;
 
@@ -100,7 +100,8 @@ pub struct DataConfig {
     pub corpus: String,
     pub text_field: String,
     pub context: usize,
-    pub model_dtype: Dtype,
+    /// `auto` (bf16 where native, else f32) or a dtype.
+    pub model_dtype: ModelDtype,
     /// Device of the model when streaming.
     pub model_device: DeviceSpec,
     pub skip_bos: bool,
@@ -126,7 +127,7 @@ impl Default for DataConfig {
             corpus: "default".into(),
             text_field: "text".into(),
             context: 128,
-            model_dtype: Dtype::F32,
+            model_dtype: ModelDtype::Auto,
             model_device: DeviceSpec::Cpu,
             skip_bos: true,
             windows_per_forward: 16,
@@ -430,7 +431,10 @@ hook = "blocks.3.hook_resid_post"
 device = "cuda"
 "#;
         let cfg: TrainConfig = toml::from_str(saved).unwrap();
-        assert_eq!(cfg.data.model_dtype, Dtype::Bf16);
+        assert_eq!(
+            cfg.data.model_dtype,
+            ModelDtype::Exact(crate::model::Dtype::Bf16)
+        );
         assert_eq!(cfg.data.model_device.to_string(), "cuda:1");
         assert_eq!(cfg.data.normalize, InputNormalization::None);
         assert_eq!(cfg.optim.compute_dtype, ComputeDtype::Bf16);

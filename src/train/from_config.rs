@@ -46,11 +46,12 @@ pub fn train_from_config(
             train(cfg, &mut feed, &opts, observer)
         }
         None => {
-            let model = load_model(
-                &cfg.data.model,
-                cfg.data.model_device.resolve()?,
-                cfg.data.model_dtype.kind(),
-            )?;
+            let device = cfg.data.model_device.resolve()?;
+            let chosen = cfg.data.model_dtype.choose(device);
+            if let Some(warning) = &chosen.slow_warning {
+                observer.on_warning(warning);
+            }
+            let model = load_model(&cfg.data.model, device, chosen.dtype.kind())?;
             let n_layers = model.model.config().n_layers;
             let points = hooks
                 .iter()

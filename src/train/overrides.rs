@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::config::{ComputeDtype, InitBDec, InputNormalization, SaeSpec, TrainConfig};
 use crate::error::Result;
-use crate::model::{DeviceSpec, Dtype};
+use crate::model::{DeviceSpec, ModelDtype};
 use crate::sae::SaeArchitecture;
 
 /// Every field of a [`TrainConfig`] as an optional override.
@@ -26,7 +26,8 @@ pub struct TrainOverrides {
     #[arg(long)]
     pub context: Option<usize>,
     #[arg(long)]
-    pub model_dtype: Option<Dtype>,
+    /// auto, f32, bf16 or f16.
+    pub model_dtype: Option<ModelDtype>,
     #[arg(long)]
     pub model_device: Option<DeviceSpec>,
     /// Leave BOS positions out when streaming (true/false).

@@ -54,6 +54,8 @@ pub trait TrainObserver {
     fn on_start(&mut self, _start_step: u64, _total_steps: u64, _batch_size: usize) {}
     fn on_step(&mut self, _step: u64, _tokens: u64, _records: &[StepRecord]) {}
     fn on_checkpoint(&mut self, _step: u64) {}
+    /// Something the user should know, such as a precision that will be slow.
+    fn on_warning(&mut self, _message: &str) {}
 }
 
 /// An observer that ignores everything.

@@ -10,6 +10,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::vectorized_fn;
 
 /// Lanes of a row's sum of squares (a fixed, vectorisable order).
 const LANES: usize = 8;
@@ -60,7 +61,17 @@ impl RowSums {
             .f_contiguous()?;
         self.scratch.resize(rows * d, 0.0);
         acts.f_copy_data(&mut self.scratch, rows * d)?;
-        for row in self.scratch.chunks_exact(d.max(1)).take(rows) {
+        add_rows(&self.scratch[..rows * d], &mut self.sum, &mut self.norm_sum);
+        self.rows += rows as u64;
+        Ok(())
+    }
+}
+
+vectorized_fn! {
+    /// Adds each row of `rows [.., d]` (d = `sum.len()`) to `sum` and its L2
+    /// norm to `norm_sum`, in a fixed order whatever the CPU tier.
+    fn add_rows[](rows: &[f32], sum: &mut [f64], norm_sum: &mut f64) {
+        for row in rows.chunks_exact(sum.len().max(1)) {
             let mut squares = [0f64; LANES];
             let chunks = row.chunks_exact(LANES);
             let tail: f64 = chunks
@@ -73,13 +84,11 @@ impl RowSums {
                     *s += f64::from(v) * f64::from(v);
                 }
             }
-            self.norm_sum += (squares.iter().sum::<f64>() + tail).sqrt();
-            for (s, &v) in self.sum.iter_mut().zip(row) {
+            *norm_sum += (squares.iter().sum::<f64>() + tail).sqrt();
+            for (s, &v) in sum.iter_mut().zip(row) {
                 *s += f64::from(v);
             }
         }
-        self.rows += rows as u64;
-        Ok(())
     }
 }
 
@@ -122,5 +131,16 @@ mod tests {
         assert!(a
             .add(&Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)))
             .is_err());
+        // Every CPU tier sums in the same order: the portable path's bits.
+        use crate::machine::cpu::{available, with_tier, CpuTier};
+        let summed = || {
+            let mut s = RowSums::new(d as usize);
+            s.add(&acts).unwrap();
+            fields(&s)
+        };
+        let portable = with_tier(CpuTier::Portable, summed);
+        for tier in available() {
+            assert_eq!(with_tier(tier, summed), portable, "{tier}");
+        }
     }
 }

@@ -15,6 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::gemv::Element;
 use super::torch_threads::{for_each_part, SharedMut};
+use crate::vectorized_fn;
 
 /// Lanes of the hand-split reductions: one AVX-512 register of f32. Summing
 /// lane-wise lets the compiler vectorise a reduction it may not reorder.
@@ -60,35 +61,6 @@ unsafe fn elements_mut<E>(t: &Tensor) -> &mut [E] {
 fn empty_like_kind(like: &Tensor, size: &[i64]) -> Tensor {
     Tensor::empty(size, (like.kind(), Device::Cpu))
 }
-
-/// Defines `fn $name<generics>(args)`, which runs `$body` compiled for
-/// AVX-512 where the CPU has it, so that its loops vectorise 16 lanes wide,
-/// and as plain code elsewhere. (A closure passed into a `target_feature`
-/// function is compiled on its own, without the features; an inner function
-/// marked `inline(always)` is compiled into it.) Generics go in brackets,
-/// `fn name[E: Element](..)`, and must be inferable from the arguments.
-macro_rules! vectorized_fn {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident[$($gen:tt)*]($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$meta])*
-        $vis fn $name<$($gen)*>($($arg: $ty),*) {
-            #[inline(always)]
-            fn body<$($gen)*>($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-                unsafe fn wide<$($gen)*>($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the features `wide` is compiled for.
-                    return unsafe { wide($($arg),*) };
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
-pub(crate) use vectorized_fn;
 
 /// `e^x` in f32 without a libm call, so that loops over it vectorise:
 /// `2^n · e^r` with `n = round(x / ln 2)` and `|r| ≤ ln 2 / 2`, where the
@@ -510,6 +482,51 @@ mod tests {
                 .to_kind(Kind::Float)
                 .masked_select(&k_pos.gt_tensor(&q_pos).expand_as(&fused));
             assert_eq!(hidden.abs().max().double_value(&[]), 0.0, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn every_cpu_path_gives_the_portable_paths_bits() {
+        use crate::machine::cpu::{available, with_tier, CpuTier};
+        tch::manual_seed(5);
+        let pre = Tensor::randn([2, 7, 2 * 45], (Kind::Float, Device::Cpu)) * 3.0;
+        let x = Tensor::randn([3, 5, 45], (Kind::Float, Device::Cpu)) * 3.0;
+        let gain = Tensor::randn([45], (Kind::Float, Device::Cpu));
+        let scores = Tensor::randn([2, 2 * 19, 19], (Kind::Float, Device::Cpu)) * 4.0;
+        let qkv = Tensor::randn([2, 19, 8 * 16], (Kind::Float, Device::Cpu));
+        let angles: Vec<f32> = (0..19 * 8).map(|i| i as f32 * 0.37).collect();
+        let table = HostRotary {
+            cos: angles.iter().map(|a| a.cos()).collect(),
+            sin: angles.iter().map(|a| a.sin()).collect(),
+            rows: 1,
+            seq: 19,
+            half: 8,
+        };
+        let heads = HeadShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            d_head: 16,
+        };
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let run = || {
+                let softmax = scores.to_kind(kind).copy();
+                causal_softmax_(&softmax, 19, 0.3);
+                let (q, k, v) = split_heads(&qkv.to_kind(kind), heads, Some(&table));
+                [
+                    silu_mul(&pre.to_kind(kind)),
+                    rms_norm(&x.to_kind(kind), &gain, 1e-5),
+                    softmax,
+                    q,
+                    k,
+                    v,
+                ]
+            };
+            let portable = with_tier(CpuTier::Portable, run);
+            for tier in available() {
+                for (i, (got, want)) in with_tier(tier, run).iter().zip(&portable).enumerate() {
+                    assert_eq!(close(got, want), 0.0, "{tier} {kind:?} kernel {i}");
+                }
+            }
         }
     }
 

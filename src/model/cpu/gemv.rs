@@ -7,8 +7,13 @@
 //! are a model block's (its bf16 gemv streams about half the bandwidth of a large
 //! one), and no maintained crate does bf16 matrix–vector products. Each weight
 //! row is read once for all rows of `x`, the weight rows are split over
-//! libtorch's threads, and the same loop body is compiled for AVX-512 when the
-//! CPU has it.
+//! libtorch's threads, and the loops are compiled for each CPU tier: AVX512-BF16's
+//! bf16 dot products, AVX-512, AVX2+FMA (with bf16 widened in registers), and
+//! portable code, chosen at run time ([`active`]).
+
+#[cfg(target_arch = "x86_64")]
+use crate::machine::cpu::{active, CpuTier};
+use crate::vectorized_fn;
 
 /// Elements accumulated side by side: two AVX-512 registers of f32.
 const LANES: usize = 32;
@@ -177,32 +182,81 @@ pub fn untranspose(mut out_t: Vec<f32>, m: usize, bias: Option<WeightSlice>) -> 
 }
 
 fn rows_f32(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        unsafe { rows_avx512(x, m, k, w, out) };
-        return;
-    }
-    rows(x, m, k, w, out);
+    rows_at_tier(x, m, k, w, out);
 }
 
 /// `x16` holds the bf16 bits of `x [m, k]`.
 fn rows_bf16(x16: &[u16], m: usize, k: usize, w: &[u16], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if k.is_multiple_of(LANES) && std::arch::is_x86_feature_detected!("avx512bf16") {
-        // SAFETY: the CPU has the features the function is compiled for, and
-        // every row length is a whole number of 32-element vectors.
-        unsafe { bf16_dot::rows(x16, m, k, w, out) };
-        return;
+    match active() {
+        CpuTier::Avx512Bf16 if k.is_multiple_of(LANES) => {
+            // SAFETY: the CPU has the features the function is compiled for, and
+            // every row length is a whole number of 32-element vectors.
+            unsafe { bf16_dot::rows(x16, m, k, w, out) };
+            return;
+        }
+        CpuTier::Avx2 if m == 1 => {
+            let x: Vec<f32> = x16.iter().map(|b| bf16_to_f32(*b)).collect();
+            // SAFETY: the CPU has AVX2 and FMA.
+            unsafe { avx2_bf16::row(&x, k, w, out) };
+            return;
+        }
+        _ => {}
     }
     let x: Vec<f32> = x16.iter().map(|b| bf16_to_f32(*b)).collect();
-    rows(&x, m, k, w, out);
+    rows_at_tier(&x, m, k, w, out);
 }
 
+vectorized_fn! {
+    /// [`rows`], compiled for the active CPU tier.
+    fn rows_at_tier[E: Element](x: &[f32], m: usize, k: usize, w: &[E], out: &mut [f32]) {
+        rows(x, m, k, w, out)
+    }
+}
+
+/// One row `x` against bf16 weight rows on AVX2: eight weights at a time are
+/// widened to f32 in a register (zero-extend, shift into the high half) and
+/// multiplied-added, four accumulators deep. The decode step's path on CPUs
+/// without AVX-512.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-unsafe fn rows_avx512(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
-    rows(x, m, k, w, out);
+mod avx2_bf16 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn row(x: &[f32], k: usize, w: &[u16], out: &mut [f32]) {
+        for (w_row, dst) in w.chunks_exact(k).zip(out.iter_mut()) {
+            *dst = dot(x, w_row);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn widened(w: &[u16], at: usize) -> __m256 {
+        debug_assert!(at + 8 <= w.len());
+        let bits = _mm_loadu_si128(w.as_ptr().add(at) as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+    }
+
+    #[inline(always)]
+    unsafe fn dot(x: &[f32], w: &[u16]) -> f32 {
+        let k = w.len();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let full = k - k % 32;
+        for c in (0..full).step_by(32) {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let at = c + 8 * j;
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(at)), widened(w, at), *a);
+            }
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
+        let mut lanes = [0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), half);
+        let mut total = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+        for i in full..k {
+            total += x[i] * super::bf16_to_f32(w[i]);
+        }
+        total
+    }
 }
 
 /// bf16 pairs multiplied and summed into f32 by AVX512-BF16's `vdpbf16ps`,

@@ -5,11 +5,11 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::fused_ops::vectorized_fn;
 use super::gemv::{Element, WeightSlice};
 use crate::error::{Error, Result};
 use crate::model::kv_cache::KvCache;
 use crate::model::weights::{BlockWeights, ModelWeights, NormWeights};
+use crate::vectorized_fn;
 
 /// Borrows a contiguous CPU tensor's f32 or bf16 elements.
 pub fn weight_slice(t: &Tensor) -> Result<WeightSlice<'_>> {

@@ -2,9 +2,10 @@
 //! its cached and new keys, the MLP activation, residual adds and rotary
 //! rotation, each rounding where the libtorch path stores a bf16 tensor.
 
-use super::fused_ops::{exp, vectorized_fn};
+use super::fused_ops::exp;
 use super::gemv::round_bf16;
 use crate::model::config::Activation;
+use crate::vectorized_fn;
 
 /// `a · b` over 16 partial sums, which the compiler keeps in vector registers.
 #[inline(always)]

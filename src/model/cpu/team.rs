@@ -398,6 +398,7 @@ mod product_tests {
     //! shared out by a team, against a plain f64 loop.
 
     use super::*;
+    use crate::machine::cpu::{available, with_tier, CpuTier};
     use crate::model::cpu::gemv::*;
 
     fn reference(x: &[f32], m: usize, w: &[f32], n: usize, b: &[f32]) -> Vec<f32> {
@@ -431,9 +432,10 @@ mod product_tests {
     }
 
     #[test]
-    fn matches_a_plain_loop_for_every_row_count_and_odd_widths() {
+    fn every_cpu_path_matches_a_plain_loop_and_the_portable_path() {
         for (m, n, k) in [
             (1, 37, 64),
+            (1, 20, 70),
             (3, 100, 70),
             (5, 33, 96),
             (8, 300, 576),
@@ -442,22 +444,40 @@ mod product_tests {
             let x = values(m * k, 1);
             let w = values(n * k, 2);
             let b = values(n, 3);
-            let want = reference(&x, m, &w, n, &b);
-            let got = product(&x, m, WeightSlice::F32(&w), Some(WeightSlice::F32(&b)));
-            for (g, e) in got.iter().zip(&want) {
-                assert!((g - e).abs() < 1e-4, "m={m} n={n} k={k}: {g} vs {e}");
-            }
-            // bf16 weights: the same products on the rounded weights.
             let w16: Vec<u16> = w
                 .iter()
                 .map(|v| (round_bf16(*v).to_bits() >> 16) as u16)
                 .collect();
             let w_rounded: Vec<f32> = w16.iter().map(|b| bf16_to_f32(*b)).collect();
             let x_rounded: Vec<f32> = x.iter().map(|v| round_bf16(*v)).collect();
-            let want = reference(&x_rounded, m, &w_rounded, n, &vec![0.0; n]);
-            let got = product(&x, m, WeightSlice::Bf16(&w16), None);
-            for (g, e) in got.iter().zip(&want) {
-                assert!((g - e).abs() < 1e-4, "bf16 m={m} n={n} k={k}: {g} vs {e}");
+            let want_f32 = reference(&x, m, &w, n, &b);
+            // bf16 weights: the same products on the rounded weights and input.
+            let want_bf16 = reference(&x_rounded, m, &w_rounded, n, &vec![0.0; n]);
+            let both = || {
+                (
+                    product(&x, m, WeightSlice::F32(&w), Some(WeightSlice::F32(&b))),
+                    product(&x, m, WeightSlice::Bf16(&w16), None),
+                )
+            };
+            let portable = with_tier(CpuTier::Portable, both);
+            for tier in available() {
+                let (got_f32, got_bf16) = with_tier(tier, both);
+                for (name, got, want, base) in [
+                    ("f32", &got_f32, &want_f32, &portable.0),
+                    ("bf16", &got_bf16, &want_bf16, &portable.1),
+                ] {
+                    assert_eq!(got.len(), want.len(), "{tier} {name} m={m} n={n} k={k}");
+                    for ((g, e), p) in got.iter().zip(want).zip(base) {
+                        assert!(
+                            (g - e).abs() < 1e-4,
+                            "{tier} {name} m={m} n={n} k={k}: {g} vs {e}"
+                        );
+                        assert!(
+                            (g - p).abs() < 1e-4,
+                            "{tier} {name} against portable: {g} vs {p}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -12,9 +12,9 @@ use super::transformer::{ForwardInput, LogitsFor, StopAt, Transformer};
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
 use crate::model::cpu::decode_step::{host_f32, weight_slice};
-use crate::model::cpu::fused_ops::vectorized_fn;
 use crate::model::cpu::gemv::{Element, WeightSlice};
 use crate::model::generate::sampling::{Sampler, SamplingConfig};
+use crate::vectorized_fn;
 
 /// Settings of one generation call.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,7 +201,13 @@ mod tests {
     }
 
     #[test]
-    fn first_max_is_the_first_largest_or_the_first_nan_in_either_dtype() {
+    fn first_max_is_the_first_largest_or_the_first_nan_on_every_cpu_path() {
+        for tier in crate::machine::cpu::available() {
+            crate::machine::cpu::with_tier(tier, first_max_cases);
+        }
+    }
+
+    fn first_max_cases() {
         // Longer than a block, with the maximum tied across two blocks.
         let mut row = vec![-1.0f32; 700];
         row[300] = 5.0;
