@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up what is missing, then the main job on the default model
 # (SmolLM2-135M-Instruct from its GGUF) and corpus:
-#   1. harvest ~1M layer-8 residual activations (bf16 model, f32 store);
+#   1. harvest ~1M layer-8 residual activations (model in `auto` precision: bf16
+#      on CPUs with native bf16 arithmetic, f32 elsewhere; f32 store);
 #   2. train a TopK SAE on them (train/quickstart.toml);
 #   3. evaluate it spliced into the model on text it was not trained on;
 #   4. label its features (MI explanations, contexts, densities) from the
@@ -21,7 +22,7 @@ mkdir -p "$OUT"
 echo "== 1/4 harvest: $HOOK, 1M tokens"
 resume=()
 [ -f "$OUT/acts/manifest.json" ] && resume=(--resume)
-"$BIN" harvest --model smollm2-135m --model-dtype bf16 --hook "$HOOK" --tokens 1000000 \
+"$BIN" harvest --model smollm2-135m --model-dtype auto --hook "$HOOK" --tokens 1000000 \
   --context 128 --skip-bos --out "$OUT/acts" "${resume[@]}"
 windows=$(python3 -c "import json; print(json.load(open('$OUT/acts/manifest.json'))['windows'])")
 
@@ -35,11 +36,11 @@ else
 fi
 
 echo "== 3/4 evaluate on 8192 held-out tokens (the corpus after the harvested windows)"
-"$BIN" eval sae --sae "$SAE" --model smollm2-135m --dtype bf16 --tokens 8192 \
+"$BIN" eval sae --sae "$SAE" --model smollm2-135m --dtype auto --tokens 8192 \
   --skip-windows "$windows" --out "$OUT/eval.json"
 
 echo "== 4/4 label: feature dictionary from 200k harvested tokens"
-"$BIN" label --sae "$SAE" --model smollm2-135m --dtype bf16 --store "$OUT/acts" \
+"$BIN" label --sae "$SAE" --model smollm2-135m --dtype auto --store "$OUT/acts" \
   --tokens 200000 --out "$OUT/dictionary"
 "$BIN" features sample --dict "$OUT/dictionary" --n 5 --words 5
 

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import emit_result
+from benchlib import add_tier_arguments, apply_cpu_tier, emit_result, machine_record, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "release" / "saescope"
@@ -55,10 +55,15 @@ def main() -> None:
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    p.add_argument("--dtype", choices=["auto", "f32", "bf16"], default="auto")
+    add_tier_arguments(p)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out")
     args = p.parse_args()
+    apply_cpu_tier(args.cpu_tier)
+    machine = machine_record(BIN)
+    args.dtype = resolve_dtype(args.dtype, machine)
+    log(f"CPU tier {args.cpu_tier}, dtype {args.dtype}")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     if not BIN.exists():
         sys.exit(f"{BIN} is missing: run cargo build --release")
@@ -153,6 +158,8 @@ def main() -> None:
             "load_average_1min_before_after": [load_before, os.getloadavg()[0]],
             "cpu_count": os.cpu_count(),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "cpu_tier": args.cpu_tier,
+            "machine": machine,
         }
     emit_result(result, args.out)
     log(f"saescope {result['saescope_tokens_per_s']:.0f} tokens/s (whole harvest) vs transformers "

@@ -39,7 +39,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import last_json_object, num
+from benchlib import (add_tier_arguments, apply_cpu_tier, last_json_object, machine_record, num,
+                      resolve_dtype, tier_suffix)
 
 ROOT = Path(__file__).resolve().parents[2]
 HF_SCRIPT = ROOT / "eval" / "bench" / "runtime_hf.py"
@@ -66,8 +67,12 @@ def log(msg: str) -> None:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    p.add_argument("--dtype", choices=["auto", "f32", "bf16"], default="auto",
+                   help="both sides' model dtype; auto = what saescope picks on this CPU tier")
+    add_tier_arguments(p)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both sides")
+    p.add_argument("--results-dir", default=str(RESULTS), help="where the record is appended")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--binary", default=str(ROOT / "target" / "release" / "saescope"))
     p.add_argument("--extra", default="", help="extra arguments for `saescope bench runtime`, one string")
@@ -95,7 +100,8 @@ def run_hf(args: argparse.Namespace) -> dict | None:
         return json.loads(Path(args.hf_json).read_text())
     if args.skip_hf:
         return None
-    cmd = [args.python, str(HF_SCRIPT), "--dtype", args.dtype, "--threads", str(args.threads)]
+    cmd = [args.python, str(HF_SCRIPT), "--dtype", args.dtype, "--threads", str(args.threads),
+           "--device", args.device.split(":")[0] if args.device != "cpu" else "cpu"]
     if args.quick:
         cmd.append("--quick")
     log("running " + " ".join(cmd))
@@ -121,7 +127,8 @@ def run_saescope(args: argparse.Namespace) -> tuple[dict | None, str | None]:
                f"or pass --binary PATH); showing the Hugging Face side only")
         log(msg)
         return None, msg
-    cmd = [str(binary), "bench", "runtime", "--model", args.model, "--dtype", args.dtype, "--json"]
+    cmd = [str(binary), "bench", "runtime", "--model", args.model, "--dtype", args.dtype,
+           "--device", args.device, "--json"]
     cmd += args.extra.split()
     log("running " + " ".join(cmd))
     try:
@@ -238,9 +245,9 @@ def print_table(dtype: str, ours: dict | None, hf: dict | None, d: dict) -> None
     print()
 
 
-def append_result(dtype: str, record: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"runtime-{dtype}.json"
+def append_result(dtype: str, record: dict, results: Path = RESULTS) -> Path:
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"runtime-{dtype}.json"
     history: list = []
     if path.exists():
         try:
@@ -259,6 +266,10 @@ def append_result(dtype: str, record: dict) -> Path:
 
 def main() -> None:
     args = parse_args()
+    apply_cpu_tier(args.cpu_tier)
+    machine = machine_record(args.binary, args.python)
+    args.dtype = resolve_dtype(args.dtype, machine)
+    log(f"CPU tier {args.cpu_tier}, dtype {args.dtype}")
     hf_runs, our_runs, err = [], [], None
     for _ in range(max(1, args.rounds)):  # one heavy thing at a time, alternating
         hf_runs.append(run_hf(args))
@@ -273,7 +284,10 @@ def main() -> None:
     record = {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dtype": args.dtype,
+        "cpu_tier": args.cpu_tier,
+        "machine": machine,
         "threads": args.threads,
+        "device": args.device,
         "model": args.model,
         "quick": args.quick,
         "saescope": ours,
@@ -282,8 +296,8 @@ def main() -> None:
         "derived": d,
     }
     if not args.no_append:
-        path = append_result(args.dtype, record)
-        print(f"appended to {path.relative_to(ROOT)}")
+        path = append_result(args.dtype + tier_suffix(args.cpu_tier), record, Path(args.results_dir))
+        print(f"appended to {path}")
     if ours is None and hf is None:
         sys.exit(1)
 

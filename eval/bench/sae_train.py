@@ -68,7 +68,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import emit_result, last_json_object, num
+from benchlib import (add_tier_arguments, apply_cpu_tier, emit_result, last_json_object, machine_record, num,
+                      resolve_dtype)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "release" / "saescope"
@@ -94,7 +95,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dead-feature-threshold", type=int, default=10_000_000,
                    help="tokens without firing before a latent counts as dead (sparsify default 10M)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both sides")
+    p.add_argument("--dtype", choices=["auto", "f32", "bf16"], default="f32",
                    help="bf16: sparsify's forward under bf16 autocast (what its SparseCoder.forward "
                         "decorator does on bf16-capable CUDA devices, here on the CPU) against saescope "
                         "--compute-dtype bf16; weights, Adam and the held-out evaluation stay f32 on both")
@@ -104,6 +106,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--binary", default=str(BIN))
     p.add_argument("--saescope-extra", default="", help="extra arguments for `saescope bench train`, one string")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds for one saescope run")
+    add_tier_arguments(p)
     p.add_argument("--out")
     return p.parse_args()
 
@@ -164,13 +167,14 @@ def run_sparsify(args: argparse.Namespace, train_x, held_x) -> dict:
     torch.set_float32_matmul_precision("high")  # as Trainer.fit does (no effect on CPU)
     torch.manual_seed(args.seed)
     cfg = SparseCoderConfig(activation="topk", expansion_factor=args.expansion, k=args.k)
-    sae = SparseCoder(d, cfg, device="cpu", dtype=torch.float32)
+    dev = torch.device(args.device)
+    sae = SparseCoder(d, cfg, device=dev, dtype=torch.float32)
     n = sae.num_latents
     lr = args.lr or 2e-4 / (n / 2**14) ** 0.5
     opt = torch.optim.Adam([dict(params=sae.parameters(), lr=lr)])
     sched = get_linear_schedule_with_warmup(opt, args.lr_warmup_steps, steps)
-    tokens_since_fired = torch.zeros(n, dtype=torch.long)
-    did_fire = torch.zeros(n, dtype=torch.bool)
+    tokens_since_fired = torch.zeros(n, dtype=torch.long, device=dev)
+    did_fire = torch.zeros(n, dtype=torch.bool, device=dev)
     perm = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(args.seed))
 
     log(f"sparsify {version('eai-sparsify')} ({sparsify.__file__}), decoder {decoder_impl.__name__}; "
@@ -180,13 +184,13 @@ def run_sparsify(args: argparse.Namespace, train_x, held_x) -> dict:
     t_all = time.perf_counter()
     for step in range(steps):
         t0 = time.perf_counter()
-        x = train_x[perm[step * args.batch : (step + 1) * args.batch]]
+        x = train_x[perm[step * args.batch : (step + 1) * args.batch]].to(dev)
         if step == 0:
             sae.b_dec.data = x.mean(0).to(sae.dtype)
         sae.set_decoder_norm_to_unit_norm()
         dead_mask = tokens_since_fired > args.dead_feature_threshold if args.auxk_alpha > 0 else None
         total_variance = (x - x.mean(0)).pow(2).sum()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
             out = sae(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
         did_fire[out.latent_indices.flatten()] = True
         fvus.append(float(out.fvu.detach()))  # the Trainer also pulls it to the host every step
@@ -200,6 +204,8 @@ def run_sparsify(args: argparse.Namespace, train_x, held_x) -> dict:
             tokens_since_fired += x.shape[0]
             tokens_since_fired[did_fire] = 0
             did_fire.zero_()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         step_s.append(time.perf_counter() - t0)
         if step < 3 or (step + 1) % max(1, steps // 8) == 0 or step == steps - 1:
             log(f"sparsify step {step + 1}/{steps}: fvu {fvus[-1]:.4f}, {step_s[-1] * 1e3:.0f} ms, "
@@ -209,11 +215,12 @@ def run_sparsify(args: argparse.Namespace, train_x, held_x) -> dict:
     tokens_per_s = args.batch * (steps - 3) / steady
 
     with torch.no_grad():
-        mean = held_x.mean(0)
+        held = held_x.to(dev)
+        mean = held.mean(0)
         err = var = 0.0
-        fired = torch.zeros(n, dtype=torch.bool)
-        for i in range(0, held_x.shape[0], args.batch):
-            x = held_x[i : i + args.batch]
+        fired = torch.zeros(n, dtype=torch.bool, device=dev)
+        for i in range(0, held.shape[0], args.batch):
+            x = held[i : i + args.batch]
             top_acts, top_indices, _ = sae.encode(x)
             x_hat = sae.decode(top_acts, top_indices)
             err += (x - x_hat).pow(2).sum().item()
@@ -255,7 +262,7 @@ def run_saescope(args: argparse.Namespace, lr: float) -> tuple[dict | None, str 
            "--train-tokens", str(args.train_tokens), "--held-out-tokens", str(args.held_out_tokens),
            "--batch", str(args.batch), "--architecture", "topk", "--expansion", str(args.expansion),
            "--k", str(args.k), "--lr", repr(lr), "--lr-warmup-steps", str(args.lr_warmup_steps),
-           "--threads", str(args.threads), "--compute-dtype", args.dtype,
+           "--threads", str(args.threads), "--compute-dtype", args.dtype, "--device", args.device,
            "--json"] + args.saescope_extra.split()
     log("running " + " ".join(cmd))
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -280,16 +287,19 @@ def run_saescope(args: argparse.Namespace, lr: float) -> tuple[dict | None, str 
 # --- machine ------------------------------------------------------------------------------
 
 
-def matmul_gflops(rows: int, d: int, n: int, dtype: str = "f32", repeats: int = 5) -> float:
+def matmul_gflops(rows: int, d: int, n: int, dtype: str = "f32", repeats: int = 5, device: str = "cpu") -> float:
     import torch
 
     kind = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a, b = torch.randn(rows, d).to(kind), torch.randn(d, n).to(kind)
+    a, b = torch.randn(rows, d).to(device, kind), torch.randn(d, n).to(device, kind)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b  # warm-up
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2.0 * rows * d * n / best / 1e9
 
@@ -333,6 +343,10 @@ def print_table(theirs: dict | None, ours: dict | None, gflops: float) -> dict:
 
 def main() -> None:
     args = parse_args()
+    apply_cpu_tier(args.cpu_tier)
+    machine = machine_record(args.binary)
+    args.dtype = resolve_dtype(args.dtype, machine)
+    log(f"CPU tier {args.cpu_tier}, compute dtype {args.dtype}")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(args.threads))
     import torch
@@ -356,7 +370,7 @@ def main() -> None:
     d = int(manifest["d"])
     n = d * args.expansion
     lr = args.lr or 2e-4 / (n / 2**14) ** 0.5
-    gflops_before = matmul_gflops(args.batch, d, n, args.dtype)
+    gflops_before = matmul_gflops(args.batch, d, n, args.dtype, device=args.device)
     log(f"{args.dtype} matmul [{args.batch}, {d}] @ [{d}, {n}] before the runs: {gflops_before:.1f} GFLOP/s")
     for _ in range(max(1, args.rounds)):  # alternate: one heavy thing at a time
         if args.only != "saescope":
@@ -370,7 +384,7 @@ def main() -> None:
     theirs = max(theirs_runs, key=lambda r: r["tokens_per_s"]) if theirs_runs else None
     ours = max(ours_runs, key=lambda r: num(r, "tokens_per_s") or 0.0) if ours_runs else None
 
-    gflops_after = matmul_gflops(args.batch, d, n, args.dtype)
+    gflops_after = matmul_gflops(args.batch, d, n, args.dtype, device=args.device)
     gflops = max(gflops_before, gflops_after)
     log(f"{args.dtype} matmul after the runs: {gflops_after:.1f} GFLOP/s; using the best, {gflops:.1f}")
     derived = print_table(theirs, ours, gflops)
@@ -401,6 +415,8 @@ def main() -> None:
         "load_average_1min_before_after": [load_before, os.getloadavg()[0]],
         "cpu_count": os.cpu_count(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu_tier": args.cpu_tier,
+        "machine": machine,
     }
     emit_result(result, args.out)
     if theirs is None and ours is None:

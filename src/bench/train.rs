@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::data::store::Store;
 use crate::error::{Error, Result};
 use crate::eval::evaluate_rows;
+use crate::model::DeviceSpec;
 use crate::sae::SaeArchitecture;
 use crate::train::config::{
     ComputeDtype, InitBDec, InputNormalization, SaeSpec, DEFAULT_ENCODER_INIT_SCALE,
@@ -59,6 +60,9 @@ pub struct TrainBenchConfig {
     /// W_enc = scale · W_decᵀ at initialisation.
     #[arg(long, default_value_t = DEFAULT_ENCODER_INIT_SCALE)]
     pub encoder_init_scale: f64,
+    /// Where the SAE trains: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
 }
 
 /// Steps left out of the throughput (allocator and cache warm-up).
@@ -107,6 +111,7 @@ pub fn train_bench(args: &TrainBenchConfig) -> Result<serde_json::Value> {
         k: Some(args.k),
         auxk_alpha: args.auxk_alpha,
         encoder_init_scale: args.encoder_init_scale,
+        device: args.device,
         ..SaeSpec::default()
     }];
     let mut feed = MemoryFeed::new(vec![train_rows], args.batch, cfg.data.seed)?;

@@ -3,6 +3,11 @@
 //! that machines without a driver simply have no devices). Its few C entry
 //! points have kept their signatures since CUDA 3.2; no maintained crate
 //! offers them without a CUDA toolkit at build time.
+//!
+//! Also loads libtorch's CUDA half on demand: the linker drops
+//! `libtorch_cuda.so` from the binary (nothing names its symbols; its kernels
+//! register themselves when it loads), so [`usable_devices`] opens it from
+//! beside `libtorch_cpu.so` before asking libtorch for devices.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
@@ -36,9 +41,67 @@ pub struct CudaInfo {
 
 type Status = c_int;
 
+/// Loads `libtorch_cuda.so` once, from the folder that holds `libtorch_cpu.so`.
+fn load_libtorch_cuda() -> Result<(), String> {
+    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            // A libtorch function this binary links, to find libtorch's folder.
+            let anchor = c"_ZN2at11show_configB5cxx11Ev";
+            // SAFETY: dlsym/dladdr with a constant name and a zeroed out-struct.
+            let folder = unsafe {
+                let ptr = libc::dlsym(libc::RTLD_DEFAULT, anchor.as_ptr());
+                let mut info: libc::Dl_info = std::mem::zeroed();
+                if ptr.is_null() || libc::dladdr(ptr, &mut info) == 0 || info.dli_fname.is_null() {
+                    return Err("cannot locate libtorch_cpu.so".to_string());
+                }
+                let path = CStr::from_ptr(info.dli_fname)
+                    .to_string_lossy()
+                    .into_owned();
+                std::path::Path::new(&path)
+                    .parent()
+                    .map(|p| p.to_path_buf())
+            };
+            let lib = folder
+                .map(|f| f.join("libtorch_cuda.so"))
+                .filter(|p| p.exists())
+                .ok_or("this libtorch has no libtorch_cuda.so (a CPU-only build)")?;
+            let name = std::ffi::CString::new(lib.to_string_lossy().as_bytes())
+                .map_err(|e| e.to_string())?;
+            // SAFETY: loading a library by path; it stays loaded for the process.
+            let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if handle.is_null() {
+                // SAFETY: dlerror returns a NUL-terminated message or null.
+                let why = unsafe {
+                    let e = libc::dlerror();
+                    if e.is_null() {
+                        "unknown".into()
+                    } else {
+                        CStr::from_ptr(e).to_string_lossy().into_owned()
+                    }
+                };
+                return Err(format!("loading {}: {why}", lib.display()));
+            }
+            Ok(())
+        })
+        .clone()
+}
+
+/// CUDA devices libtorch can use: 0 without a driver or a CUDA libtorch.
+/// The reason comes back with 0 when one is known.
+pub fn usable_devices() -> (usize, Option<String>) {
+    if let Err(reason) = query_driver() {
+        return (0, Some(reason));
+    }
+    if let Err(reason) = load_libtorch_cuda() {
+        return (0, Some(reason));
+    }
+    (tch::Cuda::device_count().max(0) as usize, None)
+}
+
 impl CudaInfo {
     pub fn collect() -> CudaInfo {
-        let libtorch_devices = tch::Cuda::device_count();
+        let libtorch_devices = usable_devices().0 as i64;
         match query_driver() {
             Ok((driver_version, devices)) => CudaInfo {
                 absent_reason: devices
@@ -153,6 +216,15 @@ fn query_driver() -> Result<(String, Vec<CudaDevice>), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libtorchs_cuda_half_loads_where_it_ships() {
+        // A CPU-only libtorch has no libtorch_cuda.so: then loading must say so.
+        match load_libtorch_cuda() {
+            Ok(()) => assert!(tch::Cuda::device_count() >= 0),
+            Err(reason) => assert!(reason.contains("libtorch_cuda"), "{reason}"),
+        }
+    }
 
     #[test]
     fn no_driver_gives_a_reason_not_a_crash() {

@@ -35,10 +35,11 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda { index, .. } => {
-                let available = tch::Cuda::device_count() as usize;
+                let (available, reason) = cuda::usable_devices();
                 if index >= available {
                     return Err(Error::InvalidArgument(format!(
-                        "cuda:{index} requested but {available} CUDA device(s) are visible"
+                        "cuda:{index} requested but {available} CUDA device(s) are visible{}",
+                        reason.map(|r| format!(": {r}")).unwrap_or_default()
                     )));
                 }
                 Ok(Device::Cuda(index))
