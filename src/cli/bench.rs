@@ -94,12 +94,20 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-/// One JSON line with `--json`, else pretty-printed.
+/// Prints a report with the machine's record (`saescope info --json`) added:
+/// one JSON line with `--json`, else pretty-printed.
 fn print_report(report: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    let mut report = report.clone();
+    if let Some(fields) = report.as_object_mut() {
+        fields.insert(
+            "machine".into(),
+            serde_json::to_value(saescope::machine::MachineInfo::collect())?,
+        );
+    }
     if json {
         println!("{report}");
     } else {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
 }
