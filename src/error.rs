@@ -23,6 +23,14 @@ pub enum Error {
     Config(String),
     #[error("missing tensor `{name}` in {source_desc}")]
     MissingTensor { name: String, source_desc: String },
+    /// A tensor read from a file does not have the shape its config implies.
+    #[error("tensor `{name}` in {source_desc} has shape {got:?}, expected {expected:?}")]
+    FileTensorShape {
+        name: String,
+        source_desc: String,
+        expected: Vec<i64>,
+        got: Vec<i64>,
+    },
     #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
     ShapeMismatch {
         name: String,

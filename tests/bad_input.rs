@@ -130,11 +130,17 @@ fn edited_copy(
     let mut kept: Vec<(String, tch::Tensor)> = Vec::new();
     for (name, t) in tensors {
         if let Some(shape) = edit(&name, t.size()) {
+            // The first elements, padded with zeros where the new shape is larger.
             let numel: i64 = shape.iter().product();
+            let flat = t.reshape([-1]);
+            let pad = tch::Tensor::zeros(
+                [(numel - flat.numel() as i64).max(0)],
+                (flat.kind(), flat.device()),
+            );
             kept.push((
                 name,
-                t.reshape([-1])
-                    .narrow(0, 0, numel.min(t.numel() as i64))
+                tch::Tensor::cat(&[flat, pad], 0)
+                    .narrow(0, 0, numel)
                     .reshape(shape.as_slice()),
             ));
         }
@@ -167,8 +173,51 @@ fn wrong_shapes_are_named() {
         })
     });
     let err = load(&folder).err().expect("loaded a wrong shape");
-    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
-    assert!(err.to_string().contains("blocks.0.out_w"), "{err}");
+    assert!(matches!(err, Error::FileTensorShape { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("model.layers.0.self_attn.o_proj.weight")
+            && text.contains(folder.to_str().unwrap()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_projection_one_column_too_wide_is_an_error_before_any_concatenation() {
+    // Once a panic inside libtorch's `cat` (exit 101): now the tensor, the
+    // file and both shapes are named, in the library and on the command line.
+    let dir = tempfile::tempdir().unwrap();
+    let folder = edited_copy(&dir, |name, shape| {
+        Some(if name == "model.layers.0.self_attn.k_proj.weight" {
+            vec![shape[0], shape[1] + 1]
+        } else {
+            shape
+        })
+    });
+    let err = load(&folder).err().expect("loaded a crafted k_proj");
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::FileTensorShape { ref name, ref expected, ref got, .. }
+            if name == "model.layers.0.self_attn.k_proj.weight" && got[1] == expected[1] + 1),
+        "{text}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args([
+            "logits",
+            "--model",
+            folder.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("k_proj.weight"));
 }
 
 #[test]

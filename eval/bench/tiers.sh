@@ -23,5 +23,5 @@ for tier in "${tiers[@]}"; do
     --out "eval/results/harvest-auto-$tier.json"
   echo "== tier $tier: TopK training against sparsify"
   "$REF_PY" eval/bench/sae_train.py --cpu-tier "$tier" --dtype auto --store "$STORE" \
-    --out "eval/results/sae-train-auto-$tier.json"
+    --train-tokens 917504 --out "eval/results/sae-train-auto-$tier.json"
 done

@@ -1,5 +1,8 @@
 //! Named tensors read from a file, from which a loader takes what it needs:
-//! a missing tensor is an error naming it and the file.
+//! a missing tensor, or one of another shape than the config implies, is an
+//! error naming it and the file. Loaders take tensors by shape before any
+//! arithmetic on them (`cat`, `tr`, `reshape`), which would abort inside
+//! libtorch on a crafted file.
 
 use std::collections::HashMap;
 
@@ -29,6 +32,35 @@ impl TensorBag {
                 name: name.to_string(),
                 source_desc: self.source_desc.clone(),
             })
+    }
+
+    /// Removes and returns tensor `name`, which must have shape `expected`
+    /// (an [`Error::FileTensorShape`] naming the file and both shapes).
+    pub fn take_shaped(&mut self, name: &str, expected: &[i64]) -> Result<Tensor> {
+        let t = self.take(name)?;
+        if t.size() != expected {
+            return Err(Error::FileTensorShape {
+                name: name.to_string(),
+                source_desc: self.source_desc.clone(),
+                expected: expected.to_vec(),
+                got: t.size(),
+            });
+        }
+        Ok(t)
+    }
+
+    /// [`take_shaped`](Self::take_shaped) when `wanted`, and nothing otherwise.
+    pub fn take_shaped_if(
+        &mut self,
+        wanted: bool,
+        name: &str,
+        expected: &[i64],
+    ) -> Result<Option<Tensor>> {
+        if wanted {
+            self.take_shaped(name, expected).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Removes and returns tensor `name` when present.

@@ -88,13 +88,14 @@ pub fn gguf_tokenizer(gguf: &GgufFile) -> Result<ModelTokenizer> {
 
 /// llama.cpp's converter permutes query and key rows so that rotary pairs are
 /// adjacent (interleaved RoPE); undo that to get Hugging Face's half-split
-/// layout, `[heads, d_head/2, 2, in] → [heads, 2, d_head/2, in]`.
-fn unpermute_rotary_rows(w: &Tensor, heads: i64) -> Tensor {
-    let (rows, cols) = (w.size()[0], w.size()[1]);
-    w.reshape([heads, rows / heads / 2, 2, cols])
-        .transpose(1, 2)
-        .contiguous()
-        .reshape([rows, cols])
+/// layout, `[heads, d_head/2, 2, in] → [heads, 2, d_head/2, in]`. `w` is
+/// `[heads·d_head, in]`, checked by the caller.
+fn unpermute_rotary_rows(w: &Tensor, heads: i64, d_head: i64) -> Result<Tensor> {
+    let cols = w.size().get(1).copied().unwrap_or(0);
+    Ok(w.f_reshape([heads, d_head / 2, 2, cols])?
+        .f_transpose(1, 2)?
+        .f_contiguous()?
+        .f_reshape([heads * d_head, cols])?)
 }
 
 /// Dequantises every tensor of the file to f32 on the CPU.
@@ -104,46 +105,68 @@ fn read_all(gguf: &GgufFile) -> Result<TensorBag> {
         let (values, shape) = gguf.dequantize_info(info)?;
         tensors.insert(
             info.name.clone(),
-            Tensor::from_slice(&values).reshape(shape.as_slice()),
+            Tensor::from_slice(&values).f_reshape(shape.as_slice())?,
         );
     }
     Ok(TensorBag::new(tensors, gguf.path().display().to_string()))
 }
 
-/// Canonical weights from a `llama` GGUF.
+/// Canonical weights from a `llama` GGUF. Every tensor is taken at the shape
+/// the header's config implies before any arithmetic on it.
 pub fn gguf_weights(gguf: &GgufFile, cfg: &ModelConfig) -> Result<ModelWeights> {
     let mut bag = read_all(gguf)?;
+    let d = cfg.d_model;
+    let (q_rows, kv_rows) = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head);
+    if cfg.d_head % 2 != 0 {
+        return Err(Error::Config(format!(
+            "head width {} is odd; rotary needs pairs",
+            cfg.d_head
+        )));
+    }
     let norm = |bag: &mut TensorBag, name: &str| -> Result<NormWeights> {
         Ok(NormWeights {
-            weight: bag.take(name)?,
+            weight: bag.take_shaped(name, &[d])?,
             bias: None,
         })
     };
-    let embed = bag.take("token_embd.weight")?;
+    let embed = bag.take_shaped("token_embd.weight", &[cfg.vocab_size, d])?;
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
-        let t = |bag: &mut TensorBag, n: &str| bag.take(&format!("blk.{i}.{n}.weight"));
-        let q = unpermute_rotary_rows(&t(&mut bag, "attn_q")?, cfg.n_heads);
-        let k = unpermute_rotary_rows(&t(&mut bag, "attn_k")?, cfg.n_kv_heads);
-        let v = t(&mut bag, "attn_v")?;
-        let (gate, up) = (t(&mut bag, "ffn_gate")?, t(&mut bag, "ffn_up")?);
+        let t = |bag: &mut TensorBag, n: &str, shape: [i64; 2]| {
+            bag.take_shaped(&format!("blk.{i}.{n}.weight"), &shape)
+        };
+        let q = unpermute_rotary_rows(
+            &t(&mut bag, "attn_q", [q_rows, d])?,
+            cfg.n_heads,
+            cfg.d_head,
+        )?;
+        let k = unpermute_rotary_rows(
+            &t(&mut bag, "attn_k", [kv_rows, d])?,
+            cfg.n_kv_heads,
+            cfg.d_head,
+        )?;
+        let v = t(&mut bag, "attn_v", [kv_rows, d])?;
+        let (gate, up) = (
+            t(&mut bag, "ffn_gate", [cfg.d_mlp, d])?,
+            t(&mut bag, "ffn_up", [cfg.d_mlp, d])?,
+        );
         blocks.push(BlockWeights {
             ln1: norm(&mut bag, &format!("blk.{i}.attn_norm.weight"))?,
             qkv_w: Tensor::f_cat(&[q, k, v], 0)?,
             qkv_b: None,
-            out_w: t(&mut bag, "attn_output")?,
+            out_w: t(&mut bag, "attn_output", [d, q_rows])?,
             out_b: None,
             ln2: norm(&mut bag, &format!("blk.{i}.ffn_norm.weight"))?,
             mlp_in_w: Tensor::f_cat(&[gate, up], 0)?,
             mlp_in_b: None,
-            mlp_out_w: t(&mut bag, "ffn_down")?,
+            mlp_out_w: t(&mut bag, "ffn_down", [d, cfg.d_mlp])?,
             mlp_out_b: None,
         });
     }
     let unembed = if cfg.tied_embeddings {
         embed.shallow_clone()
     } else {
-        bag.take("output.weight")?
+        bag.take_shaped("output.weight", &[cfg.vocab_size, d])?
     };
     let weights = ModelWeights {
         pos_embed: None,

@@ -65,28 +65,34 @@ fn convert(cfg: &ModelConfig, bag: &mut TensorBag) -> Result<ModelWeights> {
     } else {
         ""
     };
-    // GPT-2 stores projections as Conv1D `[in, out]`: transpose to `[out, in]`.
-    let conv = |bag: &mut TensorBag, name: String| -> Result<Tensor> { Ok(bag.take(&name)?.tr()) };
-    let embed = bag.take(&format!("{p}wte.weight"))?;
+    // GPT-2 stores projections as Conv1D `[in, out]`: checked as stored, then
+    // transposed to `[out, in]`.
+    let conv = |bag: &mut TensorBag, name: String, stored: [i64; 2]| -> Result<Tensor> {
+        Ok(bag.take_shaped(&name, &stored)?.f_tr()?)
+    };
+    let bias =
+        |bag: &mut TensorBag, name: String, rows: i64| bag.take_shaped(&name, &[rows]).map(Some);
+    let embed = embedding(cfg, bag, &format!("{p}wte.weight"))?;
+    let (d, attn, mlp) = (cfg.d_model, cfg.n_heads * cfg.d_head, cfg.d_mlp);
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
         let h = format!("{p}h.{i}");
         blocks.push(BlockWeights {
             ln1: norm(cfg, bag, &format!("{h}.ln_1"))?,
-            qkv_w: conv(bag, format!("{h}.attn.c_attn.weight"))?,
-            qkv_b: Some(bag.take(&format!("{h}.attn.c_attn.bias"))?),
-            out_w: conv(bag, format!("{h}.attn.c_proj.weight"))?,
-            out_b: Some(bag.take(&format!("{h}.attn.c_proj.bias"))?),
+            qkv_w: conv(bag, format!("{h}.attn.c_attn.weight"), [d, cfg.qkv_rows()])?,
+            qkv_b: bias(bag, format!("{h}.attn.c_attn.bias"), cfg.qkv_rows())?,
+            out_w: conv(bag, format!("{h}.attn.c_proj.weight"), [attn, d])?,
+            out_b: bias(bag, format!("{h}.attn.c_proj.bias"), d)?,
             ln2: norm(cfg, bag, &format!("{h}.ln_2"))?,
-            mlp_in_w: conv(bag, format!("{h}.mlp.c_fc.weight"))?,
-            mlp_in_b: Some(bag.take(&format!("{h}.mlp.c_fc.bias"))?),
-            mlp_out_w: conv(bag, format!("{h}.mlp.c_proj.weight"))?,
-            mlp_out_b: Some(bag.take(&format!("{h}.mlp.c_proj.bias"))?),
+            mlp_in_w: conv(bag, format!("{h}.mlp.c_fc.weight"), [d, mlp])?,
+            mlp_in_b: bias(bag, format!("{h}.mlp.c_fc.bias"), mlp)?,
+            mlp_out_w: conv(bag, format!("{h}.mlp.c_proj.weight"), [mlp, d])?,
+            mlp_out_b: bias(bag, format!("{h}.mlp.c_proj.bias"), d)?,
         });
     }
     let unembed = unembed(cfg, bag, "lm_head.weight", &embed)?;
     Ok(ModelWeights {
-        pos_embed: Some(bag.take(&format!("{p}wpe.weight"))?),
+        pos_embed: Some(bag.take_shaped(&format!("{p}wpe.weight"), &[cfg.max_context, d])?),
         blocks,
         ln_final: norm(cfg, bag, &format!("{p}ln_f"))?,
         unembed,

@@ -69,38 +69,51 @@ fn config(json: &Value) -> Result<ModelConfig> {
 }
 
 /// GPT-NeoX fuses QKV per head (`[head, {q,k,v}, d_head]` rows); regroup them
-/// into all queries, then all keys, then all values.
-fn neox_regroup_qkv(t: &Tensor, cfg: &ModelConfig) -> Tensor {
+/// into all queries, then all keys, then all values. `t` is shape-checked.
+fn neox_regroup_qkv(t: &Tensor, cfg: &ModelConfig) -> Result<Tensor> {
     let mut shape = vec![cfg.n_heads, 3, cfg.d_head];
     let trailing = &t.size()[1..];
     shape.extend_from_slice(trailing);
     let mut out_shape = vec![3 * cfg.n_heads * cfg.d_head];
     out_shape.extend_from_slice(trailing);
-    t.reshape(shape.as_slice())
-        .transpose(0, 1)
-        .contiguous()
-        .reshape(out_shape.as_slice())
+    Ok(t.f_reshape(shape.as_slice())?
+        .f_transpose(0, 1)?
+        .f_contiguous()?
+        .f_reshape(out_shape.as_slice())?)
 }
 
 fn convert(cfg: &ModelConfig, bag: &mut TensorBag) -> Result<ModelWeights> {
     debug_assert!(matches!(cfg.positions, PositionKind::Rotary { .. }));
-    let embed = bag.take("gpt_neox.embed_in.weight")?;
+    let embed = embedding(cfg, bag, "gpt_neox.embed_in.weight")?;
+    let (d, attn, mlp) = (cfg.d_model, cfg.n_heads * cfg.d_head, cfg.d_mlp);
+    let qkv_rows = 3 * attn;
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
         let l = format!("gpt_neox.layers.{i}");
-        let qkv_w = bag.take(&format!("{l}.attention.query_key_value.weight"))?;
-        let qkv_b = bag.take_if(cfg.qkv_bias, &format!("{l}.attention.query_key_value.bias"))?;
+        let qkv_w = bag.take_shaped(
+            &format!("{l}.attention.query_key_value.weight"),
+            &[qkv_rows, d],
+        )?;
+        let qkv_b = bag.take_shaped_if(
+            cfg.qkv_bias,
+            &format!("{l}.attention.query_key_value.bias"),
+            &[qkv_rows],
+        )?;
         blocks.push(BlockWeights {
             ln1: norm(cfg, bag, &format!("{l}.input_layernorm"))?,
-            qkv_w: neox_regroup_qkv(&qkv_w, cfg),
-            qkv_b: qkv_b.map(|b| neox_regroup_qkv(&b, cfg)),
-            out_w: bag.take(&format!("{l}.attention.dense.weight"))?,
-            out_b: bag.take_if(cfg.attn_out_bias, &format!("{l}.attention.dense.bias"))?,
+            qkv_w: neox_regroup_qkv(&qkv_w, cfg)?,
+            qkv_b: qkv_b.map(|b| neox_regroup_qkv(&b, cfg)).transpose()?,
+            out_w: bag.take_shaped(&format!("{l}.attention.dense.weight"), &[d, attn])?,
+            out_b: bag.take_shaped_if(
+                cfg.attn_out_bias,
+                &format!("{l}.attention.dense.bias"),
+                &[d],
+            )?,
             ln2: norm(cfg, bag, &format!("{l}.post_attention_layernorm"))?,
-            mlp_in_w: bag.take(&format!("{l}.mlp.dense_h_to_4h.weight"))?,
-            mlp_in_b: Some(bag.take(&format!("{l}.mlp.dense_h_to_4h.bias"))?),
-            mlp_out_w: bag.take(&format!("{l}.mlp.dense_4h_to_h.weight"))?,
-            mlp_out_b: Some(bag.take(&format!("{l}.mlp.dense_4h_to_h.bias"))?),
+            mlp_in_w: bag.take_shaped(&format!("{l}.mlp.dense_h_to_4h.weight"), &[mlp, d])?,
+            mlp_in_b: Some(bag.take_shaped(&format!("{l}.mlp.dense_h_to_4h.bias"), &[mlp])?),
+            mlp_out_w: bag.take_shaped(&format!("{l}.mlp.dense_4h_to_h.weight"), &[d, mlp])?,
+            mlp_out_b: Some(bag.take_shaped(&format!("{l}.mlp.dense_4h_to_h.bias"), &[d])?),
         });
     }
     let unembed = unembed(cfg, bag, "embed_out.weight", &embed)?;

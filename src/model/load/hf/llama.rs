@@ -60,39 +60,48 @@ fn config(json: &Value, model_type: &str) -> Result<ModelConfig> {
 }
 
 fn convert(cfg: &ModelConfig, bag: &mut TensorBag) -> Result<ModelWeights> {
-    let embed = bag.take("model.embed_tokens.weight")?;
+    let embed = embedding(cfg, bag, "model.embed_tokens.weight")?;
+    let d = cfg.d_model;
+    let (q_rows, kv_rows) = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head);
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
         let l = format!("model.layers.{i}");
-        let proj = |bag: &mut TensorBag, n: &str| bag.take(&format!("{l}.{n}.weight"));
-        let proj_bias =
-            |bag: &mut TensorBag, n: &str, on: bool| bag.take_if(on, &format!("{l}.{n}.bias"));
+        // Every projection `[out, in]` and its bias `[out]`, checked before `cat`.
+        let proj = |bag: &mut TensorBag, n: &str, shape: [i64; 2]| {
+            bag.take_shaped(&format!("{l}.{n}.weight"), &shape)
+        };
+        let proj_bias = |bag: &mut TensorBag, n: &str, on: bool, rows: i64| {
+            bag.take_shaped_if(on, &format!("{l}.{n}.bias"), &[rows])
+        };
         let (q, k, v) = (
-            proj(bag, "self_attn.q_proj")?,
-            proj(bag, "self_attn.k_proj")?,
-            proj(bag, "self_attn.v_proj")?,
+            proj(bag, "self_attn.q_proj", [q_rows, d])?,
+            proj(bag, "self_attn.k_proj", [kv_rows, d])?,
+            proj(bag, "self_attn.v_proj", [kv_rows, d])?,
         );
         let qkv_b = cat_bias(vec![
-            proj_bias(bag, "self_attn.q_proj", cfg.qkv_bias)?,
-            proj_bias(bag, "self_attn.k_proj", cfg.qkv_bias)?,
-            proj_bias(bag, "self_attn.v_proj", cfg.qkv_bias)?,
-        ]);
-        let (gate, up) = (proj(bag, "mlp.gate_proj")?, proj(bag, "mlp.up_proj")?);
+            proj_bias(bag, "self_attn.q_proj", cfg.qkv_bias, q_rows)?,
+            proj_bias(bag, "self_attn.k_proj", cfg.qkv_bias, kv_rows)?,
+            proj_bias(bag, "self_attn.v_proj", cfg.qkv_bias, kv_rows)?,
+        ])?;
+        let (gate, up) = (
+            proj(bag, "mlp.gate_proj", [cfg.d_mlp, d])?,
+            proj(bag, "mlp.up_proj", [cfg.d_mlp, d])?,
+        );
         let mlp_in_b = cat_bias(vec![
-            proj_bias(bag, "mlp.gate_proj", cfg.mlp_bias)?,
-            proj_bias(bag, "mlp.up_proj", cfg.mlp_bias)?,
-        ]);
+            proj_bias(bag, "mlp.gate_proj", cfg.mlp_bias, cfg.d_mlp)?,
+            proj_bias(bag, "mlp.up_proj", cfg.mlp_bias, cfg.d_mlp)?,
+        ])?;
         blocks.push(BlockWeights {
             ln1: norm(cfg, bag, &format!("{l}.input_layernorm"))?,
-            qkv_w: Tensor::cat(&[q, k, v], 0),
+            qkv_w: Tensor::f_cat(&[q, k, v], 0)?,
             qkv_b,
-            out_w: proj(bag, "self_attn.o_proj")?,
-            out_b: proj_bias(bag, "self_attn.o_proj", cfg.attn_out_bias)?,
+            out_w: proj(bag, "self_attn.o_proj", [d, q_rows])?,
+            out_b: proj_bias(bag, "self_attn.o_proj", cfg.attn_out_bias, d)?,
             ln2: norm(cfg, bag, &format!("{l}.post_attention_layernorm"))?,
-            mlp_in_w: Tensor::cat(&[gate, up], 0),
+            mlp_in_w: Tensor::f_cat(&[gate, up], 0)?,
             mlp_in_b,
-            mlp_out_w: proj(bag, "mlp.down_proj")?,
-            mlp_out_b: proj_bias(bag, "mlp.down_proj", cfg.mlp_bias)?,
+            mlp_out_w: proj(bag, "mlp.down_proj", [d, cfg.d_mlp])?,
+            mlp_out_b: proj_bias(bag, "mlp.down_proj", cfg.mlp_bias, d)?,
         });
     }
     let unembed = unembed(cfg, bag, "lm_head.weight", &embed)?;

@@ -8,10 +8,20 @@ use crate::model::config::{ModelConfig, NormKind};
 use crate::model::weights::{NormWeights, TensorBag};
 
 pub(super) fn norm(cfg: &ModelConfig, bag: &mut TensorBag, prefix: &str) -> Result<NormWeights> {
+    let d = [cfg.d_model];
     Ok(NormWeights {
-        weight: bag.take(&format!("{prefix}.weight"))?,
-        bias: bag.take_if(cfg.norm == NormKind::LayerNorm, &format!("{prefix}.bias"))?,
+        weight: bag.take_shaped(&format!("{prefix}.weight"), &d)?,
+        bias: bag.take_shaped_if(
+            cfg.norm == NormKind::LayerNorm,
+            &format!("{prefix}.bias"),
+            &d,
+        )?,
     })
+}
+
+/// The `[vocab, d_model]` token embedding.
+pub(super) fn embedding(cfg: &ModelConfig, bag: &mut TensorBag, name: &str) -> Result<Tensor> {
+    bag.take_shaped(name, &[cfg.vocab_size, cfg.d_model])
 }
 
 /// The unembedding: its own tensor, or the embedding when tied (or absent).
@@ -24,12 +34,12 @@ pub(super) fn unembed(
     if cfg.tied_embeddings {
         Ok(embed.shallow_clone())
     } else {
-        bag.take(name)
+        embedding(cfg, bag, name)
     }
 }
 
-/// Concatenates optional biases; all present or all absent.
-pub(super) fn cat_bias(parts: Vec<Option<Tensor>>) -> Option<Tensor> {
+/// Concatenates optional biases (already shape-checked); all present or all absent.
+pub(super) fn cat_bias(parts: Vec<Option<Tensor>>) -> Result<Option<Tensor>> {
     let present: Option<Vec<Tensor>> = parts.into_iter().collect();
-    present.map(|p| Tensor::cat(&p, 0))
+    Ok(present.map(|p| Tensor::f_cat(&p, 0)).transpose()?)
 }
