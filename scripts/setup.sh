@@ -133,6 +133,13 @@ fi
 
 # 5. Build --------------------------------------------------------------------------------
 if [ "$BUILD" = 1 ]; then
+  # build.rs compiles a small C++ shim against libtorch (src/machine/libtorch_info.cpp).
+  if ! command -v c++ >/dev/null 2>&1; then
+    say "installing a C++ compiler (Debian package g++)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get install -y -qq g++ >/dev/null 2>&1 \
+      || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq g++ >/dev/null; }
+  fi
   say "building saescope (release)"
   (cd "$ROOT" && LIBTORCH="${LIBTORCH:-$CACHE/libtorch}" cargo build --release --quiet)
 fi
