@@ -12,6 +12,8 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::vectorized_fn;
+
 /// The storage type of a tensor. The named variants are the ones
 /// [`dequantize`] handles; every other ggml type id is kept as `Other(id)` so
 /// that a file using it still opens.
@@ -132,17 +134,6 @@ impl std::fmt::Display for GgmlType {
 /// exactly the whole blocks those elements take. The error is a sentence
 /// saying what does not fit.
 pub fn dequantize(ty: GgmlType, data: &[u8], n_elements: usize) -> Result<Vec<f32>, String> {
-    let kernel: fn(&[u8], &mut [f32]) = match ty {
-        GgmlType::F32 => block_f32,
-        GgmlType::F16 => block_f16,
-        GgmlType::BF16 => block_bf16,
-        GgmlType::Q4_0 => block_q4_0,
-        GgmlType::Q4_1 => block_q4_1,
-        GgmlType::Q8_0 => block_q8_0,
-        GgmlType::Q4_K => block_q4_k,
-        GgmlType::Q6_K => block_q6_k,
-        GgmlType::Other(_) => return Err(format!("cannot dequantise {ty}")),
-    };
     let (Some(block), Some(block_bytes)) = (ty.block_size(), ty.block_bytes()) else {
         return Err(format!("{ty} has no known block layout"));
     };
@@ -161,40 +152,76 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n_elements: usize) -> Result<Vec<f3
         ));
     }
     let mut out = vec![0f32; n_elements];
-    // Tasks of ~16k elements: enough to amortise scheduling, small enough to
-    // balance a 576×576 matrix over many cores.
-    let blocks_per_task = (16 * 1024 / block).max(1);
-    out.par_chunks_mut(block * blocks_per_task)
-        .zip(data.par_chunks(block_bytes * blocks_per_task))
-        .for_each(|(out, data)| {
-            for (y, x) in out
-                .chunks_exact_mut(block)
-                .zip(data.chunks_exact(block_bytes))
-            {
-                kernel(x, y);
-            }
-        });
+    let layout = (block, block_bytes);
+    match ty {
+        GgmlType::F32 => dequantize_blocks(data, &mut out, layout, block_f32),
+        GgmlType::F16 => dequantize_blocks(data, &mut out, layout, block_f16),
+        GgmlType::BF16 => dequantize_blocks(data, &mut out, layout, block_bf16),
+        GgmlType::Q4_0 => dequantize_blocks(data, &mut out, layout, block_q4_0),
+        GgmlType::Q4_1 => dequantize_blocks(data, &mut out, layout, block_q4_1),
+        GgmlType::Q8_0 => dequantize_blocks(data, &mut out, layout, block_q8_0),
+        GgmlType::Q4_K => dequantize_blocks(data, &mut out, layout, block_q4_k),
+        GgmlType::Q6_K => dequantize_blocks(data, &mut out, layout, block_q6_k),
+        GgmlType::Other(_) => return Err(format!("cannot dequantise {ty}")),
+    }
     Ok(out)
 }
 
+/// Runs `kernel` over every block, in parallel tasks of ~16k elements: enough
+/// to amortise scheduling, small enough to balance a 576×576 matrix over
+/// many cores. `kernel` is a generic, so each type's block kernel is compiled
+/// into the tier's vectorised task loop.
+fn dequantize_blocks<K>(
+    data: &[u8],
+    out: &mut [f32],
+    (block, block_bytes): (usize, usize),
+    kernel: K,
+) where
+    K: Fn(&[u8], &mut [f32]) + Copy + Send + Sync,
+{
+    let blocks_per_task = (16 * 1024 / block).max(1);
+    out.par_chunks_mut(block * blocks_per_task)
+        .zip(data.par_chunks(block_bytes * blocks_per_task))
+        .for_each(|(out, data)| dequantize_task(out, data, (block, block_bytes), kernel));
+}
+
+vectorized_fn! {
+    fn dequantize_task[K: Fn(&[u8], &mut [f32])](
+        out: &mut [f32],
+        data: &[u8],
+        layout: (usize, usize),
+        kernel: K,
+    ) {
+        let (block, block_bytes) = layout;
+        for (y, x) in out.chunks_exact_mut(block).zip(data.chunks_exact(block_bytes)) {
+            kernel(x, y);
+        }
+    }
+}
+
+#[inline(always)]
 fn f16_at(x: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([x[i], x[i + 1]])).to_f32()
 }
 
+#[inline(always)]
 fn block_f32(x: &[u8], y: &mut [f32]) {
     y[0] = f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
 }
 
+#[inline(always)]
 fn block_f16(x: &[u8], y: &mut [f32]) {
     y[0] = f16_at(x, 0);
 }
 
+#[inline(always)]
 fn block_bf16(x: &[u8], y: &mut [f32]) {
     y[0] = bf16::from_bits(u16::from_le_bytes([x[0], x[1]])).to_f32();
 }
 
 /// Q4_0, 18 bytes: f16 `d`, 16 bytes of nibbles. Low nibbles are elements
 /// 0–15, high nibbles 16–31; value = d·(q − 8).
+#[inline(always)]
 fn block_q4_0(x: &[u8], y: &mut [f32]) {
     let d = f16_at(x, 0);
     for (j, &q) in x[2..18].iter().enumerate() {
@@ -205,6 +232,7 @@ fn block_q4_0(x: &[u8], y: &mut [f32]) {
 
 /// Q4_1, 20 bytes: f16 `d`, f16 `m`, 16 bytes of nibbles laid out as Q4_0;
 /// value = d·q + m.
+#[inline(always)]
 fn block_q4_1(x: &[u8], y: &mut [f32]) {
     let d = f16_at(x, 0);
     let m = f16_at(x, 2);
@@ -215,6 +243,7 @@ fn block_q4_1(x: &[u8], y: &mut [f32]) {
 }
 
 /// Q8_0, 34 bytes: f16 `d`, 32 int8; value = d·q.
+#[inline(always)]
 fn block_q8_0(x: &[u8], y: &mut [f32]) {
     let d = f16_at(x, 0);
     for (j, &q) in x[2..34].iter().enumerate() {
@@ -241,6 +270,7 @@ fn q4_k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
 /// mins, 128 bytes of nibbles. Each 64 elements share 32 bytes: the low
 /// nibbles are sub-block 2i, the high nibbles sub-block 2i+1; value =
 /// (d·scale)·q − dmin·min.
+#[inline(always)]
 fn block_q4_k(x: &[u8], y: &mut [f32]) {
     let d = f16_at(x, 0);
     let dmin = f16_at(x, 2);
@@ -264,6 +294,7 @@ fn block_q4_k(x: &[u8], y: &mut [f32]) {
 /// pairs `qh`, 16 int8 scales, f16 `d`. Each half of 128 elements uses 64
 /// bytes of `ql`, 32 of `qh` and 8 scales (one per 16 elements); value =
 /// (d·scale)·(q − 32).
+#[inline(always)]
 fn block_q6_k(x: &[u8], y: &mut [f32]) {
     let d = f16_at(x, 208);
     for half in 0..2 {
