@@ -1,0 +1,353 @@
+//! A fast, deterministic guard against crafted files: a few hundred seeded
+//! mutations of real fixtures per parser (bit flips, overwritten bytes and
+//! integers, truncation, duplicated or deleted ranges, altered numbers in
+//! text), each of which must give `Ok` or a clean `Err`: no panic, no abort
+//! (which would end this test binary), and no Rust allocation above
+//! [`ALLOCATION_BOUND`]. libtorch's own allocations bypass Rust's allocator
+//! and are not counted. Coverage-guided fuzzing belongs in `fuzz/`; this
+//! keeps the property from regressing between campaigns.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tch::Device;
+
+/// The largest single allocation a mutated file may cause: well above what
+/// the fixtures need, far below what a size read from a crafted header asks.
+const ALLOCATION_BOUND: usize = 256 << 20;
+
+/// Records the largest allocation since the last reset.
+struct LargestAllocation;
+
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call forwards to the system allocator unchanged.
+unsafe impl GlobalAlloc for LargestAllocation {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: LargestAllocation = LargestAllocation;
+
+/// Integers that break parsers that trust them.
+const INTERESTING: [u64; 8] = [
+    0,
+    1,
+    2,
+    0x7f,
+    0xffff_ffff,
+    0x7fff_ffff_ffff_ffff,
+    u64::MAX,
+    1 << 40,
+];
+const NUMBERS: [&str; 8] = [
+    "0",
+    "-1",
+    "1",
+    "99999999999999",
+    "1e308",
+    "-0",
+    "4294967296",
+    "3.5",
+];
+
+/// One seeded mutation of `bytes`, and a word on what it did.
+fn mutate(bytes: &[u8], rng: &mut StdRng, focus: usize) -> (Vec<u8>, String) {
+    let mut out = bytes.to_vec();
+    if out.is_empty() {
+        return (vec![rng.random()], "one random byte".into());
+    }
+    // Most edits land in the first `focus` bytes (headers), some anywhere.
+    let span = if rng.random_bool(0.8) {
+        focus.min(out.len())
+    } else {
+        out.len()
+    };
+    let at = rng.random_range(0..span.max(1));
+    match rng.random_range(0..7) {
+        0 => {
+            out[at] ^= 1 << rng.random_range(0..8);
+            (out, format!("bit flip at {at}"))
+        }
+        1 => {
+            out[at] = [0u8, 0xff, rng.random()][rng.random_range(0..3)];
+            (out, format!("byte at {at}"))
+        }
+        2 => {
+            let value = INTERESTING[rng.random_range(0..INTERESTING.len())].to_le_bytes();
+            let width = [1usize, 2, 4, 8][rng.random_range(0..4)];
+            let end = (at + width).min(out.len());
+            out[at..end].copy_from_slice(&value[..end - at]);
+            (out, format!("integer {value:?} at {at}"))
+        }
+        3 => {
+            out.truncate(at);
+            (out, format!("truncated to {at}"))
+        }
+        4 => {
+            let len = rng.random_range(1..=64.min(out.len() - at));
+            let copy = out[at..at + len].to_vec();
+            out.splice(at..at, copy);
+            (out, format!("{len} bytes duplicated at {at}"))
+        }
+        5 => {
+            let len = rng.random_range(1..=64.min(out.len() - at));
+            out.drain(at..at + len);
+            (out, format!("{len} bytes deleted at {at}"))
+        }
+        _ => {
+            // A number in text becomes an awkward one.
+            let digits: Vec<usize> = (0..out.len())
+                .filter(|&i| out[i].is_ascii_digit())
+                .collect();
+            let Some(&start) = digits.get(rng.random_range(0..digits.len().max(1))) else {
+                return (out, "no number to change".into());
+            };
+            let end = (start..out.len())
+                .find(|&i| !(out[i].is_ascii_digit() || out[i] == b'.'))
+                .unwrap_or(out.len());
+            let number = NUMBERS[rng.random_range(0..NUMBERS.len())];
+            out.splice(start..end, number.bytes());
+            (out, format!("number at {start} -> {number}"))
+        }
+    }
+}
+
+/// Runs `count` mutations of `file` (restored afterwards) through `parse`,
+/// and returns the failures: panics and oversized allocations.
+fn guard(
+    name: &str,
+    seed: u64,
+    count: usize,
+    file: &Path,
+    focus: usize,
+    parse: impl Fn() -> Result<(), String>,
+) -> Vec<String> {
+    let original = std::fs::read(file).unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut loaded, mut refused, mut failures) = (0, 0, Vec::new());
+    for i in 0..count {
+        let (bytes, what) = mutate(&original, &mut rng, focus);
+        std::fs::write(file, &bytes).unwrap();
+        LARGEST.store(0, Ordering::Relaxed);
+        match catch_unwind(AssertUnwindSafe(&parse)) {
+            Ok(Ok(())) => loaded += 1,
+            Ok(Err(_)) => refused += 1,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failures.push(format!("{name} #{i} ({what}): panic: {msg}"));
+            }
+        }
+        let largest = LARGEST.load(Ordering::Relaxed);
+        if largest > ALLOCATION_BOUND {
+            failures.push(format!(
+                "{name} #{i} ({what}): allocated {largest} bytes at once"
+            ));
+        }
+    }
+    std::fs::write(file, &original).unwrap();
+    eprintln!(
+        "{name}: {count} mutations, {loaded} loaded, {refused} refused cleanly, {} failures",
+        failures.len()
+    );
+    failures
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// Safetensors headers: the 8-byte length and the JSON after it.
+fn safetensors_header_len(path: &Path) -> usize {
+    let bytes = std::fs::read(path).unwrap();
+    8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+}
+
+fn no_failures(failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn hf_model_folders_survive_mutated_configs_and_safetensors_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (seed, family) in [(1u64, "qwen2"), (2, "gpt2"), (3, "neox")] {
+        let folder = dir.path().join(family);
+        copy_dir(&fixture(&format!("tiny/{family}")), &folder);
+        let load = || {
+            saescope::model::load_model(folder.to_str().unwrap(), Device::Cpu, tch::Kind::Float)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let config = folder.join("config.json");
+        failures.extend(guard(
+            &format!("{family} config.json"),
+            seed,
+            100,
+            &config,
+            usize::MAX,
+            load,
+        ));
+        let weights = folder.join("model.safetensors");
+        let header = safetensors_header_len(&weights);
+        failures.extend(guard(
+            &format!("{family} safetensors"),
+            seed + 10,
+            100,
+            &weights,
+            header,
+            load,
+        ));
+    }
+    no_failures(failures);
+}
+
+#[test]
+fn sae_folders_survive_mutated_cfg_and_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (seed, name, weights) in [
+        (4u64, "saelens_topk", "sae_weights.safetensors"),
+        (5, "saelens_jumprelu", "sae_weights.safetensors"),
+        (6, "sparsify_topk", "sae.safetensors"),
+    ] {
+        let folder = dir.path().join(name);
+        copy_dir(&fixture(&format!("sae/{name}")), &folder);
+        let load = || {
+            saescope::sae::io::load_sae(&folder)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        failures.extend(guard(
+            &format!("{name} cfg.json"),
+            seed,
+            100,
+            &folder.join("cfg.json"),
+            usize::MAX,
+            load,
+        ));
+        let file = folder.join(weights);
+        let header = safetensors_header_len(&file);
+        failures.extend(guard(
+            &format!("{name} weights"),
+            seed + 10,
+            100,
+            &file,
+            header,
+            load,
+        ));
+    }
+    no_failures(failures);
+}
+
+#[test]
+fn train_configs_and_corpora_survive_mutation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let toml = dir.path().join("train.toml");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/defaults.toml"),
+        &toml,
+    )
+    .unwrap();
+    failures.extend(guard("train TOML", 7, 200, &toml, usize::MAX, || {
+        saescope::train::TrainConfig::from_toml_file(&toml)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }));
+    let text = common::corpus_text(20);
+    let read = |path: &Path| {
+        let corpus = saescope::data::corpus::Corpus::open(path.to_str().unwrap(), "text")
+            .map_err(|e| e.to_string())?;
+        for doc in corpus.documents().take(1000) {
+            doc.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    let plain = dir.path().join("corpus.txt");
+    std::fs::write(&plain, &text).unwrap();
+    failures.extend(guard("text corpus", 8, 100, &plain, usize::MAX, || {
+        read(&plain)
+    }));
+    let jsonl = dir.path().join("corpus.jsonl");
+    let lines: String = text
+        .split("\n\n")
+        .map(|p| format!("{}\n", serde_json::json!({ "text": p })))
+        .collect();
+    std::fs::write(&jsonl, &lines).unwrap();
+    failures.extend(guard("JSONL corpus", 9, 100, &jsonl, usize::MAX, || {
+        read(&jsonl)
+    }));
+    let gz = dir.path().join("corpus.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(lines.as_bytes()).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    failures.extend(guard("gzip corpus", 10, 100, &gz, usize::MAX, || read(&gz)));
+    no_failures(failures);
+}
+
+#[test]
+fn prompt_sets_survive_mutation() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tasks.jsonl");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/icl/linear_regression.jsonl");
+    let head: String = std::fs::read_to_string(source)
+        .unwrap()
+        .lines()
+        .take(12)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, head).unwrap();
+    no_failures(guard(
+        "prompt set JSONL",
+        11,
+        200,
+        &file,
+        usize::MAX,
+        || {
+            saescope::analysis::prompts::PromptSet::load(&file)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    ));
+}
