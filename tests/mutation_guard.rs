@@ -134,8 +134,41 @@ fn mutate(bytes: &[u8], rng: &mut StdRng, focus: usize) -> (Vec<u8>, String) {
     }
 }
 
+/// A safetensors file with one tensor's shape changed but its element count
+/// kept (reversed, flattened, a leading 1, or the first dimension split), so
+/// that the file stays valid and only a loader's own shape checks stand
+/// between the tensor and arithmetic on it.
+fn reshape_one_tensor(bytes: &[u8], rng: &mut StdRng) -> (Vec<u8>, String) {
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let names: Vec<String> = header
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect();
+    let name = &names[rng.random_range(0..names.len())];
+    let shape: Vec<i64> = serde_json::from_value(header[name]["shape"].clone()).unwrap();
+    let new: Vec<i64> = match rng.random_range(0..4) {
+        0 => shape.iter().rev().copied().collect(),
+        1 => vec![shape.iter().product()],
+        2 => [vec![1], shape.clone()].concat(),
+        _ if shape.first().is_some_and(|d| d % 2 == 0) => {
+            [vec![2, shape[0] / 2], shape[1..].to_vec()].concat()
+        }
+        _ => shape.iter().rev().copied().collect(),
+    };
+    header[name]["shape"] = serde_json::json!(new);
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + len..]);
+    (out, format!("`{name}` reshaped {shape:?} -> {new:?}"))
+}
+
 /// Runs `count` mutations of `file` (restored afterwards) through `parse`,
-/// and returns the failures: panics and oversized allocations.
+/// and returns the failures: panics and oversized allocations. For
+/// safetensors files, every other mutation reshapes a tensor instead.
 fn guard(
     name: &str,
     seed: u64,
@@ -145,10 +178,15 @@ fn guard(
     parse: impl Fn() -> Result<(), String>,
 ) -> Vec<String> {
     let original = std::fs::read(file).unwrap();
+    let safetensors = file.extension().is_some_and(|e| e == "safetensors");
     let mut rng = StdRng::seed_from_u64(seed);
     let (mut loaded, mut refused, mut failures) = (0, 0, Vec::new());
     for i in 0..count {
-        let (bytes, what) = mutate(&original, &mut rng, focus);
+        let (bytes, what) = if safetensors && i % 2 == 1 {
+            reshape_one_tensor(&original, &mut rng)
+        } else {
+            mutate(&original, &mut rng, focus)
+        };
         std::fs::write(file, &bytes).unwrap();
         LARGEST.store(0, Ordering::Relaxed);
         match catch_unwind(AssertUnwindSafe(&parse)) {
