@@ -389,3 +389,68 @@ fn prompt_sets_survive_mutation() {
         },
     ));
 }
+
+#[test]
+fn stores_survive_mutated_manifests_and_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), 60);
+    let store = dir.path().join("acts");
+    let (ok, _, err) = common::saescope(&[
+        "harvest",
+        "--model",
+        common::TINY_LLAMA,
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--tokens",
+        "600",
+        "--context",
+        "16",
+        "--shard-tokens",
+        "300",
+        "--out",
+        store.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let read = || {
+        let s = saescope::data::store::Store::open(&store).map_err(|e| e.to_string())?;
+        let rows = s.manifest().tokens;
+        s.read_rows(0, rows).map(|_| ()).map_err(|e| e.to_string())
+    };
+    let manifest = store.join("manifest.json");
+    let mut failures = guard("store manifest", 12, 150, &manifest, usize::MAX, read);
+    let shard = store.join("shard-00000.safetensors");
+    let header = safetensors_header_len(&shard);
+    failures.extend(guard("store shard", 13, 150, &shard, header, read));
+    no_failures(failures);
+}
+
+#[test]
+fn intervention_files_survive_mutated_json_and_tensors() {
+    use saescope::hooks::HookPoint;
+    use saescope::steer::kinds::vector::SteeringVector;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("steer.json");
+    let sites = vec![HookPoint::resid_post(0), HookPoint::resid_post(1)];
+    let vectors = tch::Tensor::randn([2, 16], (tch::Kind::Float, Device::Cpu));
+    let steer = SteeringVector::new(sites, vectors, 2.0).unwrap();
+    saescope::steer::save_steers(&path, Some("tiny"), &[&steer]).unwrap();
+    let load = || {
+        saescope::steer::load_steers(&path, 2, Device::Cpu)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let mut failures = guard("intervention JSON", 14, 150, &path, usize::MAX, load);
+    let tensors = path.with_extension("safetensors");
+    let header = safetensors_header_len(&tensors);
+    failures.extend(guard(
+        "intervention tensors",
+        15,
+        150,
+        &tensors,
+        header,
+        load,
+    ));
+    no_failures(failures);
+}
