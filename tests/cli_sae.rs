@@ -8,26 +8,15 @@ use std::path::Path;
 use common::saescope;
 
 fn harvest(corpus: &Path, store: &Path) {
-    let (ok, _, err) = saescope(&[
-        "harvest",
-        "--model",
-        common::TINY_LLAMA,
-        "--corpus",
-        corpus.to_str().unwrap(),
-        "--hook",
-        "blocks.1.hook_resid_post",
+    let flags = [
         "--tokens",
         "3000",
-        "--context",
-        "16",
         "--skip-bos",
         "--shard-tokens",
         "600",
-        "--out",
-        store.to_str().unwrap(),
         "--json",
-    ]);
-    assert!(ok, "{err}");
+    ];
+    common::harvest_tiny(corpus, store, &flags);
 }
 
 #[test]

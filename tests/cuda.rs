@@ -88,28 +88,17 @@ fn smollm2_in_bf16_on_cuda_agrees_with_f32_on_the_cpu() {
 }
 
 fn harvest(device: &str, corpus: &Path, out: &Path) {
-    let (ok, _, err) = saescope(&[
-        "harvest",
-        "--model",
-        common::TINY_LLAMA,
+    let flags = [
         "--device",
         device,
         "--model-dtype",
         "f32",
-        "--corpus",
-        corpus.to_str().unwrap(),
-        "--hook",
-        "blocks.1.hook_resid_post",
         "--tokens",
         "2000",
-        "--context",
-        "16",
         "--shard-tokens",
         "800",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(ok, "harvest on {device}: {err}");
+    ];
+    common::harvest_tiny(corpus, out, &flags);
 }
 
 #[test]

@@ -395,24 +395,11 @@ fn stores_survive_mutated_manifests_and_shards() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = common::write_corpus(dir.path(), 60);
     let store = dir.path().join("acts");
-    let (ok, _, err) = common::saescope(&[
-        "harvest",
-        "--model",
-        common::TINY_LLAMA,
-        "--corpus",
-        corpus.to_str().unwrap(),
-        "--hook",
-        "blocks.1.hook_resid_post",
-        "--tokens",
-        "600",
-        "--context",
-        "16",
-        "--shard-tokens",
-        "300",
-        "--out",
-        store.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    common::harvest_tiny(
+        &corpus,
+        &store,
+        &["--tokens", "600", "--shard-tokens", "300"],
+    );
     let read = || {
         let s = saescope::data::store::Store::open(&store).map_err(|e| e.to_string())?;
         let rows = s.manifest().tokens;

@@ -76,6 +76,28 @@ pub fn saescope(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Harvests `blocks.1.hook_resid_post` of the tiny Llama over `corpus` into
+/// `out` (16-token windows) with `extra` flags; panics with stderr on failure.
+pub fn harvest_tiny(corpus: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "harvest",
+        "--model",
+        TINY_LLAMA,
+        "--corpus",
+        corpus.to_str().expect("UTF-8 path"),
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--context",
+        "16",
+        "--out",
+        out.to_str().expect("UTF-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stdout, err) = saescope(&args);
+    assert!(ok, "harvest {extra:?}: {err}");
+    stdout
+}
+
 /// Writes a corpus of `paragraphs` paragraphs to `dir/corpus.txt`.
 pub fn write_corpus(dir: &Path, paragraphs: usize) -> PathBuf {
     let path = dir.join("corpus.txt");
