@@ -438,8 +438,17 @@ fn dot_rows<E: Element, const R: usize>(xs: &[f32], k: usize, w: &[E], dst: &mut
             }
         }
     }
-    for (r, acc_r) in acc.iter().enumerate() {
-        let mut sum: f32 = acc_r.iter().sum();
+    for (r, acc_r) in acc.iter_mut().enumerate() {
+        // Halves added pairwise: 5 vector steps, not 31 dependent scalar adds
+        // (2–3% faster AVX2 f32 decoding in alternating timed runs).
+        let mut width = LANES / 2;
+        while width > 0 {
+            for l in 0..width {
+                acc_r[l] += acc_r[l + width];
+            }
+            width /= 2;
+        }
+        let mut sum = acc_r[0];
         for i in full..k {
             sum += xs[r * k + i] * w[i].widen();
         }
