@@ -9,3 +9,6 @@ pub mod load;
 pub mod quant;
 pub mod tokenizer;
 mod value;
+
+#[cfg(test)]
+mod mutation_tests;
