@@ -79,6 +79,15 @@ fn kill_and_resume(
     kills
 }
 
+/// `args`, then `--resume` when asked.
+fn with_resume(args: &[&str], resume: bool) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    if resume {
+        out.push("--resume".into());
+    }
+    out
+}
+
 fn files_equal(a: &Path, b: &Path) {
     let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     assert!(
@@ -94,7 +103,7 @@ fn harvests_killed_at_random_moments_resume_to_the_same_store() {
     let corpus = common::write_corpus(dir.path(), 400);
     let hook = "blocks.1.hook_resid_post";
     let args = |out: &Path, resume: bool| {
-        let mut a: Vec<String> = [
+        let a = [
             "harvest",
             "--model",
             common::TINY_LLAMA,
@@ -114,14 +123,8 @@ fn harvests_killed_at_random_moments_resume_to_the_same_store() {
             "1",
             "--out",
             out.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if resume {
-            a.push("--resume".into());
-        }
-        a
+        ];
+        with_resume(&a, resume)
     };
     let resumable = |out: &Path| out.join("manifest.json").is_file();
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
@@ -147,7 +150,7 @@ fn training_killed_at_random_moments_resumes_to_the_same_sae() {
         &["--tokens", "4000", "--shard-tokens", "1000"],
     );
     let args = |out: &Path, resume: bool| {
-        let mut a: Vec<String> = [
+        let a = [
             "train",
             "--store",
             store.to_str().unwrap(),
@@ -171,14 +174,8 @@ fn training_killed_at_random_moments_resumes_to_the_same_sae() {
             "1",
             "--out",
             out.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if resume {
-            a.push("--resume".into());
-        }
-        a
+        ];
+        with_resume(&a, resume)
     };
     let resumable = |out: &Path| out.join("checkpoint").join("state.json").is_file();
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
