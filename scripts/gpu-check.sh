@@ -62,7 +62,7 @@ run cargo test --release --test cuda -- --ignored --nocapture --test-threads 1 \
   || { say "CUDA tests FAILED"; FAILED=1; }
 
 # 4. Benchmarks on the GPU, both sides in the same run ------------------------------------
-if "$BIN" info >/dev/null && [ -f "$ROOT/.cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf" ] \
+if [ -f "$ROOT/.cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf" ] \
    && "$PY" -c "import transformers, gguf" 2>/dev/null; then
   run timeout 240 "$PY" eval/bench/runtime.py --device cuda:0 --dtype bf16 --rounds 1 \
       --results-dir "$RESULTS" || { say "runtime benchmark failed"; FAILED=1; }
