@@ -186,3 +186,66 @@ fn training_killed_at_random_moments_resumes_to_the_same_sae() {
         files_equal(&whole.join(&sae).join(file), &cut.join(&sae).join(file));
     }
 }
+
+#[test]
+fn labelling_killed_at_random_moments_resumes_to_the_same_dictionary() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), 400);
+    let store = dir.path().join("acts");
+    common::harvest_tiny(
+        &corpus,
+        &store,
+        &["--tokens", "4000", "--shard-tokens", "1000"],
+    );
+    let sae_out = dir.path().join("sae");
+    let (ok, _, err) = common::saescope(&[
+        "train",
+        "--store",
+        store.to_str().unwrap(),
+        "--tokens",
+        "4096",
+        "--batch-size",
+        "256",
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--architecture",
+        "topk",
+        "--expansion",
+        "2",
+        "--k",
+        "4",
+        "--out",
+        sae_out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let sae = sae_out.join("blocks.1.hook_resid_post-topk-x2-k4");
+    let args = |out: &Path, resume: bool| {
+        let a = [
+            "label",
+            "--sae",
+            sae.to_str().unwrap(),
+            "--model",
+            common::TINY_LLAMA,
+            "--store",
+            store.to_str().unwrap(),
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--vocab-from",
+            corpus.to_str().unwrap(),
+            "--tokens",
+            "4000",
+            "--checkpoint-every",
+            "500",
+            "--threads",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        with_resume(&a, resume)
+    };
+    let resumable = |out: &Path| out.join(".checkpoint").join("state.json").is_file();
+    let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
+    let kills = kill_and_resume(args, resumable, &whole, &cut, 3);
+    eprintln!("labelling: {kills} kills landed");
+    files_equal(&whole.join("features.jsonl"), &cut.join("features.jsonl"));
+}

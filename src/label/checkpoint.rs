@@ -32,6 +32,15 @@ struct State {
     rows_seen: u64,
     /// The settings the pass ran with; a resume must match them.
     fingerprint: String,
+    /// The statistics file this state belongs to. Each checkpoint writes a
+    /// new one, then this file atomically, then removes the old one, so a
+    /// kill between the two writes leaves the previous pair intact.
+    #[serde(default = "default_stats_file")]
+    stats_file: String,
+}
+
+fn default_stats_file() -> String {
+    STATS_FILE.to_string()
 }
 
 /// Writes `state` under `dir`.
@@ -48,12 +57,26 @@ pub fn save(dir: &Path, state: &AccumulatorState, fingerprint: &str) -> Result<(
         tensors.extend(example_tensors(group, examples));
     }
     let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    write_safetensors(&dir.join(STATS_FILE), &named)?;
+    let stats_file = format!("stats-{}.safetensors", state.rows_seen);
+    write_safetensors(&dir.join(&stats_file), &named)?;
     let json = State {
         rows_seen: state.rows_seen,
         fingerprint: fingerprint.to_string(),
+        stats_file: stats_file.clone(),
     };
-    write_atomic(&dir.join(STATE_FILE), &serde_json::to_vec_pretty(&json)?)
+    write_atomic(&dir.join(STATE_FILE), &serde_json::to_vec_pretty(&json)?)?;
+    // Statistics of earlier checkpoints are no longer referenced.
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = name != stats_file
+            && (name == STATS_FILE
+                || (name.starts_with("stats-") && name.ends_with(".safetensors")));
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// Reads the checkpoint under `dir`, refusing one made with other settings.
@@ -78,7 +101,13 @@ pub fn load(dir: &Path, fingerprint: &str) -> Result<AccumulatorState> {
             state.fingerprint
         )));
     }
-    let path = dir.join(STATS_FILE);
+    if state.stats_file.contains(['/', '\\']) || state.stats_file.starts_with('.') {
+        return Err(Error::malformed(
+            &state_path,
+            "stats_file must be a plain file name",
+        ));
+    }
+    let path = dir.join(&state.stats_file);
     let mut tensors = read_safetensors(&path)?;
     let mut take = |name: &str| {
         tensors
