@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full random-kill check: harvest and training SIGKILLed at 20 seeded
+# The full random-kill check: harvest, training and labelling SIGKILLed at 20 seeded
 # moments each (CI runs 3), resumed after every kill, compared byte for byte
 # with an uninterrupted run (tests/random_kills.rs). Seeds 0..N-1.
 #

@@ -1,6 +1,7 @@
-//! Harvest and training SIGKILLed at seeded random moments, resumed after
-//! each kill, end with exactly the outputs of an uninterrupted run: the
-//! store's manifests and shards, the SAE's weights, config and metrics.
+//! Harvest, training and labelling SIGKILLed at seeded random moments,
+//! resumed after each kill, end with exactly the outputs of an uninterrupted
+//! run: the store's manifest and shards, the SAE's weights, config and
+//! metrics, the dictionary's features.
 //! `SAESCOPE_KILL_POINTS` kills per job (default 3, the CI version) and
 //! `SAESCOPE_KILL_SEED` choose them; `scripts/random-kills.sh` runs 20.
 
