@@ -1,0 +1,164 @@
+//! A disk that fills up mid-job: the job stops with a clear error naming the
+//! cause, what it had written stays valid (a store's manifest lists only
+//! whole shards, and `store verify` passes), and once there is room again
+//! `--resume` ends with exactly what an uninterrupted run writes.
+//!
+//! The small disk is a tmpfs mounted by the test, which needs root; where the
+//! mount fails the test says why on stderr and returns.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tmpfs of `kib` KiB mounted on a fresh folder, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(kib: u64) -> Result<SmallDisk, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+fn harvest_args(corpus: &Path, out: &Path) -> Vec<String> {
+    [
+        "harvest",
+        "--model",
+        common::TINY_LLAMA,
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--tokens",
+        "4000",
+        "--context",
+        "32",
+        "--shard-tokens",
+        "256",
+        "--threads",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_harvest_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_store() {
+    let disk = match SmallDisk::mount(400) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipping the full-disk harvest test: {why}");
+            return;
+        }
+    };
+    let work = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(work.path(), 400);
+    let whole = work.path().join("whole");
+    let bin = env!("CARGO_BIN_EXE_saescope");
+    let ok = Command::new(bin)
+        .args(harvest_args(&corpus, &whole))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    // 4,000 rows of 64 f32 need ~1 MB: the 400 KiB disk fills part-way.
+    let full: PathBuf = disk.path().join("store");
+    let out = Command::new(bin)
+        .args(harvest_args(&corpus, &full))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a clean failure: {stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("no space left"),
+        "the error should name the full disk: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // What was written is a valid, partial store.
+    let verify = Command::new(bin)
+        .args(["store", "verify"])
+        .arg(&full)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(full.join("manifest.json")).unwrap()).unwrap();
+    let kept = manifest["shards"].as_array().unwrap().len();
+    assert!(kept > 0 && manifest["complete"] == false, "{manifest}");
+
+    // Room again: the store moves to a larger disk and the harvest resumes.
+    let roomy = work.path().join("roomy");
+    copy_dir(&full, &roomy);
+    let mut args = harvest_args(&corpus, &roomy);
+    args.push("--resume".into());
+    let resumed = Command::new(bin).args(args).output().unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    assert!(
+        read(&whole.join("manifest.json")) == read(&roomy.join("manifest.json")),
+        "manifests differ"
+    );
+    let m: serde_json::Value = serde_json::from_slice(&read(&whole.join("manifest.json"))).unwrap();
+    for shard in m["shards"].as_array().unwrap() {
+        let file = shard["file"].as_str().unwrap();
+        assert!(
+            read(&whole.join(file)) == read(&roomy.join(file)),
+            "{file} differs"
+        );
+    }
+    eprintln!(
+        "full disk after {kept} shards; resumed to {} shards",
+        m["shards"].as_array().unwrap().len()
+    );
+}
