@@ -45,7 +45,7 @@ impl Drop for SmallDisk {
 }
 
 fn harvest_args(corpus: &Path, out: &Path) -> Vec<String> {
-    [
+    let args = [
         "harvest",
         "--model",
         common::TINY_LLAMA,
@@ -63,18 +63,8 @@ fn harvest_args(corpus: &Path, out: &Path) -> Vec<String> {
         "1",
         "--out",
         out.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
+    ];
+    common::with_resume(&args, false)
 }
 
 #[test]
@@ -135,7 +125,7 @@ fn a_harvest_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_store() {
 
     // Room again: the store moves to a larger disk and the harvest resumes.
     let roomy = work.path().join("roomy");
-    copy_dir(&full, &roomy);
+    common::copy_tree(&full, &roomy);
     let mut args = harvest_args(&corpus, &roomy);
     args.push("--resume".into());
     let resumed = Command::new(bin).args(args).output().unwrap();
@@ -162,3 +152,96 @@ fn a_harvest_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_store() {
         m["shards"].as_array().unwrap().len()
     );
 }
+
+#[test]
+fn training_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_sae() {
+    let disk = match SmallDisk::mount(KIB_FOR_TRAINING) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipping the full-disk training test: {why}");
+            return;
+        }
+    };
+    let work = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(work.path(), 400);
+    let store = work.path().join("acts");
+    common::harvest_tiny(
+        &corpus,
+        &store,
+        &["--tokens", "4000", "--shard-tokens", "1000"],
+    );
+    let args = |out: &Path, resume: bool| {
+        let a = [
+            "train",
+            "--store",
+            store.to_str().unwrap(),
+            "--tokens",
+            "8192",
+            "--batch-size",
+            "128",
+            "--hook",
+            "blocks.1.hook_resid_post",
+            "--architecture",
+            "topk",
+            "--expansion",
+            "4",
+            "--k",
+            "4",
+            "--checkpoint-every",
+            "1024",
+            "--threads",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        common::with_resume(&a, resume)
+    };
+    let bin = env!("CARGO_BIN_EXE_saescope");
+    let whole = work.path().join("whole");
+    let ok = Command::new(bin)
+        .args(args(&whole, false))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let full = disk.path().join("sae");
+    let out = Command::new(bin).args(args(&full, false)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a clean failure: {stderr}"
+    );
+    assert!(stderr.to_lowercase().contains("no space left"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let checkpoint = full.join("checkpoint").join("state.json");
+    assert!(
+        checkpoint.is_file(),
+        "the first checkpoint should have fit: {stderr}"
+    );
+
+    let roomy = work.path().join("roomy");
+    common::copy_tree(&full, &roomy);
+    let resumed = Command::new(bin).args(args(&roomy, true)).output().unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let sae = "blocks.1.hook_resid_post-topk-x4-k4";
+    for file in ["sae_weights.safetensors", "cfg.json", "metrics.jsonl"] {
+        let read = |root: &Path| std::fs::read(root.join(sae).join(file)).unwrap();
+        assert!(
+            read(&whole) == read(&roomy),
+            "{file} differs from the uninterrupted run's"
+        );
+    }
+}
+
+/// Room for the first training checkpoint but not, beside it, the second's
+/// temporary copy.
+const KIB_FOR_TRAINING: u64 = 700;

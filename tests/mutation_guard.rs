@@ -216,14 +216,6 @@ fn guard(
     failures
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
-}
-
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -251,7 +243,7 @@ fn hf_model_folders_survive_mutated_configs_and_safetensors_headers() {
     let mut failures = Vec::new();
     for (seed, family) in [(1u64, "qwen2"), (2, "gpt2"), (3, "neox")] {
         let folder = dir.path().join(family);
-        copy_dir(&fixture(&format!("tiny/{family}")), &folder);
+        common::copy_tree(&fixture(&format!("tiny/{family}")), &folder);
         let load = || {
             saescope::model::load_model(folder.to_str().unwrap(), Device::Cpu, tch::Kind::Float)
                 .map(|_| ())
@@ -290,7 +282,7 @@ fn sae_folders_survive_mutated_cfg_and_weights() {
         (6, "sparsify_topk", "sae.safetensors"),
     ] {
         let folder = dir.path().join(name);
-        copy_dir(&fixture(&format!("sae/{name}")), &folder);
+        common::copy_tree(&fixture(&format!("sae/{name}")), &folder);
         let load = || {
             saescope::sae::io::load_sae(&folder)
                 .map(|_| ())

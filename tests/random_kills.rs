@@ -80,15 +80,6 @@ fn kill_and_resume(
     kills
 }
 
-/// `args`, then `--resume` when asked.
-fn with_resume(args: &[&str], resume: bool) -> Vec<String> {
-    let mut out: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    if resume {
-        out.push("--resume".into());
-    }
-    out
-}
-
 fn files_equal(a: &Path, b: &Path) {
     let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     assert!(
@@ -125,7 +116,7 @@ fn harvests_killed_at_random_moments_resume_to_the_same_store() {
             "--out",
             out.to_str().unwrap(),
         ];
-        with_resume(&a, resume)
+        common::with_resume(&a, resume)
     };
     let resumable = |out: &Path| out.join("manifest.json").is_file();
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
@@ -176,7 +167,7 @@ fn training_killed_at_random_moments_resumes_to_the_same_sae() {
             "--out",
             out.to_str().unwrap(),
         ];
-        with_resume(&a, resume)
+        common::with_resume(&a, resume)
     };
     let resumable = |out: &Path| out.join("checkpoint").join("state.json").is_file();
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
@@ -242,7 +233,7 @@ fn labelling_killed_at_random_moments_resumes_to_the_same_dictionary() {
             "--out",
             out.to_str().unwrap(),
         ];
-        with_resume(&a, resume)
+        common::with_resume(&a, resume)
     };
     let resumable = |out: &Path| out.join(".checkpoint").join("state.json").is_file();
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));

@@ -184,6 +184,8 @@ pub fn learning_rate(cfg: &TrainConfig, d_sae: usize) -> f64 {
 fn resume_key(cfg: &TrainConfig) -> Result<String> {
     let mut c = cfg.clone();
     c.data.tokens = 0;
+    // A run may be moved (off a full disk, say) and resumed where it now is.
+    c.run.out = Default::default();
     c.to_toml()
 }
 
@@ -240,7 +242,7 @@ pub fn train(
         Some((state, _)) => {
             if state.config_toml != resume_key(cfg)? {
                 return Err(Error::Training(format!(
-                    "the checkpoint in {} was written by a different config (only `data.tokens` may change on --resume)",
+                    "the checkpoint in {} was written by a different config (only `data.tokens` and the output folder may change on --resume)",
                     ckpt_dir.display()
                 )));
             }

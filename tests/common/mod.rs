@@ -98,6 +98,28 @@ pub fn harvest_tiny(corpus: &Path, out: &Path, extra: &[&str]) -> String {
     stdout
 }
 
+/// `args` as owned strings, then `--resume` when asked.
+pub fn with_resume(args: &[&str], resume: bool) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    if resume {
+        out.push("--resume".into());
+    }
+    out
+}
+
+/// Copies the folder `from` (subfolders included) to `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create folder");
+    for entry in std::fs::read_dir(from).expect("read folder") {
+        let entry = entry.expect("folder entry");
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy file");
+        }
+    }
+}
+
 /// Writes a corpus of `paragraphs` paragraphs to `dir/corpus.txt`.
 pub fn write_corpus(dir: &Path, paragraphs: usize) -> PathBuf {
     let path = dir.join("corpus.txt");
