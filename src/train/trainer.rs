@@ -184,8 +184,7 @@ pub fn learning_rate(cfg: &TrainConfig, d_sae: usize) -> f64 {
 fn resume_key(cfg: &TrainConfig) -> Result<String> {
     let mut c = cfg.clone();
     c.data.tokens = 0;
-    // A run may be moved (off a full disk, say) and resumed where it now is.
-    c.run.out = Default::default();
+    c.run.out = Default::default(); // a run may move (off a full disk) and resume there
     c.to_toml()
 }
 
