@@ -170,32 +170,7 @@ fn training_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_sae() {
         &store,
         &["--tokens", "4000", "--shard-tokens", "1000"],
     );
-    let args = |out: &Path, resume: bool| {
-        let a = [
-            "train",
-            "--store",
-            store.to_str().unwrap(),
-            "--tokens",
-            "8192",
-            "--batch-size",
-            "128",
-            "--hook",
-            "blocks.1.hook_resid_post",
-            "--architecture",
-            "topk",
-            "--expansion",
-            "4",
-            "--k",
-            "4",
-            "--checkpoint-every",
-            "1024",
-            "--threads",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        common::with_resume(&a, resume)
-    };
+    let args = |out: &Path, resume: bool| common::train_tiny_args(&store, out, "8192", "4", resume);
     let bin = env!("CARGO_BIN_EXE_saescope");
     let whole = work.path().join("whole");
     let ok = Command::new(bin)

@@ -141,34 +141,8 @@ fn training_killed_at_random_moments_resumes_to_the_same_sae() {
         &store,
         &["--tokens", "4000", "--shard-tokens", "1000"],
     );
-    let args = |out: &Path, resume: bool| {
-        let a = [
-            "train",
-            "--store",
-            store.to_str().unwrap(),
-            "--tokens",
-            "65536",
-            "--batch-size",
-            "128",
-            "--hook",
-            "blocks.1.hook_resid_post",
-            "--architecture",
-            "topk",
-            "--expansion",
-            "2",
-            "--k",
-            "4",
-            "--lr-warmup-steps",
-            "4",
-            "--checkpoint-every",
-            "1024",
-            "--threads",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        common::with_resume(&a, resume)
-    };
+    let args =
+        |out: &Path, resume: bool| common::train_tiny_args(&store, out, "65536", "2", resume);
     let resumable = |out: &Path| out.join("checkpoint").join("state.json").is_file();
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
     let kills = kill_and_resume(args, resumable, &whole, &cut, 2);

@@ -98,6 +98,44 @@ pub fn harvest_tiny(corpus: &Path, out: &Path, extra: &[&str]) -> String {
     stdout
 }
 
+/// `saescope train` of a TopK SAE (k = 4, `expansion`×) on the tiny Llama's
+/// `blocks.1.hook_resid_post` store, `tokens` rows in batches of 128,
+/// checkpointed every 1,024, into `out`; `--resume` when asked.
+pub fn train_tiny_args(
+    store: &Path,
+    out: &Path,
+    tokens: &str,
+    expansion: &str,
+    resume: bool,
+) -> Vec<String> {
+    let args = [
+        "train",
+        "--store",
+        store.to_str().expect("UTF-8 path"),
+        "--tokens",
+        tokens,
+        "--batch-size",
+        "128",
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--architecture",
+        "topk",
+        "--expansion",
+        expansion,
+        "--k",
+        "4",
+        "--lr-warmup-steps",
+        "4",
+        "--checkpoint-every",
+        "1024",
+        "--threads",
+        "1",
+        "--out",
+        out.to_str().expect("UTF-8 path"),
+    ];
+    with_resume(&args, resume)
+}
+
 /// `args` as owned strings, then `--resume` when asked.
 pub fn with_resume(args: &[&str], resume: bool) -> Vec<String> {
     let mut out: Vec<String> = args.iter().map(|s| s.to_string()).collect();
