@@ -45,26 +45,15 @@ impl Drop for SmallDisk {
 }
 
 fn harvest_args(corpus: &Path, out: &Path) -> Vec<String> {
-    let args = [
-        "harvest",
-        "--model",
-        common::TINY_LLAMA,
-        "--corpus",
-        corpus.to_str().unwrap(),
-        "--hook",
-        "blocks.1.hook_resid_post",
+    let extra = [
         "--tokens",
         "4000",
-        "--context",
-        "32",
         "--shard-tokens",
         "256",
         "--threads",
         "1",
-        "--out",
-        out.to_str().unwrap(),
     ];
-    common::with_resume(&args, false)
+    common::harvest_tiny_args(corpus, out, &extra)
 }
 
 #[test]

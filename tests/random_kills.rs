@@ -93,30 +93,13 @@ fn files_equal(a: &Path, b: &Path) {
 fn harvests_killed_at_random_moments_resume_to_the_same_store() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = common::write_corpus(dir.path(), 400);
-    let hook = "blocks.1.hook_resid_post";
     let args = |out: &Path, resume: bool| {
-        let a = [
-            "harvest",
-            "--model",
-            common::TINY_LLAMA,
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "--hook",
-            hook,
-            "--tokens",
-            "4000",
-            "--context",
-            "32",
-            "--batch",
-            "4",
-            "--shard-tokens",
-            "256",
-            "--threads",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        common::with_resume(&a, resume)
+        let mut a = common::harvest_tiny_args(&corpus, out, &["--tokens", "4000", "--batch", "4"]);
+        a.extend(common::with_resume(
+            &["--shard-tokens", "256", "--threads", "1"],
+            resume,
+        ));
+        a
     };
     let resumable = |out: &Path| out.join("manifest.json").is_file();
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));

@@ -76,24 +76,34 @@ pub fn saescope(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// Harvests `blocks.1.hook_resid_post` of the tiny Llama over `corpus` into
-/// `out` (16-token windows) with `extra` flags; panics with stderr on failure.
+/// `saescope harvest` of the tiny Llama's `blocks.1.hook_resid_post` over
+/// `corpus` into `out` (16-token windows), with `extra` flags.
+pub fn harvest_tiny_args(corpus: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = with_resume(
+        &[
+            "harvest",
+            "--model",
+            TINY_LLAMA,
+            "--corpus",
+            corpus.to_str().expect("UTF-8 path"),
+            "--hook",
+            "blocks.1.hook_resid_post",
+            "--context",
+            "16",
+            "--out",
+            out.to_str().expect("UTF-8 path"),
+        ],
+        false,
+    );
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs [`harvest_tiny_args`]; panics with stderr on failure.
 pub fn harvest_tiny(corpus: &Path, out: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "harvest",
-        "--model",
-        TINY_LLAMA,
-        "--corpus",
-        corpus.to_str().expect("UTF-8 path"),
-        "--hook",
-        "blocks.1.hook_resid_post",
-        "--context",
-        "16",
-        "--out",
-        out.to_str().expect("UTF-8 path"),
-    ];
-    args.extend_from_slice(extra);
-    let (ok, stdout, err) = saescope(&args);
+    let args = harvest_tiny_args(corpus, out, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, stdout, err) = saescope(&refs);
     assert!(ok, "harvest {extra:?}: {err}");
     stdout
 }
