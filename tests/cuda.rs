@@ -17,8 +17,6 @@ use saescope::model::{generate, load_model, ForwardInput, GenerateConfig, Logits
 use saescope::steer::kinds::vector::SteeringVector;
 use tch::{Device, Kind, Tensor};
 
-use common::saescope;
-
 /// Fails, naming why, where libtorch has no CUDA device.
 fn require_cuda() {
     let (devices, reason) = saescope::machine::cuda::usable_devices();
@@ -138,28 +136,9 @@ fn topk_training_runs_on_cuda_and_learns() {
     let store = dir.path().join("acts");
     harvest("cpu", &corpus, &store);
     let out = dir.path().join("sae");
-    let (ok, stdout, err) = saescope(&[
-        "train",
-        "--store",
-        store.to_str().unwrap(),
-        "--tokens",
-        "8192",
-        "--batch-size",
-        "256",
-        "--hook",
-        "blocks.1.hook_resid_post",
-        "--architecture",
-        "topk",
-        "--expansion",
-        "4",
-        "--k",
-        "4",
-        "--devices",
-        "cuda:0",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    let mut args = common::train_tiny_args(&store, &out, "8192", "4", false);
+    args.extend(["--devices".to_string(), "cuda:0".to_string()]);
+    let stdout = common::saescope_ok(&args);
     assert!(stdout.contains("trained 1 SAE(s)"), "{stdout}");
     let metrics = std::fs::read_to_string(
         out.join("blocks.1.hook_resid_post-topk-x4-k4")

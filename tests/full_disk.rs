@@ -33,6 +33,14 @@ impl SmallDisk {
         Ok(SmallDisk { dir })
     }
 
+    /// [`mount`](Self::mount), or `None` after printing why the `what`
+    /// test skips.
+    fn for_test(kib: u64, what: &str) -> Option<SmallDisk> {
+        SmallDisk::mount(kib)
+            .map_err(|why| eprintln!("skipping the full-disk {what} test: {why}"))
+            .ok()
+    }
+
     fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -42,6 +50,16 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
+}
+
+/// A clean failure that names the full disk: exit 1, no panic.
+fn assert_out_of_space(stderr: &str, code: Option<i32>) {
+    assert_eq!(code, Some(1), "expected a clean failure: {stderr}");
+    assert!(
+        stderr.to_lowercase().contains("no space left"),
+        "the error should name the full disk: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 fn harvest_args(corpus: &Path, out: &Path) -> Vec<String> {
@@ -58,12 +76,8 @@ fn harvest_args(corpus: &Path, out: &Path) -> Vec<String> {
 
 #[test]
 fn a_harvest_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_store() {
-    let disk = match SmallDisk::mount(400) {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!("skipping the full-disk harvest test: {why}");
-            return;
-        }
+    let Some(disk) = SmallDisk::for_test(400, "harvest") else {
+        return;
     };
     let work = tempfile::tempdir().unwrap();
     let corpus = common::write_corpus(work.path(), 400);
@@ -86,16 +100,7 @@ fn a_harvest_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_store() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected a clean failure: {stderr}"
-    );
-    assert!(
-        stderr.to_lowercase().contains("no space left"),
-        "the error should name the full disk: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_out_of_space(&stderr, out.status.code());
     // What was written is a valid, partial store.
     let verify = Command::new(bin)
         .args(["store", "verify"])
@@ -144,21 +149,11 @@ fn a_harvest_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_store() {
 
 #[test]
 fn training_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_sae() {
-    let disk = match SmallDisk::mount(KIB_FOR_TRAINING) {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!("skipping the full-disk training test: {why}");
-            return;
-        }
+    let Some(disk) = SmallDisk::for_test(KIB_FOR_TRAINING, "training") else {
+        return;
     };
     let work = tempfile::tempdir().unwrap();
-    let corpus = common::write_corpus(work.path(), 400);
-    let store = work.path().join("acts");
-    common::harvest_tiny(
-        &corpus,
-        &store,
-        &["--tokens", "4000", "--shard-tokens", "1000"],
-    );
+    let (_, store) = common::tiny_store(work.path());
     let args = |out: &Path, resume: bool| common::train_tiny_args(&store, out, "8192", "4", resume);
     let bin = env!("CARGO_BIN_EXE_saescope");
     let whole = work.path().join("whole");
@@ -175,13 +170,7 @@ fn training_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_sae() {
     let full = disk.path().join("sae");
     let out = Command::new(bin).args(args(&full, false)).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected a clean failure: {stderr}"
-    );
-    assert!(stderr.to_lowercase().contains("no space left"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_out_of_space(&stderr, out.status.code());
     let checkpoint = full.join("checkpoint").join("state.json");
     assert!(
         checkpoint.is_file(),

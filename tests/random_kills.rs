@@ -117,13 +117,7 @@ fn harvests_killed_at_random_moments_resume_to_the_same_store() {
 #[test]
 fn training_killed_at_random_moments_resumes_to_the_same_sae() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = common::write_corpus(dir.path(), 400);
-    let store = dir.path().join("acts");
-    common::harvest_tiny(
-        &corpus,
-        &store,
-        &["--tokens", "4000", "--shard-tokens", "1000"],
-    );
+    let (_, store) = common::tiny_store(dir.path());
     let args =
         |out: &Path, resume: bool| common::train_tiny_args(&store, out, "65536", "2", resume);
     let resumable = |out: &Path| out.join("checkpoint").join("state.json").is_file();
@@ -139,34 +133,11 @@ fn training_killed_at_random_moments_resumes_to_the_same_sae() {
 #[test]
 fn labelling_killed_at_random_moments_resumes_to_the_same_dictionary() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = common::write_corpus(dir.path(), 400);
-    let store = dir.path().join("acts");
-    common::harvest_tiny(
-        &corpus,
-        &store,
-        &["--tokens", "4000", "--shard-tokens", "1000"],
-    );
+    let (corpus, store) = common::tiny_store(dir.path());
     let sae_out = dir.path().join("sae");
-    let (ok, _, err) = common::saescope(&[
-        "train",
-        "--store",
-        store.to_str().unwrap(),
-        "--tokens",
-        "4096",
-        "--batch-size",
-        "256",
-        "--hook",
-        "blocks.1.hook_resid_post",
-        "--architecture",
-        "topk",
-        "--expansion",
-        "2",
-        "--k",
-        "4",
-        "--out",
-        sae_out.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    common::saescope_ok(&common::train_tiny_args(
+        &store, &sae_out, "4096", "2", false,
+    ));
     let sae = sae_out.join("blocks.1.hook_resid_post-topk-x2-k4");
     let args = |out: &Path, resume: bool| {
         let a = [

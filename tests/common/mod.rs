@@ -99,13 +99,30 @@ pub fn harvest_tiny_args(corpus: &Path, out: &Path, extra: &[&str]) -> Vec<Strin
     args
 }
 
-/// Runs [`harvest_tiny_args`]; panics with stderr on failure.
-pub fn harvest_tiny(corpus: &Path, out: &Path, extra: &[&str]) -> String {
-    let args = harvest_tiny_args(corpus, out, extra);
+/// A 400-paragraph corpus in `dir` and a 4,000-row tiny-Llama store of it
+/// (`dir/acts`, shards of 1,000 rows): `(corpus, store)`.
+pub fn tiny_store(dir: &Path) -> (PathBuf, PathBuf) {
+    let corpus = write_corpus(dir, 400);
+    let store = dir.join("acts");
+    harvest_tiny(
+        &corpus,
+        &store,
+        &["--tokens", "4000", "--shard-tokens", "1000"],
+    );
+    (corpus, store)
+}
+
+/// Runs `args` through the binary; panics with stderr on failure; stdout.
+pub fn saescope_ok(args: &[String]) -> String {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, stdout, err) = saescope(&refs);
-    assert!(ok, "harvest {extra:?}: {err}");
+    assert!(ok, "{}: {err}", refs.first().copied().unwrap_or_default());
     stdout
+}
+
+/// Runs [`harvest_tiny_args`]; panics with stderr on failure.
+pub fn harvest_tiny(corpus: &Path, out: &Path, extra: &[&str]) -> String {
+    saescope_ok(&harvest_tiny_args(corpus, out, extra))
 }
 
 /// `saescope train` of a TopK SAE (k = 4, `expansion`×) on the tiny Llama's
