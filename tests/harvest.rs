@@ -288,7 +288,7 @@ fn a_killed_harvest_resumes_to_an_identical_store() {
     // The same harvest, slowed down between shards and killed after the first.
     let mut child = saescope()
         .args(harvest_args(&corpus, &cut))
-        .env("SAESCOPE_TEST_SHARD_DELAY_MS", "400")
+        .env("SAESCOPE_TEST_PAUSE_MS", "400")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// A harvest's pause after each shard, so that its few hundred milliseconds
-/// of work spread over enough time for kills to land between and inside
-/// shard writes (training ignores it).
-const SHARD_DELAY_MS: &str = "40";
+/// How long an uninterrupted run lasts per kill point: the pause after each
+/// unit of work (`SAESCOPE_TEST_PAUSE_MS`) stretches the tiny jobs to this,
+/// so that kills land well after start-up, inside steps and writes.
+const SLICE_MS: u64 = 700;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -27,23 +27,36 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 /// Runs the job `args(out, resume)` whole into `whole`, then into `cut`
-/// killed at `SAESCOPE_KILL_POINTS` moments drawn uniformly over the whole
-/// run's duration, resuming (when `resumable(cut)`) after each kill, and
-/// finally to the end. Returns how many kills landed before the job ended.
+/// killed `SAESCOPE_KILL_POINTS` times, resuming (when `resumable(cut)`)
+/// after each kill, and finally to the end. The job does about `units`
+/// units of work (shards, steps, batches), paced so that the whole run takes
+/// about `SLICE_MS` per kill point.
+///
+/// Each kill comes at a moment drawn uniformly over the first 1/points of a
+/// whole run's duration after the (re)start. A killed run gets through at
+/// most one unit more than its share of time allows, so with `units` well
+/// above twice the kill points the job cannot finish before the last kill:
+/// every kill lands, each at a later stage of the job. Returns the number
+/// of kills.
 fn kill_and_resume(
     args: impl Fn(&Path, bool) -> Vec<String>,
     resumable: impl Fn(&Path) -> bool,
-    whole: &Path,
-    cut: &Path,
+    (whole, cut): (&Path, &Path),
+    units: u64,
     seed: u64,
-) -> usize {
+) -> u64 {
     let bin = env!("CARGO_BIN_EXE_saescope");
+    let points = env_or("SAESCOPE_KILL_POINTS", 3).max(1);
+    let pause_ms = (points * SLICE_MS / units).max(1).to_string();
+    let command = |out: &Path| {
+        let mut c = Command::new(bin);
+        c.args(args(out, resumable(out)))
+            .env("SAESCOPE_TEST_PAUSE_MS", &pause_ms);
+        c
+    };
     let run = |out: &Path| {
         let started = Instant::now();
-        let output = Command::new(bin)
-            .args(args(out, resumable(out)))
-            .output()
-            .unwrap();
+        let output = command(out).output().unwrap();
         assert!(
             output.status.success(),
             "{}",
@@ -51,33 +64,26 @@ fn kill_and_resume(
         );
         started.elapsed()
     };
-    let duration = run(whole).max(Duration::from_millis(50));
+    let slice = run(whole) / points as u32;
     let mut rng = StdRng::seed_from_u64(env_or("SAESCOPE_KILL_SEED", 0) * 1000 + seed);
-    let mut kills = 0;
-    for _ in 0..env_or("SAESCOPE_KILL_POINTS", 3) {
-        let at = Duration::from_micros(rng.random_range(0..duration.as_micros() as u64));
-        let mut child = Command::new(bin)
-            .args(args(cut, resumable(cut)))
-            .env("SAESCOPE_TEST_SHARD_DELAY_MS", SHARD_DELAY_MS)
+    for kill in 0..points {
+        let at = Duration::from_micros(rng.random_range(0..slice.as_micros().max(1) as u64));
+        let mut child = command(cut)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(at);
-        match child.try_wait().unwrap() {
-            Some(status) => {
-                assert!(status.success(), "the job failed between kills");
-                break; // finished before this kill point
-            }
-            None => {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                kills += 1;
-            }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the job ended ({status}) before kill {kill} of {points}, {at:?} after its start"
+            );
         }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
     }
     run(cut);
-    kills
+    points
 }
 
 fn files_equal(a: &Path, b: &Path) {
@@ -96,14 +102,14 @@ fn harvests_killed_at_random_moments_resume_to_the_same_store() {
     let args = |out: &Path, resume: bool| {
         let mut a = common::harvest_tiny_args(&corpus, out, &["--tokens", "4000", "--batch", "4"]);
         a.extend(common::with_resume(
-            &["--shard-tokens", "256", "--threads", "1"],
+            &["--shard-tokens", "48", "--threads", "1"],
             resume,
         ));
         a
     };
     let resumable = |out: &Path| out.join("manifest.json").is_file();
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
-    let kills = kill_and_resume(args, resumable, &whole, &cut, 1);
+    let kills = kill_and_resume(args, resumable, (&whole, &cut), 84, 1);
     eprintln!("harvest: {kills} kills landed");
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(whole.join("manifest.json")).unwrap()).unwrap();
@@ -122,7 +128,7 @@ fn training_killed_at_random_moments_resumes_to_the_same_sae() {
         |out: &Path, resume: bool| common::train_tiny_args(&store, out, "65536", "2", resume);
     let resumable = |out: &Path| out.join("checkpoint").join("state.json").is_file();
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
-    let kills = kill_and_resume(args, resumable, &whole, &cut, 2);
+    let kills = kill_and_resume(args, resumable, (&whole, &cut), 512, 2);
     eprintln!("training: {kills} kills landed");
     let sae: PathBuf = PathBuf::from("blocks.1.hook_resid_post-topk-x2-k4");
     for file in ["sae_weights.safetensors", "cfg.json", "metrics.jsonl"] {
@@ -165,7 +171,7 @@ fn labelling_killed_at_random_moments_resumes_to_the_same_dictionary() {
     };
     let resumable = |out: &Path| out.join(".checkpoint").join("state.json").is_file();
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
-    let kills = kill_and_resume(args, resumable, &whole, &cut, 3);
+    let kills = kill_and_resume(args, resumable, (&whole, &cut), 32, 3);
     eprintln!("labelling: {kills} kills landed");
     files_equal(&whole.join("features.jsonl"), &cut.join("features.jsonl"));
 }

@@ -71,8 +71,8 @@ pub struct HarvestArgs {
 /// A progress bar in tokens per second.
 struct Progress {
     bar: ProgressBar,
-    /// Pause after each shard (`SAESCOPE_TEST_SHARD_DELAY_MS`), so that tests
-    /// can interrupt a harvest between shards.
+    /// Pause after each shard ([`super::progress::test_pause`]), so that
+    /// tests can interrupt a harvest between shards.
     shard_delay: Option<Duration>,
 }
 
@@ -120,10 +120,7 @@ pub fn run(args: HarvestArgs) -> anyhow::Result<()> {
         out: args.out,
     };
     let bar = super::token_bar(args.json, "")?;
-    let shard_delay = std::env::var("SAESCOPE_TEST_SHARD_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis);
+    let shard_delay = super::progress::test_pause();
     let mut progress = Progress { bar, shard_delay };
     let started = std::time::Instant::now();
     let summary = harvest(&model, &cfg, &mut progress)?;

@@ -171,9 +171,13 @@ pub fn run(args: LabelArgs) -> anyhow::Result<()> {
     };
 
     let bar = token_bar(false, "  {msg}")?;
+    let pause = super::progress::test_pause();
     let mut progress = |p: LabelProgress| match p {
         LabelProgress::Stage(name) => bar.set_message(name),
         LabelProgress::Tokens { done, total } => {
+            if let Some(pause) = pause {
+                std::thread::sleep(pause);
+            }
             bar.set_length(total);
             bar.set_position(done.min(total));
         }

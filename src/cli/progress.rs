@@ -99,3 +99,13 @@ impl TermLike for LogLines {
         Ok(())
     }
 }
+
+/// A pause after each unit of work (a harvest's shard, a training step, a
+/// labelling batch) from `SAESCOPE_TEST_PAUSE_MS`. Tests stretch tiny jobs
+/// with it so that kills land inside them; unset in normal use.
+pub fn test_pause() -> Option<Duration> {
+    std::env::var("SAESCOPE_TEST_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+}

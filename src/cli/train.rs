@@ -42,6 +42,8 @@ impl TrainArgs {
 pub struct BarObserver {
     bar: ProgressBar,
     batch: u64,
+    /// Pause after each step ([`super::progress::test_pause`]).
+    pause: Option<std::time::Duration>,
 }
 
 impl BarObserver {
@@ -49,6 +51,7 @@ impl BarObserver {
         Ok(BarObserver {
             bar: super::token_bar(hidden, "  {msg}")?,
             batch: 1,
+            pause: super::progress::test_pause(),
         })
     }
 }
@@ -66,6 +69,9 @@ impl TrainObserver for BarObserver {
     }
 
     fn on_step(&mut self, _step: u64, tokens: u64, records: &[StepRecord]) {
+        if let Some(pause) = self.pause {
+            std::thread::sleep(pause);
+        }
         self.bar.set_position(tokens);
         if let Some(r) = records.first() {
             self.bar.set_message(format!(

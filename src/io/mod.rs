@@ -6,6 +6,7 @@
 pub mod atomic;
 pub mod dtype;
 pub mod hub;
+pub mod names;
 pub mod rng;
 pub mod safetensors;
 pub mod tensor_bag;

@@ -12,6 +12,7 @@ use tch::{Kind, Tensor};
 use super::stats::{AccumulatorState, RawExample};
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
+use crate::io::names::is_plain_file_name;
 use crate::io::safetensors::{read_safetensors, write_safetensors};
 
 const STATS_FILE: &str = "stats.safetensors";
@@ -101,7 +102,7 @@ pub fn load(dir: &Path, fingerprint: &str) -> Result<AccumulatorState> {
             state.fingerprint
         )));
     }
-    if state.stats_file.contains(['/', '\\']) || state.stats_file.starts_with('.') {
+    if !is_plain_file_name(&state.stats_file) {
         return Err(Error::malformed(
             &state_path,
             "stats_file must be a plain file name",
@@ -215,12 +216,14 @@ fn read_examples(
     let tokens = Vec::<i32>::try_from(tokens)?;
     let values = Vec::<f32>::try_from(values)?;
     let n = feature.len();
-    let total: i64 = len.iter().sum();
+    // Lengths from the file are summed without overflow before any slicing.
+    let total = len.iter().try_fold(0usize, |sum, &l| {
+        usize::try_from(l).ok().and_then(|l| sum.checked_add(l))
+    });
     let fits = [row.len(), value.len(), centre.len(), len.len()]
         .iter()
         .all(|&l| l == n)
-        && len.iter().all(|&l| l >= 0)
-        && total as usize == tokens.len()
+        && total == Some(tokens.len())
         && tokens.len() == values.len()
         && feature.iter().all(|&f| f >= 0)
         && centre

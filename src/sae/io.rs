@@ -60,8 +60,10 @@ pub fn save_sae(sae: &Sae, dir: &Path) -> Result<()> {
 struct FloatTensors(TensorBag);
 
 impl FloatTensors {
-    fn take(&mut self, name: &str) -> Result<Tensor> {
-        Ok(self.0.take(name)?.f_to_kind(Kind::Float)?)
+    /// Tensor `name`, which must have shape `expected` (an error naming the
+    /// file and both shapes otherwise), in f32.
+    fn take_shaped(&mut self, name: &str, expected: &[i64]) -> Result<Tensor> {
+        Ok(self.0.take_shaped(name, expected)?.f_to_kind(Kind::Float)?)
     }
 }
 
@@ -100,20 +102,18 @@ fn load_saelens(dir: &Path, value: Value) -> Result<Sae> {
     let cfg_path = dir.join(CONFIG_FILE);
     let cfg: SaeConfig = serde_json::from_value(value)
         .map_err(|e| Error::malformed(&cfg_path, format!("not an SAELens config: {e}")))?;
+    cfg.validate()?;
+    let (d_in, d_sae) = (cfg.d_in as i64, cfg.d_sae as i64);
     let file = dir.join(SAELENS_WEIGHTS_FILE);
     let mut t = float_tensors(&file)?;
-    let w_enc = t.take("W_enc")?;
-    let expected = [cfg.d_in as i64, cfg.d_sae as i64];
-    if w_enc.size() != expected {
-        return Err(Error::ShapeMismatch {
-            name: format!("W_enc in {}", file.display()),
-            expected: expected.to_vec(),
-            got: w_enc.size(),
-        });
-    }
-    let mut weights = SaeWeights::from_matrices(w_enc.f_tr()?.f_contiguous()?, t.take("W_dec")?);
-    weights.b_dec = t.take("b_dec")?;
-    architecture(&cfg.architecture)?.load_tensors(&mut weights, &mut |name| t.take(name))?;
+    // Every tensor is checked against the config before any arithmetic.
+    let w_enc = t.take_shaped("W_enc", &[d_in, d_sae])?;
+    let w_dec = t.take_shaped("W_dec", &[d_sae, d_in])?;
+    let mut weights = SaeWeights::from_matrices(w_enc.f_tr()?.f_contiguous()?, w_dec);
+    weights.b_dec = t.take_shaped("b_dec", &[d_in])?;
+    // The architectures' own tensors (biases, thresholds, gates) are per latent.
+    architecture(&cfg.architecture)?
+        .load_tensors(&mut weights, &mut |name| t.take_shaped(name, &[d_sae]))?;
     if cfg.extra.get(RESCALE_KEY).and_then(Value::as_bool) == Some(true) {
         fold_decoder_norms(&mut weights)?;
     }
@@ -142,7 +142,7 @@ fn load_sparsify(dir: &Path, value: &Value) -> Result<Sae> {
     let cfg_path = dir.join(CONFIG_FILE);
     let file = dir.join(SPARSIFY_WEIGHTS_FILE);
     let mut t = float_tensors(&file)?;
-    let w_enc = t.take("encoder.weight")?;
+    let w_enc = t.0.take("encoder.weight")?.f_to_kind(Kind::Float)?;
     let (d_sae, d_in) = match w_enc.size()[..] {
         [a, b] => (a as usize, b as usize),
         _ => {
@@ -197,8 +197,9 @@ fn load_sparsify(dir: &Path, value: &Value) -> Result<Sae> {
     cfg.metadata
         .extra
         .insert("converted_from".into(), Value::from("sparsify"));
-    let mut weights = SaeWeights::from_matrices(w_enc, t.take("W_dec")?);
-    weights.b_enc = t.take("encoder.bias")?;
-    weights.b_dec = t.take("b_dec")?;
+    let (rows, cols) = (d_sae as i64, d_in as i64);
+    let mut weights = SaeWeights::from_matrices(w_enc, t.take_shaped("W_dec", &[rows, cols])?);
+    weights.b_enc = t.take_shaped("encoder.bias", &[rows])?;
+    weights.b_dec = t.take_shaped("b_dec", &[cols])?;
     Sae::new(cfg, weights)
 }

@@ -81,7 +81,21 @@ pub fn load_steers(path: &Path, n_layers: usize, device: Device) -> Result<Vec<B
             tensors: &mut tensors,
             tensor_file: &tensor_file,
         };
-        out.push((kind.build)(spec, &mut ctx)?);
+        // A tensor of the wrong shape is reported with the file it came from.
+        let steer = (kind.build)(spec, &mut ctx).map_err(|e| match e {
+            Error::ShapeMismatch {
+                name,
+                expected,
+                got,
+            } => Error::FileTensorShape {
+                name: format!("intervention {index} ({}): {name}", spec.kind),
+                source_desc: tensor_file.display().to_string(),
+                expected,
+                got,
+            },
+            other => other,
+        })?;
+        out.push(steer);
     }
     Ok(out)
 }

@@ -12,6 +12,7 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
+use crate::io::names::is_plain_file_name;
 use crate::io::safetensors::{read_safetensors, write_safetensors};
 
 pub const CHECKPOINT_DIR: &str = "checkpoint";
@@ -71,6 +72,30 @@ pub fn write_checkpoint(
     Ok(())
 }
 
+/// Tensor `name` of a checkpoint, which must have the shape of `like`, the
+/// tensor it replaces (an error naming `source` and both shapes otherwise),
+/// in `like`'s kind and on its device.
+pub fn take_like(
+    tensors: &HashMap<String, Tensor>,
+    name: &str,
+    like: &Tensor,
+    source: &str,
+) -> Result<Tensor> {
+    let t = tensors.get(name).ok_or_else(|| Error::MissingTensor {
+        name: name.into(),
+        source_desc: source.into(),
+    })?;
+    if t.size() != like.size() {
+        return Err(Error::FileTensorShape {
+            name: name.into(),
+            source_desc: source.into(),
+            expected: like.size(),
+            got: t.size(),
+        });
+    }
+    Ok(t.f_to_kind(like.kind())?.f_to_device(like.device())?)
+}
+
 /// A checkpoint's state and, per SAE, its tensors by name.
 pub type Checkpoint = (CheckpointState, Vec<HashMap<String, Tensor>>);
 
@@ -83,6 +108,12 @@ pub fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let state: CheckpointState = serde_json::from_str(&text)
         .map_err(|e| Error::malformed(&path, format!("not a checkpoint state: {e}")))?;
+    if let Some(bad) = state.saes.iter().find(|s| !is_plain_file_name(&s.file)) {
+        return Err(Error::malformed(
+            &path,
+            format!("`{}` is not a file name inside the checkpoint", bad.file),
+        ));
+    }
     let tensors = state
         .saes
         .iter()

@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::adam::{Adam, AdamConfig};
 use super::checkpoint::{
-    checkpoint_dir, read_checkpoint, write_checkpoint, CheckpointState, SaeCheckpoint,
+    checkpoint_dir, read_checkpoint, take_like, write_checkpoint, CheckpointState, SaeCheckpoint,
 };
 use super::config::{
     ComputeDtype, InitBDec, InputNormalization, SaeSpec, TrainConfig, SAVED_CONFIG_FILE,
@@ -140,33 +140,25 @@ impl SaeRun {
         tensors: &std::collections::HashMap<String, Tensor>,
         entry: &SaeCheckpoint,
     ) -> Result<()> {
-        let device = self.device;
-        let get = |name: &str| -> Result<Tensor> {
-            let t = tensors.get(name).ok_or_else(|| Error::MissingTensor {
-                name: name.into(),
-                source_desc: format!("checkpoint {}", entry.file),
-            })?;
-            Ok(t.f_to_device(device)?)
-        };
-        self.sae.weights.load_named(&|n| get(n).ok())?;
-        let names: Vec<&str> = self
-            .sae
+        // Every tensor is checked against the one it replaces before use.
+        let source = format!("checkpoint {}", entry.file);
+        let get = |name: &str, like: &Tensor| take_like(tensors, name, like, &source);
+        let weights = (self.sae.weights.named_tensors().into_iter())
+            .map(|(n, t)| Ok((n, get(n, t)?)))
+            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        self.sae
             .weights
-            .trainable()
-            .iter()
-            .map(|(n, _)| *n)
-            .collect();
-        self.adam.m = names
-            .iter()
-            .map(|n| get(&format!("{ADAM_M}{n}")))
+            .load_named(&|n| weights.get(n).map(Tensor::shallow_clone))?;
+        let trainable = self.sae.weights.trainable();
+        self.adam.m = (trainable.iter())
+            .map(|(n, t)| get(&format!("{ADAM_M}{n}"), t))
             .collect::<Result<_>>()?;
-        self.adam.v = names
-            .iter()
-            .map(|n| get(&format!("{ADAM_V}{n}")))
+        self.adam.v = (trainable.iter())
+            .map(|(n, t)| get(&format!("{ADAM_V}{n}"), t))
             .collect::<Result<_>>()?;
         self.adam.step = entry.adam_step;
-        self.dead.tokens_since_fired = get(DEAD)?;
-        self.fire_counts = get(FIRE_COUNTS)?;
+        self.dead.tokens_since_fired = get(DEAD, &self.dead.tokens_since_fired)?;
+        self.fire_counts = get(FIRE_COUNTS, &self.fire_counts)?;
         self.scale = entry.scale;
         Ok(())
     }

@@ -10,6 +10,7 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
+use crate::io::names::is_plain_file_name;
 
 use super::row_sums::RowSums;
 
@@ -178,7 +179,47 @@ impl Manifest {
                 ),
             ));
         }
+        manifest
+            .check()
+            .map_err(|problem| Error::store(&path, format!("invalid manifest: {problem}")))?;
         Ok(manifest)
+    }
+
+    /// What readers rely on before touching a shard: positive sizes, whole
+    /// rows per window, statistics as wide as the rows, row counts that add
+    /// up without overflow, and shard files that are plain names inside the
+    /// store folder (a crafted `../` or `/dev/zero` is refused).
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.d == 0 || self.context == 0 || self.batch == 0 || self.windows_per_shard == 0 {
+            return Err(format!(
+                "d {}, context {}, batch {} and windows_per_shard {} must all be positive",
+                self.d, self.context, self.batch, self.windows_per_shard
+            ));
+        }
+        if self.context as u64 <= u64::from(self.skip_bos && self.bos_token_id.is_some()) {
+            return Err("a window of one token leaves no row once BOS is skipped".into());
+        }
+        let width = self.d;
+        if self.stats.sum.len() != width || self.stats.mean.len() != width {
+            return Err(format!(
+                "statistics of width {} and {}, rows of width {width}",
+                self.stats.sum.len(),
+                self.stats.mean.len()
+            ));
+        }
+        let mut rows = 0u64;
+        for shard in &self.shards {
+            if !is_plain_file_name(&shard.file) {
+                return Err(format!(
+                    "shard file `{}` is not a file name inside the store",
+                    shard.file
+                ));
+            }
+            rows = rows
+                .checked_add(shard.rows)
+                .ok_or("shard row counts overflow")?;
+        }
+        Ok(())
     }
 
     /// Writes `dir/manifest.json` atomically.

@@ -277,6 +277,20 @@ impl Store {
     fn checked_bytes(&self, index: usize) -> Result<Vec<u8>> {
         let path = self.shard_path(index)?;
         let entry = &self.manifest.shards[index];
+        // The size is checked before reading, so a crafted entry cannot make
+        // the reader swallow a huge or endless file.
+        let on_disk = std::fs::metadata(&path)
+            .map_err(|e| Error::store(&path, format!("cannot read shard: {e}")))?;
+        if !on_disk.is_file() || on_disk.len() != entry.bytes {
+            return Err(Error::store(
+                &path,
+                format!(
+                    "truncated or overwritten shard: {} bytes, the manifest says {}",
+                    on_disk.len(),
+                    entry.bytes
+                ),
+            ));
+        }
         let bytes = std::fs::read(&path)
             .map_err(|e| Error::store(&path, format!("cannot read shard: {e}")))?;
         if bytes.len() as u64 != entry.bytes {

@@ -1,0 +1,6 @@
+#![no_main]
+//! Fuzzes `saescope_fuzz::gguf_tokenizer`: see `fuzz/src/lib.rs`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = saescope_fuzz::gguf_tokenizer(data, saescope_fuzz::work_dir());
+});
