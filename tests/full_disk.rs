@@ -52,12 +52,17 @@ impl Drop for SmallDisk {
     }
 }
 
-/// A clean failure that names the full disk: exit 1, no panic.
-fn assert_out_of_space(stderr: &str, code: Option<i32>) {
+/// A clean failure that names the full disk and the path it could not
+/// write (somewhere under `disk`): exit 1, no panic.
+fn assert_out_of_space(stderr: &str, code: Option<i32>, disk: &Path) {
     assert_eq!(code, Some(1), "expected a clean failure: {stderr}");
     assert!(
         stderr.to_lowercase().contains("no space left"),
         "the error should name the full disk: {stderr}"
+    );
+    assert!(
+        stderr.contains(disk.to_str().unwrap()),
+        "the error should name the path: {stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -100,7 +105,7 @@ fn a_harvest_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_store() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_out_of_space(&stderr, out.status.code());
+    assert_out_of_space(&stderr, out.status.code(), disk.path());
     // What was written is a valid, partial store.
     let verify = Command::new(bin)
         .args(["store", "verify"])
@@ -170,7 +175,7 @@ fn training_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_sae() {
     let full = disk.path().join("sae");
     let out = Command::new(bin).args(args(&full, false)).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_out_of_space(&stderr, out.status.code());
+    assert_out_of_space(&stderr, out.status.code(), disk.path());
     let checkpoint = full.join("checkpoint").join("state.json");
     assert!(
         checkpoint.is_file(),
@@ -198,3 +203,81 @@ fn training_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_sae() {
 /// Room for the first training checkpoint but not, beside it, the second's
 /// temporary copy.
 const KIB_FOR_TRAINING: u64 = 700;
+
+#[test]
+fn labelling_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_dictionary() {
+    let Some(disk) = SmallDisk::for_test(KIB_FOR_LABELLING, "labelling") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let (corpus, store) = common::tiny_store(work.path());
+    let sae_out = work.path().join("sae");
+    common::saescope_ok(&common::train_tiny_args(
+        &store, &sae_out, "4096", "2", false,
+    ));
+    let sae = sae_out.join("blocks.1.hook_resid_post-topk-x2-k4");
+    let args = |out: &Path, resume: bool| {
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        let mut a: Vec<String> = ["label", "--sae", &path(&sae), "--model", common::TINY_LLAMA]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (flag, value) in [
+            ("--store", path(&store)),
+            ("--corpus", path(&corpus)),
+            ("--vocab-from", path(&corpus)),
+            ("--tokens", "4000".into()),
+            ("--checkpoint-every", "1000".into()),
+            ("--threads", "1".into()),
+            ("--out", path(out)),
+        ] {
+            a.extend([flag.to_string(), value]);
+        }
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let bin = env!("CARGO_BIN_EXE_saescope");
+    let whole = work.path().join("whole");
+    let ok = Command::new(bin)
+        .args(args(&whole, false))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    // The statistics checkpoints fit; the dictionary's ~2 MB of files do not.
+    let full = disk.path().join("dict");
+    let out = Command::new(bin).args(args(&full, false)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_out_of_space(&stderr, out.status.code(), disk.path());
+    assert!(
+        full.join(".checkpoint").join("state.json").is_file(),
+        "the finished pass's checkpoint should be kept: {stderr}"
+    );
+
+    let roomy = work.path().join("roomy");
+    common::copy_tree(&full, &roomy);
+    let resumed = Command::new(bin).args(args(&roomy, true)).output().unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let read = |root: &Path| std::fs::read(root.join("features.jsonl")).unwrap();
+    assert!(
+        read(&whole) == read(&roomy),
+        "features.jsonl differs from the uninterrupted run's"
+    );
+    assert!(
+        !roomy.join(".checkpoint").exists(),
+        "a finished run removes its checkpoint"
+    );
+}
+
+/// Room for the statistics checkpoints and part of the dictionary.
+const KIB_FOR_LABELLING: u64 = 1024;

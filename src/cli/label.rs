@@ -196,6 +196,9 @@ pub fn run(args: LabelArgs) -> anyhow::Result<()> {
     let built = build_dictionary(inputs, &cfg, labeller, &mut progress)?;
     bar.finish_and_clear();
     save_dictionary(&args.out, &built.entries, &built.meta, &vocabulary)?;
+    if let Some(c) = &cfg.checkpoint {
+        saescope::label::checkpoint::remove(&c.dir)?;
+    }
     let m = &built.meta;
     println!(
         "{} features of {} at {} labelled from {} tokens in {:.1} s on {}",

@@ -346,8 +346,13 @@ fn corpus_pass(
             }
         }
     }
+    // The finished pass is checkpointed too, and the checkpoint stays until
+    // the dictionary is written (see `checkpoint::remove`): a run that fails
+    // later, on a full disk say, resumes without redoing the pass.
     if let Some(c) = &cfg.checkpoint {
-        checkpoint::remove(&c.dir)?;
+        if acc.rows_seen() != saved_at {
+            checkpoint::save(&c.dir, &acc.state(), fingerprint)?;
+        }
     }
     let tokens = acc.rows_seen();
     if tokens == 0 {

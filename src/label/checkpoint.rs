@@ -160,7 +160,7 @@ pub fn load(dir: &Path, fingerprint: &str) -> Result<AccumulatorState> {
     })
 }
 
-/// Removes a finished pass's checkpoint.
+/// Removes a run's checkpoint, once its dictionary is written.
 pub fn remove(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(dir, e)),
