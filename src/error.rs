@@ -61,6 +61,15 @@ pub enum Error {
     /// inconsistent with what was asked of it.
     #[error("activation store {}: {reason}", path.display())]
     Store { path: PathBuf, reason: String },
+    /// An allocation whose size is known up front would not fit under a
+    /// memory limit (address space, cgroup, or the machine's free memory).
+    #[error("{what} needs {} but {} is left under {limit}; use smaller sizes or raise the limit", crate::machine::memory::human(*needed), crate::machine::memory::human(*available))]
+    OutOfMemory {
+        what: String,
+        needed: u64,
+        available: u64,
+        limit: String,
+    },
     /// Training diverged or cannot go on (NaN loss, incompatible checkpoint).
     #[error("training: {0}")]
     Training(String),

@@ -22,7 +22,7 @@ use crate::label::export::dictionary::{
 };
 use crate::label::stats::diversity::diversity;
 use crate::label::stats::logit_lens::{logit_lens, LogitLens};
-use crate::label::stats::mi::{explain, feature_directions, Directions, MiConfig};
+use crate::label::stats::mi::{explain, explain_bytes, feature_directions, Directions, MiConfig};
 use crate::model::LoadedModel;
 use crate::sae::Sae;
 
@@ -132,6 +132,20 @@ pub fn build_dictionary(
         )));
     }
     let d_sae = sae.cfg.d_sae;
+    // Known before any work: the vocabulary × features of the explanations.
+    crate::machine::memory::ensure_fits(
+        explain_bytes(
+            d_sae,
+            vocabulary.len(),
+            model.model.config().d_model as usize,
+        ),
+        || {
+            format!(
+                "explaining {d_sae} features over a vocabulary of {} words",
+                vocabulary.len()
+            )
+        },
+    )?;
 
     progress(LabelProgress::Stage("MI explanations"));
     let words = vocabulary.embed(model)?;

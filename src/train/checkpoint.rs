@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 use crate::io::names::is_plain_file_name;
@@ -120,4 +121,12 @@ pub fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
         .map(|s| read_safetensors(&dir.join(&s.file)))
         .collect::<Result<Vec<_>>>()?;
     Ok(Some((state, tensors)))
+}
+
+/// The config a checkpoint must match to be resumed (all but the token budget).
+pub fn resume_key(cfg: &TrainConfig) -> Result<String> {
+    let mut c = cfg.clone();
+    c.data.tokens = 0;
+    c.run.out = Default::default(); // a run may move (off a full disk) and resume there
+    c.to_toml()
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::machine::memory::bytes_of;
 use crate::model::{DeviceSpec, ModelDtype};
 use crate::sae::config::NORMALIZE_EXPECTED_AVERAGE;
 use crate::sae::SaeArchitecture;
@@ -370,6 +371,14 @@ impl TrainConfig {
     pub fn total_steps(&self) -> u64 {
         self.data.tokens.div_ceil(self.data.batch_size as u64)
     }
+}
+
+/// What training one SAE holds at once: each `[d_in, d_sae]` matrix (W_enc,
+/// W_dec) with its gradient and Adam's two moments, and a few
+/// `[batch, d_sae]` activations and their gradients.
+pub fn training_bytes(d_in: usize, d_sae: usize, batch: usize) -> u64 {
+    let (d_in, d_sae, batch) = (d_in as u64, d_sae as u64, batch as u64);
+    bytes_of(&[8, d_in, d_sae, 4]).saturating_add(bytes_of(&[4, batch, d_sae, 4]))
 }
 
 #[cfg(test)]

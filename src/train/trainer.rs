@@ -15,10 +15,12 @@ use tch::{Device, Kind, Tensor};
 
 use super::adam::{Adam, AdamConfig};
 use super::checkpoint::{
-    checkpoint_dir, read_checkpoint, take_like, write_checkpoint, CheckpointState, SaeCheckpoint,
+    checkpoint_dir, read_checkpoint, resume_key, take_like, write_checkpoint, CheckpointState,
+    SaeCheckpoint,
 };
 use super::config::{
-    ComputeDtype, InitBDec, InputNormalization, SaeSpec, TrainConfig, SAVED_CONFIG_FILE,
+    training_bytes, ComputeDtype, InitBDec, InputNormalization, SaeSpec, TrainConfig,
+    SAVED_CONFIG_FILE,
 };
 use super::dead::DeadLatents;
 use super::feed::ActivationFeed;
@@ -26,6 +28,7 @@ use super::metrics::{training_curves_svg, MetricsLog, StepRecord, METRICS_FILE};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
+use crate::machine::memory::ensure_fits;
 use crate::plots::{histogram_svg, log10_densities};
 use crate::sae::config::{SaeMetadata, NORMALIZE_NONE};
 use crate::sae::geometric_median::geometric_median;
@@ -172,14 +175,6 @@ pub fn learning_rate(cfg: &TrainConfig, d_sae: usize) -> f64 {
         .unwrap_or_else(|| 2e-4 / (d_sae as f64 / 16384.0).sqrt())
 }
 
-/// The config a checkpoint must match to be resumed (all but the token budget).
-fn resume_key(cfg: &TrainConfig) -> Result<String> {
-    let mut c = cfg.clone();
-    c.data.tokens = 0;
-    c.run.out = Default::default(); // a run may move (off a full disk) and resume there
-    c.to_toml()
-}
-
 /// Trains every SAE of `cfg` on `feed`.
 pub fn train(
     cfg: &TrainConfig,
@@ -253,7 +248,20 @@ pub fn train(
         let hook_index = hooks.iter().position(|h| *h == spec.hook).unwrap_or(0);
         let d_in = widths[hook_index];
         let device = spec.device.resolve()?;
-        let mut sae_cfg = SaeConfig::new(spec.architecture.name(), d_in, d_in * spec.expansion);
+        let d_sae = d_in.checked_mul(spec.expansion).ok_or_else(|| {
+            Error::Config(format!(
+                "{}: expansion {} is too large",
+                spec.name(),
+                spec.expansion
+            ))
+        })?;
+        ensure_fits(training_bytes(d_in, d_sae, cfg.data.batch_size), || {
+            format!(
+                "training {} ({d_sae} latents on {d_in}-wide activations)",
+                spec.name()
+            )
+        })?;
+        let mut sae_cfg = SaeConfig::new(spec.architecture.name(), d_in, d_sae);
         sae_cfg.k = spec.k;
         let arch = spec.architecture.implementation();
         sae_cfg.apply_b_dec_to_input = arch.default_apply_b_dec_to_input();

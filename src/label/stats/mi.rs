@@ -98,6 +98,23 @@ pub fn feature_directions(sae: &Sae, model: &LoadedModel, which: Directions) -> 
         .f_to_device(tch::Device::Cpu)?)
 }
 
+/// Features explained per block (see [`explain`]).
+const FEATURE_BLOCK: usize = 1024;
+
+/// The bytes [`explain`] needs for `n_features` features of width `d`
+/// against `n_words` words: the word embeddings twice (and transposed), and
+/// half a dozen `[block, words]` f32 matrices per block of features.
+pub fn explain_bytes(n_features: usize, n_words: usize, d: usize) -> u64 {
+    use crate::machine::memory::bytes_of;
+    let block = n_features.min(FEATURE_BLOCK) as u64;
+    bytes_of(&[2, n_words as u64, d as u64, 4]).saturating_add(bytes_of(&[
+        6,
+        block,
+        n_words as u64,
+        4,
+    ]))
+}
+
 /// The top `cfg.top_words` words of each feature, best first.
 ///
 /// `features [n, d]` and `words [N, d]` are f32 CPU tensors; `vocab` names
@@ -124,7 +141,7 @@ pub fn explain(
         )));
     }
     let k = cfg.top_words.min(vocab.len()) as i64;
-    let block = 1024;
+    let block = FEATURE_BLOCK;
     tch::no_grad(|| {
         let words_t = words.f_t_copy()?;
         // log Σ_c exp(S[c, w]/β), per word, accumulated over blocks of features.

@@ -13,6 +13,7 @@ use super::kv_cache::KvCache;
 use super::weights::ModelWeights;
 use crate::error::{Error, Result};
 use crate::hooks::{BlockSite, HookContext, HookPoint, Hooks};
+use crate::machine::memory::bytes_of;
 use crate::model::cpu::decode_step::{self, DecodeStep, HostModel};
 use crate::model::layers::attention::AttentionMask;
 use crate::model::layers::linear::linear;
@@ -264,6 +265,14 @@ impl Transformer {
         };
         if seq == 0 {
             return Err(Error::InvalidArgument("empty token sequence".into()));
+        }
+        if stop == StopAt::Logits(LogitsFor::All) {
+            // `[batch, seq, vocab]` logits, known before any work.
+            let vocab = self.cfg.vocab_size;
+            let shape = [batch, seq, vocab, 4].map(|d| d.max(0) as u64);
+            crate::machine::memory::ensure_fits(bytes_of(&shape), || {
+                format!("logits for {batch} × {seq} tokens over a vocabulary of {vocab}")
+            })?;
         }
         if let StopAt::After(hook) = stop {
             if hook.layer().is_some_and(|l| l >= self.cfg.n_layers) {
