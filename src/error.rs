@@ -63,13 +63,8 @@ pub enum Error {
     Store { path: PathBuf, reason: String },
     /// An allocation whose size is known up front would not fit under a
     /// memory limit (address space, cgroup, or the machine's free memory).
-    #[error("{what} needs {} but {} is left under {limit}; use smaller sizes or raise the limit", crate::machine::memory::human(*needed), crate::machine::memory::human(*available))]
-    OutOfMemory {
-        what: String,
-        needed: u64,
-        available: u64,
-        limit: String,
-    },
+    #[error("{0}")]
+    OutOfMemory(String),
     /// Training diverged or cannot go on (NaN loss, incompatible checkpoint).
     #[error("training: {0}")]
     Training(String),

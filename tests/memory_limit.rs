@@ -150,9 +150,8 @@ fn a_batch_whose_logits_exceed_the_memory_left_is_refused_before_the_forward() {
     let tokens = tch::Tensor::zeros([windows, seq], (tch::Kind::Int64, tch::Device::Cpu));
     let err = model
         .logits(&tokens)
-        .err()
-        .expect("logits beyond the memory left");
-    assert!(matches!(err, saescope::Error::OutOfMemory { .. }), "{err}");
+        .expect_err("logits beyond the memory left");
+    assert!(matches!(err, saescope::Error::OutOfMemory(_)), "{err}");
     assert!(
         err.to_string()
             .contains(&format!("logits for {windows} × {seq} tokens")),

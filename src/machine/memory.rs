@@ -36,12 +36,13 @@ pub fn ensure_fits(bytes: u64, what: impl FnOnce() -> String) -> Result<()> {
         return Ok(());
     }
     match headroom() {
-        Some(h) if bytes > h.bytes => Err(Error::OutOfMemory {
-            what: what(),
-            needed: bytes,
-            available: h.bytes,
-            limit: h.limit,
-        }),
+        Some(h) if bytes > h.bytes => Err(Error::OutOfMemory(format!(
+            "{} needs {} but {} is left under {}; use smaller sizes or raise the limit",
+            what(),
+            human(bytes),
+            human(h.bytes),
+            h.limit
+        ))),
         _ => Ok(()),
     }
 }
@@ -65,10 +66,10 @@ fn address_space() -> Option<MemoryHeadroom> {
     }
     let mapped = status_kib("VmSize:")? * 1024;
     Some(MemoryHeadroom {
-        bytes: (limit.rlim_cur as u64).saturating_sub(mapped),
+        bytes: limit.rlim_cur.saturating_sub(mapped),
         limit: format!(
             "the address-space limit of {} (ulimit -v)",
-            human(limit.rlim_cur as u64)
+            human(limit.rlim_cur)
         ),
     })
 }
@@ -169,7 +170,7 @@ mod tests {
         assert_eq!(bytes_of(&[4, 1 << 20, 64]), 1 << 28);
         assert_eq!(bytes_of(&[u64::MAX, 2]), u64::MAX);
         let err = ensure_fits(u64::MAX, || "a test allocation".into()).unwrap_err();
-        assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
+        assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
         assert!(err.to_string().contains("a test allocation"), "{err}");
         assert!(ensure_fits(1 << 20, || unreachable!("small sizes are not checked")).is_ok());
     }
