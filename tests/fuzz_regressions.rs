@@ -15,7 +15,11 @@ use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
+use common::largest_allocation::{self, LargestAllocation, ALLOCATION_BOUND};
 use harness::{join_files, split_files, Harness, TARGETS};
+
+#[global_allocator]
+static GLOBAL: LargestAllocation = LargestAllocation;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -66,10 +70,18 @@ fn every_past_crash_is_now_a_clean_outcome() {
         for file in files {
             let data = std::fs::read(&file).unwrap();
             replayed += 1;
+            largest_allocation::reset();
             match run(*harness, &data, work.path()) {
                 Ok(Ok(())) => eprintln!("{}: loads", file.display()),
                 Ok(Err(e)) => eprintln!("{}: refused: {e}", file.display()),
                 Err(panic) => failures.push(format!("{}: panic: {panic}", file.display())),
+            }
+            let largest = largest_allocation::largest();
+            if largest > ALLOCATION_BOUND {
+                failures.push(format!(
+                    "{}: allocated {largest} bytes at once",
+                    file.display()
+                ));
             }
         }
     }

@@ -9,43 +9,14 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::largest_allocation::{self, LargestAllocation, ALLOCATION_BOUND};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::Device;
-
-/// The largest single allocation a mutated file may cause: well above what
-/// the fixtures need, far below what a size read from a crafted header asks.
-const ALLOCATION_BOUND: usize = 256 << 20;
-
-/// Records the largest allocation since the last reset.
-struct LargestAllocation;
-
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call forwards to the system allocator unchanged.
-unsafe impl GlobalAlloc for LargestAllocation {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: LargestAllocation = LargestAllocation;
@@ -188,7 +159,7 @@ fn guard(
             mutate(&original, &mut rng, focus)
         };
         std::fs::write(file, &bytes).unwrap();
-        LARGEST.store(0, Ordering::Relaxed);
+        largest_allocation::reset();
         match catch_unwind(AssertUnwindSafe(&parse)) {
             Ok(Ok(())) => loaded += 1,
             Ok(Err(_)) => refused += 1,
@@ -201,7 +172,7 @@ fn guard(
                 failures.push(format!("{name} #{i} ({what}): panic: {msg}"));
             }
         }
-        let largest = LARGEST.load(Ordering::Relaxed);
+        let largest = largest_allocation::largest();
         if largest > ALLOCATION_BOUND {
             failures.push(format!(
                 "{name} #{i} ({what}): allocated {largest} bytes at once"

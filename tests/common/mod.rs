@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod largest_allocation;
+
 use std::path::{Path, PathBuf};
 
 use saescope::model::{load_model, LoadedModel};

@@ -130,7 +130,9 @@ pub fn gguf_weights(gguf: &GgufFile, cfg: &ModelConfig) -> Result<ModelWeights> 
         })
     };
     let embed = bag.take_shaped("token_embd.weight", &[cfg.vocab_size, d])?;
-    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    // Not sized by `n_layers`: a crafted header could ask for any number;
+    // the blocks' tensors, which the file must hold, bound it instead.
+    let mut blocks = Vec::new();
     for i in 0..cfg.n_layers {
         let t = |bag: &mut TensorBag, n: &str, shape: [i64; 2]| {
             bag.take_shaped(&format!("blk.{i}.{n}.weight"), &shape)

@@ -74,7 +74,9 @@ fn convert(cfg: &ModelConfig, bag: &mut TensorBag) -> Result<ModelWeights> {
         |bag: &mut TensorBag, name: String, rows: i64| bag.take_shaped(&name, &[rows]).map(Some);
     let embed = embedding(cfg, bag, &format!("{p}wte.weight"))?;
     let (d, attn, mlp) = (cfg.d_model, cfg.n_heads * cfg.d_head, cfg.d_mlp);
-    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    // Not sized by `n_layers`: a crafted header could ask for any number;
+    // the blocks' tensors, which the file must hold, bound it instead.
+    let mut blocks = Vec::new();
     for i in 0..cfg.n_layers {
         let h = format!("{p}h.{i}");
         blocks.push(BlockWeights {

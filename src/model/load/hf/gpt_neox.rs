@@ -87,7 +87,9 @@ fn convert(cfg: &ModelConfig, bag: &mut TensorBag) -> Result<ModelWeights> {
     let embed = embedding(cfg, bag, "gpt_neox.embed_in.weight")?;
     let (d, attn, mlp) = (cfg.d_model, cfg.n_heads * cfg.d_head, cfg.d_mlp);
     let qkv_rows = 3 * attn;
-    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    // Not sized by `n_layers`: a crafted header could ask for any number;
+    // the blocks' tensors, which the file must hold, bound it instead.
+    let mut blocks = Vec::new();
     for i in 0..cfg.n_layers {
         let l = format!("gpt_neox.layers.{i}");
         let qkv_w = bag.take_shaped(

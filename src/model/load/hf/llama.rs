@@ -63,7 +63,9 @@ fn convert(cfg: &ModelConfig, bag: &mut TensorBag) -> Result<ModelWeights> {
     let embed = embedding(cfg, bag, "model.embed_tokens.weight")?;
     let d = cfg.d_model;
     let (q_rows, kv_rows) = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head);
-    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    // Not sized by `n_layers`: a crafted header could ask for any number;
+    // the blocks' tensors, which the file must hold, bound it instead.
+    let mut blocks = Vec::new();
     for i in 0..cfg.n_layers {
         let l = format!("model.layers.{i}");
         // Every projection `[out, in]` and its bias `[out]`, checked before `cat`.
