@@ -11,5 +11,5 @@ export LIBTORCH="${LIBTORCH:-$ROOT/.cache/libtorch}"
 for seed in $(seq 0 $(( ${1:-5} - 1 ))); do
   echo "== seed $seed"
   SAESCOPE_KILL_SEED=$seed SAESCOPE_KILL_POINTS=20 \
-    cargo test --release --quiet --test random_kills -- --nocapture 2>&1 | grep -E "kills landed|test result|panicked|differs"
+    cargo test --release --quiet --test random_kills -- --nocapture 2>&1 | grep -E "kills landed|test result|panicked|differs|ended"
 done

@@ -74,6 +74,29 @@ fn a_gguf_tensor_with_a_dimension_set_to_1_is_refused() {
 }
 
 #[test]
+fn a_sharded_checkpoint_index_pointing_outside_its_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("llama");
+    common::copy_tree(Path::new(common::TINY_LLAMA), &folder);
+    let index = folder.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(
+        &index,
+        text.replace("model-00002-of-00004.safetensors", "../../../../etc/passwd"),
+    )
+    .unwrap();
+    refused(
+        "sharded HF folder",
+        &["logits", "--model", path_str(&folder), "--prompt", "hi"],
+        &[
+            "model.safetensors.index.json",
+            "/etc/passwd",
+            "not a file name inside the model folder",
+        ],
+    );
+}
+
+#[test]
 fn sae_folders_with_a_misshapen_tensor_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let saelens = copy_fixture_sae("saelens_topk", dir.path());

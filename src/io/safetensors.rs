@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor};
 
+use super::names::is_plain_file_name;
 use super::tensor_bag::TensorBag;
 use crate::error::{Error, Result};
 
@@ -26,6 +27,12 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
         if shards.is_empty() {
             return Err(Error::malformed(&index, "`weight_map` names no shard"));
+        }
+        if let Some(bad) = shards.iter().find(|s| !is_plain_file_name(s)) {
+            return Err(Error::malformed(
+                &index,
+                format!("shard `{bad}` is not a file name inside the model folder"),
+            ));
         }
         return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
     }
