@@ -3,7 +3,8 @@
 
 use tch::Tensor;
 
-use super::names::HookPoint;
+use super::names::{BlockSite, HookPoint};
+use super::row_edit::{BlockEdits, RowEdit};
 use crate::error::{Error, Result};
 
 /// Where in the sequence a forward call is, for interventions that care about
@@ -36,6 +37,14 @@ pub trait Intervention {
         activation: &Tensor,
         ctx: &HookContext,
     ) -> Result<Option<Tensor>>;
+
+    /// What [`apply`](Self::apply) does at `hook` as edits of every row, for
+    /// the fused decode step; `None` (the default) keeps the libtorch path.
+    /// Only asked for sites this intervention wants, on steps without
+    /// gradients.
+    fn row_edits(&mut self, _hook: HookPoint, _ctx: &HookContext) -> Result<Option<Vec<RowEdit>>> {
+        Ok(None)
+    }
 }
 
 /// An intervention from a closure, for quick experiments and tests.
@@ -110,6 +119,31 @@ impl<'a> Hooks<'a> {
             .into_iter()
             .rev()
             .find(|h| self.wants(*h))
+    }
+
+    /// The edits of block `layer` for the fused decode step, when every
+    /// intervention that wants a site of the block can give them; `None`
+    /// sends the block through libtorch.
+    pub fn block_edits(&mut self, layer: usize, ctx: &HookContext) -> Result<Option<BlockEdits>> {
+        let others = BlockSite::all()
+            .filter(|s| !crate::hooks::row_edit::FUSED_SITES.contains(s))
+            .any(|s| self.wants(HookPoint::Block(layer, s)));
+        if others {
+            return Ok(None);
+        }
+        let mut edits = BlockEdits::default();
+        for (slot, hook) in edits.sites.iter_mut().zip(BlockEdits::hooks(layer)) {
+            for intervention in self.interventions.iter_mut() {
+                if !intervention.wants(hook) {
+                    continue;
+                }
+                match intervention.row_edits(hook, ctx)? {
+                    Some(list) => slot.extend(list),
+                    None => return Ok(None),
+                }
+            }
+        }
+        Ok(Some(edits))
     }
 
     /// Runs every interested intervention on `x` and returns the final tensor.

@@ -4,7 +4,9 @@
 pub mod cache;
 pub mod intervention;
 pub mod names;
+pub mod row_edit;
 
 pub use cache::ActivationCache;
 pub use intervention::{FnIntervention, HookContext, Hooks, Intervention};
 pub use names::{BlockSite, HookPoint};
+pub use row_edit::{BlockEdits, RowEdit};

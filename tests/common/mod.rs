@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod decode;
 pub mod largest_allocation;
 
 use std::path::{Path, PathBuf};

@@ -17,7 +17,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::fused_ops::{rms_norm_rows, HostRotary};
-use super::gemv::{Element, WeightSlice};
+use super::gemv::{round_bf16, Element, WeightSlice};
 use super::host::narrow_to_bf16;
 pub use super::host::{
     host_f32, host_i64, host_to_tensor, weight_slice, HostBlock, HostCache, HostModel, HostNorm,
@@ -27,6 +27,7 @@ use super::step_ops::{
 };
 use super::team::{Readers, Team};
 use crate::error::{Error, Result};
+use crate::hooks::{BlockEdits, BlockSite};
 use crate::model::config::{Activation, ModelConfig, NormKind};
 
 /// The most rows (sequences × new positions) a fused step takes in `kind`.
@@ -221,8 +222,18 @@ impl DecodeStep {
         rotate_head(&mut head[..2 * half], cos, sin, self.bf16);
     }
 
+    /// Stores `x` in the model's precision.
+    fn round_one(&self, x: f32) -> f32 {
+        if self.bf16 {
+            round_bf16(x)
+        } else {
+            x
+        }
+    }
+
     /// One block for every row of `resid [batch, d_model]`, in place; writes
     /// this position's keys and values into the block's `cache` layer.
+    /// `edits` (interventions) change the residual-stream sites on the way.
     pub fn block(
         &self,
         team: &Team,
@@ -230,7 +241,10 @@ impl DecodeStep {
         w: &HostBlock,
         cache: &HostCache,
         resid: &mut Vec<f32>,
+        edits: &BlockEdits,
     ) {
+        let round = |x| self.round_one(x);
+        edits.apply(BlockSite::ResidPre, resid, round);
         let (n_heads, n_kv, dh) = (
             cfg.n_heads as usize,
             cfg.n_kv_heads as usize,
@@ -251,8 +265,10 @@ impl DecodeStep {
             }
         }
         let z = self.attend(team, &qkv, cache, (n_heads, n_kv, dh));
-        let attn_out = self.linear(team, (&z, rows), w.out_w, w.out_b, Readers::All);
-        let resid_mid = self.add(resid, &attn_out);
+        let mut attn_out = self.linear(team, (&z, rows), w.out_w, w.out_b, Readers::All);
+        edits.apply(BlockSite::AttnOut, &mut attn_out, round);
+        let mut resid_mid = self.add(resid, &attn_out);
+        edits.apply(BlockSite::ResidMid, &mut resid_mid, round);
         let mlp_in = if cfg.parallel_residual {
             self.norm(cfg, &w.ln2, resid)
         } else {
@@ -260,8 +276,10 @@ impl DecodeStep {
         };
         let pre = self.linear(team, (&mlp_in, rows), w.mlp_in_w, w.mlp_in_b, Readers::All);
         let post = self.activate(team, cfg, &pre);
-        let mlp_out = self.linear(team, (&post, rows), w.mlp_out_w, w.mlp_out_b, Readers::All);
+        let mut mlp_out = self.linear(team, (&post, rows), w.mlp_out_w, w.mlp_out_b, Readers::All);
+        edits.apply(BlockSite::MlpOut, &mut mlp_out, round);
         *resid = self.add(&resid_mid, &mlp_out);
+        edits.apply(BlockSite::ResidPost, resid, round);
     }
 
     /// The MLP's activation of `pre [batch, d_mlp or 2·d_mlp]` → `[batch, d_mlp]`.

@@ -4,6 +4,7 @@
 
 use super::Transformer;
 use crate::error::{Error, Result};
+use crate::hooks::BlockEdits;
 use crate::model::cpu::decode_step::{self, DecodeStep, HostCache, HostModel};
 use crate::model::cpu::team;
 use crate::model::kv_cache::KvCache;
@@ -46,16 +47,18 @@ impl Transformer {
         &self,
         step: &DecodeStep,
         cache: &KvCache,
-        layers: std::ops::Range<usize>,
+        first_layer: usize,
+        edits: &[BlockEdits],
         rows: Vec<f32>,
         with_logits: bool,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
         let host = self.host_model()?;
-        let mut blocks = Vec::with_capacity(layers.len());
-        for layer in layers {
+        let mut blocks = Vec::with_capacity(edits.len());
+        for (layer, block_edits) in (first_layer..).zip(edits) {
             blocks.push((
                 &host.blocks[layer],
                 HostCache::new(cache, layer, step.seq())?,
+                block_edits,
             ));
         }
         let head = with_logits.then_some((&host.ln_final, host.unembed));
@@ -69,8 +72,8 @@ impl Transformer {
         let start = rows;
         let (rows, logits) = team::run(widest as usize * step.rows(), |team| {
             let mut rows = start.clone();
-            for (block, layer_cache) in &blocks {
-                step.block(team, cfg, block, layer_cache, &mut rows);
+            for (block, layer_cache, block_edits) in &blocks {
+                step.block(team, cfg, block, layer_cache, &mut rows, block_edits);
             }
             let logits = head
                 .as_ref()

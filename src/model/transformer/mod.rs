@@ -12,7 +12,7 @@ use super::config::{ModelConfig, PositionKind};
 use super::kv_cache::KvCache;
 use super::weights::ModelWeights;
 use crate::error::{Error, Result};
-use crate::hooks::{BlockSite, HookContext, HookPoint, Hooks};
+use crate::hooks::{BlockEdits, BlockSite, HookContext, HookPoint, Hooks};
 use crate::machine::memory::bytes_of;
 use crate::model::cpu::decode_step::{self, DecodeStep, HostModel};
 use crate::model::layers::attention::AttentionMask;
@@ -101,6 +101,19 @@ impl Pass<'_, '_> {
     /// Whether any hook point of block `layer` is wanted.
     fn wants_block(&self, layer: usize) -> bool {
         BlockSite::all().any(|site| self.wants(HookPoint::Block(layer, site)))
+    }
+
+    /// Block `layer`'s interventions as row edits for the fused step (none
+    /// when it has no hooks); `None` past the last block, or when a hook
+    /// there needs libtorch.
+    fn block_edits(&mut self, layer: usize, n_layers: usize) -> Result<Option<BlockEdits>> {
+        if layer >= n_layers {
+            Ok(None)
+        } else if !self.wants_block(layer) {
+            Ok(Some(BlockEdits::default()))
+        } else {
+            self.hooks.block_edits(layer, &self.ctx)
+        }
     }
 
     /// Applies interventions at `hook`; `None` when the pass stops here.
@@ -359,16 +372,19 @@ impl Transformer {
         let mut layer = first_layer;
         while layer < n_layers {
             if let (Some(step), Some(cache)) = (&fused_step, cache.as_deref_mut()) {
-                if !pass.wants_block(layer) {
-                    // The run of blocks without hooks, and the logits when it
-                    // reaches them, go through the fused step in one call.
-                    let end = (layer..n_layers)
-                        .find(|&l| pass.wants_block(l))
-                        .unwrap_or(n_layers);
+                // The run of blocks whose hooks (if any) the fused step can
+                // apply as row edits, and the logits when it reaches them, go
+                // through the fused step in one call.
+                let mut edits = Vec::new();
+                while let Some(e) = pass.block_edits(layer + edits.len(), n_layers)? {
+                    edits.push(e);
+                }
+                if !edits.is_empty() {
+                    let end = layer + edits.len();
                     let with_logits = end == n_layers && !pass.wants(HookPoint::LnFinal);
                     let rows = self.host_rows(resid)?;
                     let (rows, logits) =
-                        self.fused_blocks(step, cache, layer..end, rows, with_logits)?;
+                        self.fused_blocks(step, cache, layer, &edits, rows, with_logits)?;
                     if let Some(logits) = logits {
                         cache.advance(seq);
                         return decode_step::host_to_tensor(

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::hooks::names::BlockSite;
-use crate::hooks::{HookContext, HookPoint, Intervention};
+use crate::hooks::{HookContext, HookPoint, Intervention, RowEdit};
 use crate::plots::Grid;
 use crate::steer::build::{BuildContext, SteerKind};
 use crate::steer::spec::SteerSpec;
@@ -143,6 +143,19 @@ impl Intervention for ActivationScaling {
             Granularity::Head => f.f_unsqueeze(-1)?, // [b, seq, heads, 1]
         };
         Ok(Some(act.f_mul(&f)?))
+    }
+
+    /// One factor per site, the same at every position; per-head and
+    /// per-position scaling keep the libtorch path.
+    fn row_edits(&mut self, hook: HookPoint, _: &HookContext) -> Result<Option<Vec<RowEdit>>> {
+        if self.granularity != Granularity::Site || self.positions.is_some() {
+            return Ok(None);
+        }
+        let Some(i) = self.sites.iter().position(|s| *s == hook) else {
+            return Ok(Some(Vec::new()));
+        };
+        let factor = self.scalars.f_get(i as i64)?.f_double_value(&[0, 0])?;
+        Ok(Some(vec![RowEdit::Scale(factor as f32)]))
     }
 }
 

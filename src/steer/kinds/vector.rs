@@ -7,7 +7,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::hooks::{HookContext, HookPoint, Intervention};
+use crate::hooks::{HookContext, HookPoint, Intervention, RowEdit};
 use crate::model::LoadedModel;
 use crate::steer::build::{BuildContext, SteerKind};
 use crate::steer::learn::task::Task;
@@ -73,6 +73,19 @@ impl Intervention for SteeringVector {
             .f_to_device(act.device())?
             .f_to_kind(act.kind())?;
         Ok(Some(act.f_add(&add)?))
+    }
+
+    /// The scaled vector, added to every row.
+    fn row_edits(&mut self, hook: HookPoint, _: &HookContext) -> Result<Option<Vec<RowEdit>>> {
+        let Some(i) = self.sites.iter().position(|s| *s == hook) else {
+            return Ok(Some(Vec::new()));
+        };
+        let add = self
+            .vectors
+            .f_get(i as i64)?
+            .f_mul_scalar(self.scale)?
+            .f_to_kind(Kind::Float)?;
+        Ok(Some(vec![RowEdit::Add(Vec::<f32>::try_from(&add)?)]))
     }
 }
 

@@ -1,0 +1,103 @@
+//! Interventions in the form the fused decode step applies itself: a short
+//! list of per-row edits at the residual-stream sites of a block
+//! (`hook_resid_pre`, `hook_attn_out`, `hook_resid_mid`, `hook_mlp_out`,
+//! `hook_resid_post`), on the step's `[rows, d_model]` f32 host rows. An
+//! intervention that cannot say what it does as such edits keeps the libtorch
+//! path for its block; correctness never depends on the fast path.
+
+use super::names::{BlockSite, HookPoint};
+
+/// One edit of every `[d_model]` row at a site.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowEdit {
+    /// `row += v` (`v [d_model]`, stored in the model's precision first).
+    Add(Vec<f32>),
+    /// `row *= s` (`s` first stored in the model's precision, as libtorch
+    /// converts the factor to the activation's dtype).
+    Scale(f32),
+}
+
+impl RowEdit {
+    /// Applies the edit to `rows [n, width]`; `round` stores each result in
+    /// the model's precision (bf16 rounding, or nothing in f32).
+    pub fn apply(&self, rows: &mut [f32], round: impl Fn(f32) -> f32) {
+        match self {
+            RowEdit::Add(v) => {
+                for row in rows.chunks_exact_mut(v.len()) {
+                    for (x, a) in row.iter_mut().zip(v) {
+                        *x = round(*x + round(*a));
+                    }
+                }
+            }
+            RowEdit::Scale(s) => {
+                let s = round(*s);
+                for x in rows.iter_mut() {
+                    *x = round(*x * s);
+                }
+            }
+        }
+    }
+}
+
+/// The sites of a block the fused step can edit, in forward order.
+pub const FUSED_SITES: [BlockSite; 5] = [
+    BlockSite::ResidPre,
+    BlockSite::AttnOut,
+    BlockSite::ResidMid,
+    BlockSite::MlpOut,
+    BlockSite::ResidPost,
+];
+
+/// The edits of one block, per site of [`FUSED_SITES`] (empty: none).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BlockEdits {
+    pub sites: [Vec<RowEdit>; 5],
+}
+
+impl BlockEdits {
+    /// Whether the block is edited at all.
+    pub fn is_empty(&self) -> bool {
+        self.sites.iter().all(Vec::is_empty)
+    }
+
+    /// The edits at `site` (none for a site outside [`FUSED_SITES`]).
+    pub fn at(&self, site: BlockSite) -> &[RowEdit] {
+        FUSED_SITES
+            .iter()
+            .position(|s| *s == site)
+            .map_or(&[], |i| &self.sites[i])
+    }
+
+    /// Applies the edits at `site` to `rows`, in order.
+    pub fn apply(&self, site: BlockSite, rows: &mut [f32], round: impl Fn(f32) -> f32 + Copy) {
+        for edit in self.at(site) {
+            edit.apply(rows, round);
+        }
+    }
+
+    /// Where each site's edits go: `hook` of block `layer`, in [`FUSED_SITES`] order.
+    pub fn hooks(layer: usize) -> impl Iterator<Item = HookPoint> {
+        FUSED_SITES
+            .into_iter()
+            .map(move |s| HookPoint::Block(layer, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_add_and_scale_every_row_in_order() {
+        let mut edits = BlockEdits::default();
+        edits.sites[1] = vec![RowEdit::Add(vec![1.0, -1.0]), RowEdit::Scale(2.0)];
+        let mut rows = vec![0.5, 0.5, 2.0, 3.0];
+        edits.apply(BlockSite::AttnOut, &mut rows, |x| x);
+        assert_eq!(rows, [3.0, -1.0, 6.0, 4.0]);
+        // Other sites are untouched.
+        edits.apply(BlockSite::MlpOut, &mut rows, |x| x);
+        assert_eq!(rows, [3.0, -1.0, 6.0, 4.0]);
+        assert!(edits.at(BlockSite::AttnZ).is_empty());
+        assert!(!edits.is_empty() && BlockEdits::default().is_empty());
+    }
+}

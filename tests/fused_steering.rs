@@ -1,0 +1,198 @@
+//! Steering inside the fused decode step: interventions that can say what
+//! they do as row edits at a block's residual-stream sites (steering vectors,
+//! per-site activation scaling) run on the fused path, and give the libtorch
+//! path's logits and greedy tokens; the rest keep the libtorch path.
+
+mod common;
+
+use common::decode::{decode_logits, max_diff};
+use saescope::hooks::{HookContext, HookPoint, Hooks, Intervention, RowEdit};
+use saescope::model::{generate, load_model, GenerateConfig, Transformer};
+use saescope::steer::kinds::scaling::{default_sites, ActivationScaling, Granularity};
+use saescope::steer::kinds::vector::SteeringVector;
+use tch::{Device, Kind, Tensor};
+
+fn load(name: &str, kind: Kind) -> Transformer {
+    let path = format!("{}/tests/fixtures/tiny/{name}", env!("CARGO_MANIFEST_DIR"));
+    load_model(&path, Device::Cpu, kind).unwrap().model
+}
+
+/// Counts how an intervention is used: through `apply` (the libtorch path)
+/// or through `row_edits` (the fused step).
+struct Counting<I> {
+    inner: I,
+    applied: usize,
+    edited: usize,
+}
+
+impl<I: Intervention + ?Sized> Intervention for Counting<Box<I>> {
+    fn wants(&self, hook: HookPoint) -> bool {
+        self.inner.wants(hook)
+    }
+    fn apply(
+        &mut self,
+        hook: HookPoint,
+        x: &Tensor,
+        ctx: &HookContext,
+    ) -> saescope::Result<Option<Tensor>> {
+        self.applied += 1;
+        self.inner.apply(hook, x, ctx)
+    }
+    fn row_edits(
+        &mut self,
+        hook: HookPoint,
+        ctx: &HookContext,
+    ) -> saescope::Result<Option<Vec<RowEdit>>> {
+        self.edited += 1;
+        self.inner.row_edits(hook, ctx)
+    }
+}
+
+/// The steers under test for a model: a vector at every block's residual
+/// stream, vectors at attention and MLP outputs, and per-site scaling.
+fn steers(model: &Transformer) -> Vec<(&'static str, Box<dyn Fn() -> Box<dyn Intervention>>)> {
+    let (n, d) = (model.config().n_layers, model.config().d_model);
+    tch::manual_seed(7);
+    let resid: Vec<HookPoint> = (0..n).map(HookPoint::resid_post).collect();
+    let outputs = default_sites(n, Granularity::Site);
+    let v_resid = Tensor::randn([n as i64, d], (Kind::Float, Device::Cpu));
+    let v_out = Tensor::randn([outputs.len() as i64, d], (Kind::Float, Device::Cpu));
+    let scalars = Tensor::rand([outputs.len() as i64, 1, 1], (Kind::Float, Device::Cpu)) * 2.0;
+    let (sites_a, sites_b, sites_c) = (resid.clone(), outputs.clone(), outputs);
+    vec![
+        (
+            "vector at resid_post",
+            Box::new(move || {
+                Box::new(SteeringVector::new(sites_a.clone(), v_resid.copy(), 0.5).unwrap())
+            }),
+        ),
+        (
+            "vectors at attn_out and mlp_out",
+            Box::new(move || {
+                Box::new(SteeringVector::new(sites_b.clone(), v_out.copy(), 1.0).unwrap())
+            }),
+        ),
+        (
+            "per-site scaling",
+            Box::new(move || {
+                Box::new(
+                    ActivationScaling::new(
+                        sites_c.clone(),
+                        Granularity::Site,
+                        None,
+                        scalars.copy(),
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn steered_fused_steps_match_the_libtorch_path_and_take_the_fused_path() {
+    for name in ["gpt2", "llama", "qwen2"] {
+        let mut model = load(name, Kind::Float);
+        for (what, make) in steers(&model) {
+            let mut runs = Vec::new();
+            for fused in [false, true] {
+                model.set_fused_decode(fused);
+                let mut counting = Counting {
+                    inner: make(),
+                    applied: 0,
+                    edited: 0,
+                };
+                let mut hooks = Hooks::new().with(&mut counting);
+                // A 2-token prompt, which the fused step takes too, then 3 steps.
+                runs.push(decode_logits(&model, &mut hooks, 2));
+                if fused {
+                    assert_eq!(counting.applied, 0, "{name}, {what}: fell back to libtorch");
+                    assert!(counting.edited > 0, "{name}, {what}");
+                } else {
+                    assert_eq!(counting.edited, 0, "{name}, {what}");
+                }
+            }
+            let diff = max_diff(&runs[0], &runs[1]);
+            assert!(
+                diff < 1e-4,
+                "{name}, {what}: fused and libtorch differ by {diff}"
+            );
+            // The steer changes the logits, so the comparison is not vacuous.
+            let plain = decode_logits(&model, &mut Hooks::new(), 2);
+            assert!(
+                max_diff(&plain, &runs[1]) > 1e-2,
+                "{name}, {what}: no effect"
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_steered_fused_steps_stay_within_bf16_rounding() {
+    let mut model = load("llama", Kind::BFloat16);
+    for (what, make) in steers(&model) {
+        let mut runs = Vec::new();
+        for fused in [false, true] {
+            model.set_fused_decode(fused);
+            let mut steer = make();
+            let mut hooks = Hooks::new().with(steer.as_mut());
+            runs.push(decode_logits(&model, &mut hooks, 2));
+        }
+        let scale = runs[0]
+            .iter()
+            .map(|t| t.abs().max().double_value(&[]))
+            .fold(0.0, f64::max);
+        let diff = max_diff(&runs[0], &runs[1]);
+        assert!(diff < 0.05 * scale, "{what}: {diff} apart (scale {scale})");
+    }
+}
+
+#[test]
+fn steered_greedy_generation_picks_the_same_tokens_either_way() {
+    let mut model = load("llama", Kind::Float);
+    let config = GenerateConfig {
+        max_new_tokens: 12,
+        sampling: Default::default(),
+        stop_ids: vec![],
+    };
+    let prompts: Vec<Vec<i64>> = (0..8i64)
+        .map(|b| (0..1 + b % 4).map(|i| (3 * b + i) % 50).collect())
+        .collect();
+    for (what, make) in steers(&model) {
+        let mut outs = Vec::new();
+        for fused in [false, true] {
+            model.set_fused_decode(fused);
+            let mut steer = make();
+            let mut hooks = Hooks::new().with(steer.as_mut());
+            outs.push(generate(&model, &prompts, &config, &mut hooks, |_, _| {}).unwrap());
+        }
+        assert_eq!(outs[0], outs[1], "{what}");
+    }
+}
+
+#[test]
+fn per_head_scaling_keeps_the_libtorch_path() {
+    let mut model = load("llama", Kind::Float);
+    model.set_fused_decode(true);
+    let n = model.config().n_layers;
+    let heads = model.config().n_heads as usize;
+    let steer = ActivationScaling::identity(
+        default_sites(n, Granularity::Head),
+        Granularity::Head,
+        heads,
+        None,
+        Device::Cpu,
+    )
+    .unwrap();
+    let mut counting = Counting {
+        inner: Box::new(steer),
+        applied: 0,
+        edited: 0,
+    };
+    let mut hooks = Hooks::new().with(&mut counting);
+    tch::no_grad(|| decode_logits(&model, &mut hooks, 2));
+    assert!(
+        counting.applied > 0,
+        "per-head scaling has no fused form yet"
+    );
+}
