@@ -1,6 +1,6 @@
 //! Steering inside the fused decode step: interventions that can say what
 //! they do as row edits at a block's residual-stream sites (steering vectors,
-//! per-site activation scaling) run on the fused path, and give the libtorch
+//! per-site activation scaling, DynScalar) run on the fused path, and give the libtorch
 //! path's logits and greedy tokens; the rest keep the libtorch path.
 
 mod common;
@@ -8,6 +8,7 @@ mod common;
 use common::decode::{decode_logits, max_diff};
 use saescope::hooks::{HookContext, HookPoint, Hooks, Intervention, RowEdit};
 use saescope::model::{generate, load_model, GenerateConfig, Transformer};
+use saescope::steer::kinds::dyn_scalar::DynScalar;
 use saescope::steer::kinds::scaling::{default_sites, ActivationScaling, Granularity};
 use saescope::steer::kinds::vector::SteeringVector;
 use tch::{Device, Kind, Tensor};
@@ -58,7 +59,10 @@ fn steers(model: &Transformer) -> Vec<(&'static str, Box<dyn Fn() -> Box<dyn Int
     let v_resid = Tensor::randn([n as i64, d], (Kind::Float, Device::Cpu));
     let v_out = Tensor::randn([outputs.len() as i64, d], (Kind::Float, Device::Cpu));
     let scalars = Tensor::rand([outputs.len() as i64, 1, 1], (Kind::Float, Device::Cpu)) * 2.0;
-    let (sites_a, sites_b, sites_c) = (resid.clone(), outputs.clone(), outputs);
+    let dyn_weight = Tensor::randn([outputs.len() as i64, d], (Kind::Float, Device::Cpu)) * 0.5;
+    let dyn_bias = Tensor::randn([outputs.len() as i64], (Kind::Float, Device::Cpu)) * 0.2;
+    let (sites_a, sites_b, sites_c, sites_d) =
+        (resid.clone(), outputs.clone(), outputs.clone(), outputs);
     vec![
         (
             "vector at resid_post",
@@ -83,6 +87,14 @@ fn steers(model: &Transformer) -> Vec<(&'static str, Box<dyn Fn() -> Box<dyn Int
                         scalars.copy(),
                     )
                     .unwrap(),
+                )
+            }),
+        ),
+        (
+            "DynScalar",
+            Box::new(move || {
+                Box::new(
+                    DynScalar::new(sites_d.clone(), dyn_weight.copy(), dyn_bias.copy()).unwrap(),
                 )
             }),
         ),

@@ -15,6 +15,9 @@ pub enum RowEdit {
     /// `row *= s` (`s` first stored in the model's precision, as libtorch
     /// converts the factor to the activation's dtype).
     Scale(f32),
+    /// DynScalar: `row *= 1 + bias + weight · row / max(‖row‖, 1e-6)`,
+    /// in f32 (`weight [d_model]`).
+    DynScale { weight: Vec<f32>, bias: f32 },
 }
 
 impl RowEdit {
@@ -33,6 +36,16 @@ impl RowEdit {
                 let s = round(*s);
                 for x in rows.iter_mut() {
                     *x = round(*x * s);
+                }
+            }
+            RowEdit::DynScale { weight, bias } => {
+                for row in rows.chunks_exact_mut(weight.len()) {
+                    let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                    let dot: f32 = row.iter().zip(weight).map(|(x, w)| x / norm * w).sum();
+                    let s = dot + bias + 1.0;
+                    for x in row.iter_mut() {
+                        *x = round(*x * s);
+                    }
                 }
             }
         }
@@ -99,5 +112,17 @@ mod tests {
         assert_eq!(rows, [3.0, -1.0, 6.0, 4.0]);
         assert!(edits.at(BlockSite::AttnZ).is_empty());
         assert!(!edits.is_empty() && BlockEdits::default().is_empty());
+        // DynScalar: a row [3, 4] (unit [0.6, 0.8]) with weight [1, 0] and
+        // bias 0.4 is scaled by 1 + 0.4 + 0.6 = 2.
+        let mut row = vec![3.0, 4.0];
+        let dyn_scale = RowEdit::DynScale {
+            weight: vec![1.0, 0.0],
+            bias: 0.4,
+        };
+        dyn_scale.apply(&mut row, |x| x);
+        assert!(
+            (row[0] - 6.0).abs() < 1e-5 && (row[1] - 8.0).abs() < 1e-5,
+            "{row:?}"
+        );
     }
 }

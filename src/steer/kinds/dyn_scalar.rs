@@ -7,7 +7,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::hooks::{HookContext, HookPoint, Intervention};
+use crate::hooks::{HookContext, HookPoint, Intervention, RowEdit};
 use crate::steer::build::{BuildContext, SteerKind};
 use crate::steer::spec::SteerSpec;
 use crate::steer::steer::Steer;
@@ -78,6 +78,18 @@ impl Intervention for DynScalar {
             .f_add(&self.bias.f_get(i as i64)?)?
             .f_add_scalar(1.0)?;
         Ok(Some(a.f_mul(&s)?.f_to_kind(act.kind())?))
+    }
+
+    /// The same scaling, row by row, for the fused decode step.
+    fn row_edits(&mut self, hook: HookPoint, _: &HookContext) -> Result<Option<Vec<RowEdit>>> {
+        let Some(i) = self.sites.iter().position(|s| *s == hook) else {
+            return Ok(Some(Vec::new()));
+        };
+        let weight = self.weight.f_get(i as i64)?.f_to_kind(Kind::Float)?;
+        Ok(Some(vec![RowEdit::DynScale {
+            weight: Vec::<f32>::try_from(&weight)?,
+            bias: self.bias.f_double_value(&[i as i64])? as f32,
+        }]))
     }
 }
 
