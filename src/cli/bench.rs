@@ -31,6 +31,9 @@ pub struct SteerBenchArgs {
     prompt: String,
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
+    /// Copies of the prompt generated together.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     #[arg(long)]
@@ -71,7 +74,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let report = steer_bench(
                 &loaded,
                 &args.steer,
-                &args.prompt,
+                (&args.prompt, args.batch),
                 args.new_tokens,
                 args.rounds,
             )?;

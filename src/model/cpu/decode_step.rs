@@ -190,7 +190,7 @@ impl DecodeStep {
                     narrow_to_bf16(x, &mut bits);
                     let mut out = vec![0u16; x.len()];
                     rms_norm_rows::<u16>(&bits, gain, eps, &mut out);
-                    out.iter().map(|b| b.widen()).collect()
+                    out.iter().map(|b| Element::widen(*b)).collect()
                 }
             };
         }

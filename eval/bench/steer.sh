@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Steered against unsteered greedy generation on SmolLM2-135M, side by side in
+# alternating rounds (`saescope bench steer`), for each kind of intervention
+# learned on the country–capital task (eval/steer/country_capital.sh), at
+# batch 1 and batch 8. Appends one JSON record per run, with the machine's
+# facts, to eval/results/steer-speed.jsonl.
+#
+#     bash eval/bench/steer.sh [ROUNDS]     # default 3
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+export LIBTORCH="${LIBTORCH:-$ROOT/.cache/libtorch}"
+cargo build --release --quiet --bin saescope
+STEERS="eval/results/steer/country_capital"
+OUT="eval/results/steer-speed.jsonl"
+for kind in steering_vector activation_scaling dyn_scalar mean_difference; do
+  for batch in 1 8; do
+    record="$(target/release/saescope bench steer --model smollm2-135m \
+      --steer "$STEERS/$kind.json" --batch "$batch" --rounds "${1:-3}" --json)"
+    echo "$record" >> "$OUT"
+    echo "$record" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"interventions\"][0].split(\"/\")[-1]:28} batch {r[\"batch\"]}: {r[\"steered_tokens_per_s\"]:7.1f} vs {r[\"unsteered_tokens_per_s\"]:7.1f} tok/s = {r[\"ratio\"]:.2f}x")'
+  done
+done
