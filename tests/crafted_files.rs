@@ -222,46 +222,17 @@ fn an_intervention_with_too_many_vectors_is_refused() {
     );
 }
 
-/// A labelling run over the tiny store: its arguments into `out`.
-fn label_args(sae: &Path, store: &Path, corpus: &Path, out: &Path, resume: bool) -> Vec<String> {
-    let args = [
-        "label",
-        "--sae",
-        path_str(sae),
-        "--model",
-        common::TINY_LLAMA,
-        "--store",
-        path_str(store),
-        "--corpus",
-        path_str(corpus),
-        "--vocab-from",
-        path_str(corpus),
-        "--tokens",
-        "4000",
-        "--checkpoint-every",
-        "500",
-        "--threads",
-        "1",
-        "--out",
-        path_str(out),
-    ];
-    common::with_resume(&args, resume)
-}
-
 #[test]
 fn labelling_checkpoints_vocabularies_and_dictionaries_that_were_tampered_with_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (corpus, store) = common::tiny_store(dir.path());
-    let sae_out = dir.path().join("sae");
-    common::saescope_ok(&common::train_tiny_args(
-        &store, &sae_out, "4096", "2", false,
-    ));
-    let sae = sae_out.join("blocks.1.hook_resid_post-topk-x2-k4");
+    let (corpus, store, sae) = common::tiny_sae(dir.path());
+    let label_args =
+        |out: &Path, resume| common::label_tiny_args((&corpus, &store, &sae), out, "500", resume);
 
     // A checkpoint left by a labelling run killed once it had written one.
     let cut = dir.path().join("cut");
     let mut child = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(label_args(&sae, &store, &corpus, &cut, false))
+        .args(label_args(&cut, false))
         .env("SAESCOPE_TEST_PAUSE_MS", "100")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -286,7 +257,7 @@ fn labelling_checkpoints_vocabularies_and_dictionaries_that_were_tampered_with_a
         serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     json["stats_file"] = "../../features.jsonl".into();
     std::fs::write(&state, serde_json::to_vec(&json).unwrap()).unwrap();
-    let args = label_args(&sae, &store, &corpus, &cut, true);
+    let args = label_args(&cut, true);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     refused(
         "labelling checkpoint",
@@ -296,7 +267,7 @@ fn labelling_checkpoints_vocabularies_and_dictionaries_that_were_tampered_with_a
 
     // A finished dictionary, then its vocabulary and its features tampered with.
     let dict = dir.path().join("dict");
-    common::saescope_ok(&label_args(&sae, &store, &corpus, &dict, false));
+    common::saescope_ok(&label_args(&dict, false));
     let show = ["features", "show", "--dict", path_str(&dict), "0"];
     let vocab = dict.join("vocabulary.json");
     let original = std::fs::read_to_string(&vocab).unwrap();

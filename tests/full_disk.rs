@@ -152,6 +152,41 @@ fn a_harvest_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_store() {
     );
 }
 
+/// The job `args(out, resume)` run whole into `work/whole`, then on the
+/// small disk (into `disk/name`), where it must stop for want of space with
+/// `checkpoint` (relative to its output) intact, then moved to `work/roomy`
+/// and resumed: `(whole, roomy)` for the caller to compare.
+fn full_then_resumed(
+    args: impl Fn(&Path, bool) -> Vec<String>,
+    (disk, work): (&SmallDisk, &Path),
+    name: &str,
+    checkpoint: &str,
+) -> (PathBuf, PathBuf) {
+    let bin = env!("CARGO_BIN_EXE_saescope");
+    let run_ok = |out: &Path, resume: bool| {
+        let done = Command::new(bin).args(args(out, resume)).output().unwrap();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    };
+    let whole = work.join("whole");
+    run_ok(&whole, false);
+    let full = disk.path().join(name);
+    let out = Command::new(bin).args(args(&full, false)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_out_of_space(&stderr, out.status.code(), disk.path());
+    assert!(
+        full.join(checkpoint).is_file(),
+        "{checkpoint} should have been kept: {stderr}"
+    );
+    let roomy = work.join("roomy");
+    common::copy_tree(&full, &roomy);
+    run_ok(&roomy, true);
+    (whole, roomy)
+}
+
 #[test]
 fn training_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_sae() {
     let Some(disk) = SmallDisk::for_test(KIB_FOR_TRAINING, "training") else {
@@ -160,36 +195,9 @@ fn training_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_sae() {
     let work = tempfile::tempdir().unwrap();
     let (_, store) = common::tiny_store(work.path());
     let args = |out: &Path, resume: bool| common::train_tiny_args(&store, out, "8192", "4", resume);
-    let bin = env!("CARGO_BIN_EXE_saescope");
-    let whole = work.path().join("whole");
-    let ok = Command::new(bin)
-        .args(args(&whole, false))
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-
-    let full = disk.path().join("sae");
-    let out = Command::new(bin).args(args(&full, false)).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_out_of_space(&stderr, out.status.code(), disk.path());
-    let checkpoint = full.join("checkpoint").join("state.json");
-    assert!(
-        checkpoint.is_file(),
-        "the first checkpoint should have fit: {stderr}"
-    );
-
-    let roomy = work.path().join("roomy");
-    common::copy_tree(&full, &roomy);
-    let resumed = Command::new(bin).args(args(&roomy, true)).output().unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    // The first checkpoint fits.
+    let (whole, roomy) =
+        full_then_resumed(args, (&disk, work.path()), "sae", "checkpoint/state.json");
     let sae = "blocks.1.hook_resid_post-topk-x4-k4";
     for file in ["sae_weights.safetensors", "cfg.json", "metrics.jsonl"] {
         let read = |root: &Path| std::fs::read(root.join(sae).join(file)).unwrap();
@@ -210,64 +218,13 @@ fn labelling_on_a_full_disk_stops_cleanly_and_resumes_to_the_same_dictionary() {
         return;
     };
     let work = tempfile::tempdir().unwrap();
-    let (corpus, store) = common::tiny_store(work.path());
-    let sae_out = work.path().join("sae");
-    common::saescope_ok(&common::train_tiny_args(
-        &store, &sae_out, "4096", "2", false,
-    ));
-    let sae = sae_out.join("blocks.1.hook_resid_post-topk-x2-k4");
-    let args = |out: &Path, resume: bool| {
-        let path = |p: &Path| p.to_str().unwrap().to_string();
-        let mut a: Vec<String> = ["label", "--sae", &path(&sae), "--model", common::TINY_LLAMA]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        for (flag, value) in [
-            ("--store", path(&store)),
-            ("--corpus", path(&corpus)),
-            ("--vocab-from", path(&corpus)),
-            ("--tokens", "4000".into()),
-            ("--checkpoint-every", "1000".into()),
-            ("--threads", "1".into()),
-            ("--out", path(out)),
-        ] {
-            a.extend([flag.to_string(), value]);
-        }
-        if resume {
-            a.push("--resume".into());
-        }
-        a
-    };
-    let bin = env!("CARGO_BIN_EXE_saescope");
-    let whole = work.path().join("whole");
-    let ok = Command::new(bin)
-        .args(args(&whole, false))
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-
-    // The statistics checkpoints fit; the dictionary's ~2 MB of files do not.
-    let full = disk.path().join("dict");
-    let out = Command::new(bin).args(args(&full, false)).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_out_of_space(&stderr, out.status.code(), disk.path());
-    assert!(
-        full.join(".checkpoint").join("state.json").is_file(),
-        "the finished pass's checkpoint should be kept: {stderr}"
-    );
-
-    let roomy = work.path().join("roomy");
-    common::copy_tree(&full, &roomy);
-    let resumed = Command::new(bin).args(args(&roomy, true)).output().unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    let (corpus, store, sae) = common::tiny_sae(work.path());
+    let args =
+        |out: &Path, resume| common::label_tiny_args((&corpus, &store, &sae), out, "1000", resume);
+    // The statistics checkpoints fit; the dictionary's ~2 MB of files do not,
+    // and the finished pass's checkpoint is kept.
+    let (whole, roomy) =
+        full_then_resumed(args, (&disk, work.path()), "dict", ".checkpoint/state.json");
     let read = |root: &Path| std::fs::read(root.join("features.jsonl")).unwrap();
     assert!(
         read(&whole) == read(&roomy),

@@ -139,35 +139,9 @@ fn training_killed_at_random_moments_resumes_to_the_same_sae() {
 #[test]
 fn labelling_killed_at_random_moments_resumes_to_the_same_dictionary() {
     let dir = tempfile::tempdir().unwrap();
-    let (corpus, store) = common::tiny_store(dir.path());
-    let sae_out = dir.path().join("sae");
-    common::saescope_ok(&common::train_tiny_args(
-        &store, &sae_out, "4096", "2", false,
-    ));
-    let sae = sae_out.join("blocks.1.hook_resid_post-topk-x2-k4");
+    let (corpus, store, sae) = common::tiny_sae(dir.path());
     let args = |out: &Path, resume: bool| {
-        let a = [
-            "label",
-            "--sae",
-            sae.to_str().unwrap(),
-            "--model",
-            common::TINY_LLAMA,
-            "--store",
-            store.to_str().unwrap(),
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "--vocab-from",
-            corpus.to_str().unwrap(),
-            "--tokens",
-            "4000",
-            "--checkpoint-every",
-            "500",
-            "--threads",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        common::with_resume(&a, resume)
+        common::label_tiny_args((&corpus, &store, &sae), out, "500", resume)
     };
     let resumable = |out: &Path| out.join(".checkpoint").join("state.json").is_file();
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));

@@ -194,3 +194,51 @@ pub fn write_corpus(dir: &Path, paragraphs: usize) -> PathBuf {
     std::fs::write(&path, corpus_text(paragraphs)).expect("write corpus");
     path
 }
+
+/// A tiny store ([`tiny_store`]) and a TopK SAE (x2, k = 4) trained on 4,096
+/// of its rows, for labelling tests: `(corpus, store, sae folder)`.
+pub fn tiny_sae(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (corpus, store) = tiny_store(dir);
+    let out = dir.join("sae");
+    saescope_ok(&train_tiny_args(&store, &out, "4096", "2", false));
+    (
+        corpus,
+        store,
+        out.join("blocks.1.hook_resid_post-topk-x2-k4"),
+    )
+}
+
+/// `saescope label` of `sae` over 4,000 rows of `store` (contexts from
+/// `corpus`, vocabulary counted there), checkpointed every
+/// `checkpoint_every` tokens, into `out`; `--resume` when asked.
+pub fn label_tiny_args(
+    (corpus, store, sae): (&Path, &Path, &Path),
+    out: &Path,
+    checkpoint_every: &str,
+    resume: bool,
+) -> Vec<String> {
+    let path = |p: &Path| p.to_str().expect("UTF-8 path").to_string();
+    let args = [
+        "label".to_string(),
+        "--sae".into(),
+        path(sae),
+        "--model".into(),
+        TINY_LLAMA.into(),
+        "--store".into(),
+        path(store),
+        "--corpus".into(),
+        path(corpus),
+        "--vocab-from".into(),
+        path(corpus),
+        "--tokens".into(),
+        "4000".into(),
+        "--checkpoint-every".into(),
+        checkpoint_every.into(),
+        "--threads".into(),
+        "1".into(),
+        "--out".into(),
+        path(out),
+    ];
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    with_resume(&refs, resume)
+}
