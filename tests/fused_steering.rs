@@ -61,8 +61,16 @@ fn steers(model: &Transformer) -> Vec<(&'static str, Box<dyn Fn() -> Box<dyn Int
     let scalars = Tensor::rand([outputs.len() as i64, 1, 1], (Kind::Float, Device::Cpu)) * 2.0;
     let dyn_weight = Tensor::randn([outputs.len() as i64, d], (Kind::Float, Device::Cpu)) * 0.5;
     let dyn_bias = Tensor::randn([outputs.len() as i64], (Kind::Float, Device::Cpu)) * 0.2;
-    let (sites_a, sites_b, sites_c, sites_d) =
-        (resid.clone(), outputs.clone(), outputs.clone(), outputs);
+    // One factor per position for the first three positions: the prompt and
+    // the first decode step are scaled, row by row (left padding shifts them).
+    let per_position = Tensor::rand([outputs.len() as i64, 1, 3], (Kind::Float, Device::Cpu)) * 2.0;
+    let (sites_a, sites_b, sites_c, sites_d, sites_e) = (
+        resid.clone(),
+        outputs.clone(),
+        outputs.clone(),
+        outputs.clone(),
+        outputs,
+    );
     vec![
         (
             "vector at resid_post",
@@ -85,6 +93,20 @@ fn steers(model: &Transformer) -> Vec<(&'static str, Box<dyn Fn() -> Box<dyn Int
                         Granularity::Site,
                         None,
                         scalars.copy(),
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+        (
+            "per-position scaling",
+            Box::new(move || {
+                Box::new(
+                    ActivationScaling::new(
+                        sites_e.clone(),
+                        Granularity::Site,
+                        Some(3),
+                        per_position.copy(),
                     )
                     .unwrap(),
                 )

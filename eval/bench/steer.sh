@@ -18,6 +18,11 @@ for kind in steering_vector activation_scaling dyn_scalar mean_difference; do
     record="$(target/release/saescope bench steer --model smollm2-135m \
       --steer "$STEERS/$kind.json" --batch "$batch" --rounds "${1:-3}" --json)"
     echo "$record" >> "$OUT"
-    echo "$record" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"interventions\"][0].split(\"/\")[-1]:28} batch {r[\"batch\"]}: {r[\"steered_tokens_per_s\"]:7.1f} vs {r[\"unsteered_tokens_per_s\"]:7.1f} tok/s = {r[\"ratio\"]:.2f}x")'
+    echo "$record" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+name, batch = r["interventions"][0].split("/")[-1], r["batch"]
+steered, plain, ratio = r["steered_tokens_per_s"], r["unsteered_tokens_per_s"], r["ratio"]
+print(f"{name:26} batch {batch}: {steered:6.1f} vs {plain:6.1f} tok/s = {ratio:.2f}x")'
   done
 done

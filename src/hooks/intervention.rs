@@ -124,7 +124,14 @@ impl<'a> Hooks<'a> {
     /// The edits of block `layer` for the fused decode step, when every
     /// intervention that wants a site of the block can give them; `None`
     /// sends the block through libtorch.
-    pub fn block_edits(&mut self, layer: usize, ctx: &HookContext) -> Result<Option<BlockEdits>> {
+    /// Edits that do not fit rows of `width` also go to libtorch, which
+    /// reports the mismatch.
+    pub fn block_edits(
+        &mut self,
+        layer: usize,
+        width: usize,
+        ctx: &HookContext,
+    ) -> Result<Option<BlockEdits>> {
         let others = BlockSite::all()
             .filter(|s| !crate::hooks::row_edit::FUSED_SITES.contains(s))
             .any(|s| self.wants(HookPoint::Block(layer, s)));
@@ -143,7 +150,7 @@ impl<'a> Hooks<'a> {
                 }
             }
         }
-        Ok(Some(edits))
+        Ok(edits.fit(width).then_some(edits))
     }
 
     /// Runs every interested intervention on `x` and returns the final tensor.

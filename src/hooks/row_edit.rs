@@ -15,15 +15,29 @@ pub enum RowEdit {
     /// `row *= s` (`s` first stored in the model's precision, as libtorch
     /// converts the factor to the activation's dtype).
     Scale(f32),
+    /// `row *= s[r % s.len()]` for the `r`-th row: a factor per position of
+    /// the step (`[seq]`, the same in every sequence) or per row
+    /// (`[batch·seq]`), each stored in the model's precision first.
+    ScaleRows(Vec<f32>),
     /// DynScalar: `row *= 1 + bias + weight · row / max(‖row‖, 1e-6)`,
     /// in f32 (`weight [d_model]`).
     DynScale { weight: Vec<f32>, bias: f32 },
 }
 
 impl RowEdit {
-    /// Applies the edit to `rows [n, width]`; `round` stores each result in
-    /// the model's precision (bf16 rounding, or nothing in f32).
-    pub fn apply(&self, rows: &mut [f32], round: impl Fn(f32) -> f32) {
+    /// Whether the edit fits rows of `width` (its vectors are that wide).
+    pub fn fits(&self, width: usize) -> bool {
+        match self {
+            RowEdit::Add(v) | RowEdit::DynScale { weight: v, .. } => v.len() == width,
+            RowEdit::Scale(_) => true,
+            RowEdit::ScaleRows(factors) => !factors.is_empty(),
+        }
+    }
+
+    /// Applies the edit to `rows [n, width]`, which it [fits](Self::fits);
+    /// `round` stores each result in the model's precision (bf16 rounding,
+    /// or nothing in f32).
+    pub fn apply(&self, rows: &mut [f32], width: usize, round: impl Fn(f32) -> f32) {
         match self {
             RowEdit::Add(v) => {
                 for row in rows.chunks_exact_mut(v.len()) {
@@ -36,6 +50,14 @@ impl RowEdit {
                 let s = round(*s);
                 for x in rows.iter_mut() {
                     *x = round(*x * s);
+                }
+            }
+            RowEdit::ScaleRows(factors) => {
+                for (r, row) in rows.chunks_exact_mut(width).enumerate() {
+                    let s = round(factors[r % factors.len()]);
+                    for x in row.iter_mut() {
+                        *x = round(*x * s);
+                    }
                 }
             }
             RowEdit::DynScale { weight, bias } => {
@@ -81,10 +103,21 @@ impl BlockEdits {
             .map_or(&[], |i| &self.sites[i])
     }
 
-    /// Applies the edits at `site` to `rows`, in order.
-    pub fn apply(&self, site: BlockSite, rows: &mut [f32], round: impl Fn(f32) -> f32 + Copy) {
+    /// Whether every edit fits rows of `width`.
+    pub fn fit(&self, width: usize) -> bool {
+        self.sites.iter().flatten().all(|e| e.fits(width))
+    }
+
+    /// Applies the edits at `site` to `rows [n, width]`, in order.
+    pub fn apply(
+        &self,
+        site: BlockSite,
+        rows: &mut [f32],
+        width: usize,
+        round: impl Fn(f32) -> f32 + Copy,
+    ) {
         for edit in self.at(site) {
-            edit.apply(rows, round);
+            edit.apply(rows, width, round);
         }
     }
 
@@ -105,10 +138,10 @@ mod tests {
         let mut edits = BlockEdits::default();
         edits.sites[1] = vec![RowEdit::Add(vec![1.0, -1.0]), RowEdit::Scale(2.0)];
         let mut rows = vec![0.5, 0.5, 2.0, 3.0];
-        edits.apply(BlockSite::AttnOut, &mut rows, |x| x);
+        edits.apply(BlockSite::AttnOut, &mut rows, 2, |x| x);
         assert_eq!(rows, [3.0, -1.0, 6.0, 4.0]);
         // Other sites are untouched.
-        edits.apply(BlockSite::MlpOut, &mut rows, |x| x);
+        edits.apply(BlockSite::MlpOut, &mut rows, 2, |x| x);
         assert_eq!(rows, [3.0, -1.0, 6.0, 4.0]);
         assert!(edits.at(BlockSite::AttnZ).is_empty());
         assert!(!edits.is_empty() && BlockEdits::default().is_empty());
@@ -119,10 +152,16 @@ mod tests {
             weight: vec![1.0, 0.0],
             bias: 0.4,
         };
-        dyn_scale.apply(&mut row, |x| x);
+        dyn_scale.apply(&mut row, 2, |x| x);
         assert!(
             (row[0] - 6.0).abs() < 1e-5 && (row[1] - 8.0).abs() < 1e-5,
             "{row:?}"
         );
+        // A factor per position, repeated for every sequence of the step.
+        let mut rows = vec![1.0; 8];
+        RowEdit::ScaleRows(vec![2.0, 3.0]).apply(&mut rows, 2, |x| x);
+        assert_eq!(rows, [2.0, 2.0, 3.0, 3.0, 2.0, 2.0, 3.0, 3.0]);
+        // Edits that do not fit the rows are found before the step.
+        assert!(!RowEdit::Add(vec![1.0; 3]).fits(2) && RowEdit::Scale(2.0).fits(2));
     }
 }

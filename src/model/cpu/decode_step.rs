@@ -244,7 +244,8 @@ impl DecodeStep {
         edits: &BlockEdits,
     ) {
         let round = |x| self.round_one(x);
-        edits.apply(BlockSite::ResidPre, resid, round);
+        let d = cfg.d_model as usize;
+        edits.apply(BlockSite::ResidPre, resid, d, round);
         let (n_heads, n_kv, dh) = (
             cfg.n_heads as usize,
             cfg.n_kv_heads as usize,
@@ -266,9 +267,9 @@ impl DecodeStep {
         }
         let z = self.attend(team, &qkv, cache, (n_heads, n_kv, dh));
         let mut attn_out = self.linear(team, (&z, rows), w.out_w, w.out_b, Readers::All);
-        edits.apply(BlockSite::AttnOut, &mut attn_out, round);
+        edits.apply(BlockSite::AttnOut, &mut attn_out, d, round);
         let mut resid_mid = self.add(resid, &attn_out);
-        edits.apply(BlockSite::ResidMid, &mut resid_mid, round);
+        edits.apply(BlockSite::ResidMid, &mut resid_mid, d, round);
         let mlp_in = if cfg.parallel_residual {
             self.norm(cfg, &w.ln2, resid)
         } else {
@@ -277,9 +278,9 @@ impl DecodeStep {
         let pre = self.linear(team, (&mlp_in, rows), w.mlp_in_w, w.mlp_in_b, Readers::All);
         let post = self.activate(team, cfg, &pre);
         let mut mlp_out = self.linear(team, (&post, rows), w.mlp_out_w, w.mlp_out_b, Readers::All);
-        edits.apply(BlockSite::MlpOut, &mut mlp_out, round);
+        edits.apply(BlockSite::MlpOut, &mut mlp_out, d, round);
         *resid = self.add(&resid_mid, &mlp_out);
-        edits.apply(BlockSite::ResidPost, resid, round);
+        edits.apply(BlockSite::ResidPost, resid, d, round);
     }
 
     /// The MLP's activation of `pre [batch, d_mlp or 2·d_mlp]` → `[batch, d_mlp]`.

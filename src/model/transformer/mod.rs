@@ -106,13 +106,17 @@ impl Pass<'_, '_> {
     /// Block `layer`'s interventions as row edits for the fused step (none
     /// when it has no hooks); `None` past the last block, or when a hook
     /// there needs libtorch.
-    fn block_edits(&mut self, layer: usize, n_layers: usize) -> Result<Option<BlockEdits>> {
+    fn block_edits(
+        &mut self,
+        layer: usize,
+        (n_layers, width): (usize, usize),
+    ) -> Result<Option<BlockEdits>> {
         if layer >= n_layers {
             Ok(None)
         } else if !self.wants_block(layer) {
             Ok(Some(BlockEdits::default()))
         } else {
-            self.hooks.block_edits(layer, &self.ctx)
+            self.hooks.block_edits(layer, width, &self.ctx)
         }
     }
 
@@ -376,7 +380,8 @@ impl Transformer {
                 // apply as row edits, and the logits when it reaches them, go
                 // through the fused step in one call.
                 let mut edits = Vec::new();
-                while let Some(e) = pass.block_edits(layer + edits.len(), n_layers)? {
+                let shape = (n_layers, self.cfg.d_model as usize);
+                while let Some(e) = pass.block_edits(layer + edits.len(), shape)? {
                     edits.push(e);
                 }
                 if !edits.is_empty() {

@@ -145,17 +145,35 @@ impl Intervention for ActivationScaling {
         Ok(Some(act.f_mul(&f)?))
     }
 
-    /// One factor per site, the same at every position; per-head and
-    /// per-position scaling keep the libtorch path.
-    fn row_edits(&mut self, hook: HookPoint, _: &HookContext) -> Result<Option<Vec<RowEdit>>> {
-        if self.granularity != Granularity::Site || self.positions.is_some() {
+    /// One factor per site, or per position of this step's rows (none once
+    /// every row is past the scaled positions, as on most decode steps);
+    /// per-head scaling keeps the libtorch path.
+    fn row_edits(&mut self, hook: HookPoint, ctx: &HookContext) -> Result<Option<Vec<RowEdit>>> {
+        if self.granularity != Granularity::Site {
             return Ok(None);
         }
         let Some(i) = self.sites.iter().position(|s| *s == hook) else {
             return Ok(Some(Vec::new()));
         };
-        let factor = self.scalars.f_get(i as i64)?.f_double_value(&[0, 0])?;
-        Ok(Some(vec![RowEdit::Scale(factor as f32)]))
+        let scalars = Vec::<f32>::try_from(self.scalars.f_get(i as i64)?.f_reshape([-1])?)?;
+        let Some(p) = self.positions else {
+            return Ok(Some(vec![RowEdit::Scale(scalars[0])]));
+        };
+        let positions = Vec::<i64>::try_from(ctx.positions.f_reshape([-1])?)?;
+        let factors: Vec<f32> = positions
+            .iter()
+            .map(|&pos| {
+                usize::try_from(pos)
+                    .ok()
+                    .filter(|&q| q < p)
+                    .map_or(1.0, |q| scalars[q])
+            })
+            .collect();
+        Ok(Some(if factors.iter().all(|&f| f == 1.0) {
+            Vec::new()
+        } else {
+            vec![RowEdit::ScaleRows(factors)]
+        }))
     }
 }
 
