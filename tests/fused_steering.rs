@@ -1,7 +1,8 @@
 //! Steering inside the fused decode step: interventions that can say what
 //! they do as row edits at a block's residual-stream sites (steering vectors,
 //! per-site activation scaling, DynScalar) run on the fused path, and give the libtorch
-//! path's logits and greedy tokens; the rest keep the libtorch path.
+//! path's logits and greedy tokens, on the tiny GPT-2, Llama and Qwen2 and on
+//! SmolLM2-135M; the rest keep the libtorch path.
 
 mod common;
 
@@ -229,4 +230,33 @@ fn per_head_scaling_keeps_the_libtorch_path() {
         counting.applied > 0,
         "per-head scaling has no fused form yet"
     );
+}
+
+#[test]
+fn steered_smollm2_gives_the_libtorch_logits_on_the_fused_path() {
+    let mut model = load_model("smollm2-135m", Device::Cpu, Kind::Float)
+        .expect("run scripts/setup.sh")
+        .model;
+    // The unsteered fused step's own distance from libtorch on this model.
+    let mut plain = Vec::new();
+    for fused in [false, true] {
+        model.set_fused_decode(fused);
+        plain.push(decode_logits(&model, &mut Hooks::new(), 2));
+    }
+    let unsteered = max_diff(&plain[0], &plain[1]);
+    for (what, make) in steers(&model) {
+        let mut runs = Vec::new();
+        for fused in [false, true] {
+            model.set_fused_decode(fused);
+            let mut steer = make();
+            let mut hooks = Hooks::new().with(steer.as_mut());
+            runs.push(decode_logits(&model, &mut hooks, 2));
+        }
+        let diff = max_diff(&runs[0], &runs[1]);
+        eprintln!("SmolLM2, {what}: {diff} apart (unsteered: {unsteered})");
+        assert!(
+            diff <= 2.0 * unsteered,
+            "SmolLM2, {what}: fused and libtorch differ by {diff}, unsteered by {unsteered}"
+        );
+    }
 }
