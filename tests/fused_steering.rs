@@ -50,9 +50,12 @@ impl<I: Intervention + ?Sized> Intervention for Counting<Box<I>> {
     }
 }
 
+/// Builds a fresh intervention for each run.
+type MakeSteer = Box<dyn Fn() -> Box<dyn Intervention>>;
+
 /// The steers under test for a model: a vector at every block's residual
 /// stream, vectors at attention and MLP outputs, and per-site scaling.
-fn steers(model: &Transformer) -> Vec<(&'static str, Box<dyn Fn() -> Box<dyn Intervention>>)> {
+fn steers(model: &Transformer) -> Vec<(&'static str, MakeSteer)> {
     let (n, d) = (model.config().n_layers, model.config().d_model);
     tch::manual_seed(7);
     let resid: Vec<HookPoint> = (0..n).map(HookPoint::resid_post).collect();
