@@ -1,6 +1,7 @@
 //! Steering inside the fused decode step: interventions that can say what
 //! they do as row edits at a block's residual-stream sites (steering vectors,
-//! per-site activation scaling, DynScalar) run on the fused path, and give the libtorch
+//! per-site, per-position and per-head activation scaling, DynScalar) run on
+//! the fused path, and give the libtorch
 //! path's logits and greedy tokens, on the tiny GPT-2, Llama and Qwen2 and on
 //! SmolLM2-135M; the rest keep the libtorch path.
 
@@ -65,6 +66,12 @@ fn steers(model: &Transformer) -> Vec<(&'static str, MakeSteer)> {
     let scalars = Tensor::rand([outputs.len() as i64, 1, 1], (Kind::Float, Device::Cpu)) * 2.0;
     let dyn_weight = Tensor::randn([outputs.len() as i64, d], (Kind::Float, Device::Cpu)) * 0.5;
     let dyn_bias = Tensor::randn([outputs.len() as i64], (Kind::Float, Device::Cpu)) * 0.2;
+    let heads = model.config().n_heads;
+    let head_sites = default_sites(n, Granularity::Head);
+    let per_head = Tensor::rand(
+        [head_sites.len() as i64, heads, 1],
+        (Kind::Float, Device::Cpu),
+    ) * 2.0;
     // One factor per position for the first three positions: the prompt and
     // the first decode step are scaled, row by row (left padding shifts them).
     let per_position = Tensor::rand([outputs.len() as i64, 1, 3], (Kind::Float, Device::Cpu)) * 2.0;
@@ -111,6 +118,20 @@ fn steers(model: &Transformer) -> Vec<(&'static str, MakeSteer)> {
                         Granularity::Site,
                         Some(3),
                         per_position.copy(),
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+        (
+            "per-head scaling",
+            Box::new(move || {
+                Box::new(
+                    ActivationScaling::new(
+                        head_sites.clone(),
+                        Granularity::Head,
+                        None,
+                        per_head.copy(),
                     )
                     .unwrap(),
                 )
@@ -209,7 +230,7 @@ fn steered_greedy_generation_picks_the_same_tokens_either_way() {
 }
 
 #[test]
-fn per_head_scaling_keeps_the_libtorch_path() {
+fn per_head_scaling_by_position_keeps_the_libtorch_path() {
     let mut model = load("llama", Kind::Float);
     model.set_fused_decode(true);
     let n = model.config().n_layers;
@@ -218,7 +239,7 @@ fn per_head_scaling_keeps_the_libtorch_path() {
         default_sites(n, Granularity::Head),
         Granularity::Head,
         heads,
-        None,
+        Some(3),
         Device::Cpu,
     )
     .unwrap();

@@ -124,12 +124,12 @@ impl<'a> Hooks<'a> {
     /// The edits of block `layer` for the fused decode step, when every
     /// intervention that wants a site of the block can give them; `None`
     /// sends the block through libtorch.
-    /// Edits that do not fit rows of `width` also go to libtorch, which
-    /// reports the mismatch.
+    /// Edits that do not fit rows of `d_model` (or, at `attn.hook_z`,
+    /// `z_width`) also go to libtorch, which reports the mismatch.
     pub fn block_edits(
         &mut self,
         layer: usize,
-        width: usize,
+        (d_model, z_width): (usize, usize),
         ctx: &HookContext,
     ) -> Result<Option<BlockEdits>> {
         let others = BlockSite::all()
@@ -150,7 +150,7 @@ impl<'a> Hooks<'a> {
                 }
             }
         }
-        Ok(edits.fit(width).then_some(edits))
+        Ok(edits.fit(d_model, z_width).then_some(edits))
     }
 
     /// Runs every interested intervention on `x` and returns the final tensor.

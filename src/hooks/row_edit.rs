@@ -1,7 +1,8 @@
 //! Interventions in the form the fused decode step applies itself: a short
 //! list of per-row edits at the residual-stream sites of a block
 //! (`hook_resid_pre`, `hook_attn_out`, `hook_resid_mid`, `hook_mlp_out`,
-//! `hook_resid_post`), on the step's `[rows, d_model]` f32 host rows. An
+//! `hook_resid_post`), on the step's `[rows, d_model]` f32 host rows, and at
+//! the attention heads' outputs (`attn.hook_z`, `[rows, n_heads · d_head]`). An
 //! intervention that cannot say what it does as such edits keeps the libtorch
 //! path for its block; correctness never depends on the fast path.
 
@@ -19,6 +20,8 @@ pub enum RowEdit {
     /// the step (`[seq]`, the same in every sequence) or per row
     /// (`[batch·seq]`), each stored in the model's precision first.
     ScaleRows(Vec<f32>),
+    /// `head *= s[h]` for each head `h` of a `[n_heads · d_head]` row.
+    ScaleHeads(Vec<f32>),
     /// DynScalar: `row *= 1 + bias + weight · row / max(‖row‖, 1e-6)`,
     /// in f32 (`weight [d_model]`).
     DynScale { weight: Vec<f32>, bias: f32 },
@@ -30,6 +33,7 @@ impl RowEdit {
         match self {
             RowEdit::Add(v) | RowEdit::DynScale { weight: v, .. } => v.len() == width,
             RowEdit::Scale(_) => true,
+            RowEdit::ScaleHeads(heads) => !heads.is_empty() && width % heads.len() == 0,
             RowEdit::ScaleRows(factors) => !factors.is_empty(),
         }
     }
@@ -60,6 +64,17 @@ impl RowEdit {
                     }
                 }
             }
+            RowEdit::ScaleHeads(factors) => {
+                let head_width = width / factors.len();
+                for row in rows.chunks_exact_mut(width) {
+                    for (head, &s) in row.chunks_exact_mut(head_width).zip(factors) {
+                        let s = round(s);
+                        for x in head.iter_mut() {
+                            *x = round(*x * s);
+                        }
+                    }
+                }
+            }
             RowEdit::DynScale { weight, bias } => {
                 for row in rows.chunks_exact_mut(weight.len()) {
                     let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
@@ -75,8 +90,9 @@ impl RowEdit {
 }
 
 /// The sites of a block the fused step can edit, in forward order.
-pub const FUSED_SITES: [BlockSite; 5] = [
+pub const FUSED_SITES: [BlockSite; 6] = [
     BlockSite::ResidPre,
+    BlockSite::AttnZ,
     BlockSite::AttnOut,
     BlockSite::ResidMid,
     BlockSite::MlpOut,
@@ -86,7 +102,7 @@ pub const FUSED_SITES: [BlockSite; 5] = [
 /// The edits of one block, per site of [`FUSED_SITES`] (empty: none).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BlockEdits {
-    pub sites: [Vec<RowEdit>; 5],
+    pub sites: [Vec<RowEdit>; 6],
 }
 
 impl BlockEdits {
@@ -103,9 +119,17 @@ impl BlockEdits {
             .map_or(&[], |i| &self.sites[i])
     }
 
-    /// Whether every edit fits rows of `width`.
-    pub fn fit(&self, width: usize) -> bool {
-        self.sites.iter().flatten().all(|e| e.fits(width))
+    /// Whether every edit fits its rows: `z_width` wide at `attn.hook_z`,
+    /// `d_model` wide elsewhere.
+    pub fn fit(&self, d_model: usize, z_width: usize) -> bool {
+        FUSED_SITES.iter().zip(&self.sites).all(|(site, edits)| {
+            let width = if *site == BlockSite::AttnZ {
+                z_width
+            } else {
+                d_model
+            };
+            edits.iter().all(|e| e.fits(width))
+        })
     }
 
     /// Applies the edits at `site` to `rows [n, width]`, in order.
@@ -136,14 +160,15 @@ mod tests {
     #[test]
     fn edits_add_and_scale_every_row_in_order() {
         let mut edits = BlockEdits::default();
-        edits.sites[1] = vec![RowEdit::Add(vec![1.0, -1.0]), RowEdit::Scale(2.0)];
+        edits.sites[2] = vec![RowEdit::Add(vec![1.0, -1.0]), RowEdit::Scale(2.0)];
         let mut rows = vec![0.5, 0.5, 2.0, 3.0];
         edits.apply(BlockSite::AttnOut, &mut rows, 2, |x| x);
         assert_eq!(rows, [3.0, -1.0, 6.0, 4.0]);
         // Other sites are untouched.
         edits.apply(BlockSite::MlpOut, &mut rows, 2, |x| x);
         assert_eq!(rows, [3.0, -1.0, 6.0, 4.0]);
-        assert!(edits.at(BlockSite::AttnZ).is_empty());
+        assert!(edits.at(BlockSite::AttnZ).is_empty() && edits.at(BlockSite::AttnQ).is_empty());
+        assert_eq!(edits.at(BlockSite::AttnOut).len(), 2);
         assert!(!edits.is_empty() && BlockEdits::default().is_empty());
         // DynScalar: a row [3, 4] (unit [0.6, 0.8]) with weight [1, 0] and
         // bias 0.4 is scaled by 1 + 0.4 + 0.6 = 2.
@@ -161,6 +186,10 @@ mod tests {
         let mut rows = vec![1.0; 8];
         RowEdit::ScaleRows(vec![2.0, 3.0]).apply(&mut rows, 2, |x| x);
         assert_eq!(rows, [2.0, 2.0, 3.0, 3.0, 2.0, 2.0, 3.0, 3.0]);
+        // Two heads of width 2.
+        let mut z = vec![1.0; 4];
+        RowEdit::ScaleHeads(vec![0.5, 4.0]).apply(&mut z, 4, |x| x);
+        assert_eq!(z, [0.5, 0.5, 4.0, 4.0]);
         // Edits that do not fit the rows are found before the step.
         assert!(!RowEdit::Add(vec![1.0; 3]).fits(2) && RowEdit::Scale(2.0).fits(2));
     }

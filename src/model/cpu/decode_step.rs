@@ -265,7 +265,8 @@ impl DecodeStep {
                 }
             }
         }
-        let z = self.attend(team, &qkv, cache, (n_heads, n_kv, dh));
+        let mut z = self.attend(team, &qkv, cache, (n_heads, n_kv, dh));
+        edits.apply(BlockSite::AttnZ, &mut z, q_width, round);
         let mut attn_out = self.linear(team, (&z, rows), w.out_w, w.out_b, Readers::All);
         edits.apply(BlockSite::AttnOut, &mut attn_out, d, round);
         let mut resid_mid = self.add(resid, &attn_out);

@@ -109,14 +109,14 @@ impl Pass<'_, '_> {
     fn block_edits(
         &mut self,
         layer: usize,
-        (n_layers, width): (usize, usize),
+        (n_layers, widths): (usize, (usize, usize)),
     ) -> Result<Option<BlockEdits>> {
         if layer >= n_layers {
             Ok(None)
         } else if !self.wants_block(layer) {
             Ok(Some(BlockEdits::default()))
         } else {
-            self.hooks.block_edits(layer, width, &self.ctx)
+            self.hooks.block_edits(layer, widths, &self.ctx)
         }
     }
 
@@ -380,7 +380,8 @@ impl Transformer {
                 // apply as row edits, and the logits when it reaches them, go
                 // through the fused step in one call.
                 let mut edits = Vec::new();
-                let shape = (n_layers, self.cfg.d_model as usize);
+                let z_width = (self.cfg.n_heads * self.cfg.d_head) as usize;
+                let shape = (n_layers, (self.cfg.d_model as usize, z_width));
                 while let Some(e) = pass.block_edits(layer + edits.len(), shape)? {
                     edits.push(e);
                 }

@@ -146,16 +146,19 @@ impl Intervention for ActivationScaling {
     }
 
     /// One factor per site, or per position of this step's rows (none once
-    /// every row is past the scaled positions, as on most decode steps);
-    /// per-head scaling keeps the libtorch path.
+    /// every row is past the scaled positions, as on most decode steps), or
+    /// per head; per-head scaling by position keeps the libtorch path.
     fn row_edits(&mut self, hook: HookPoint, ctx: &HookContext) -> Result<Option<Vec<RowEdit>>> {
-        if self.granularity != Granularity::Site {
-            return Ok(None);
-        }
         let Some(i) = self.sites.iter().position(|s| *s == hook) else {
             return Ok(Some(Vec::new()));
         };
         let scalars = Vec::<f32>::try_from(self.scalars.f_get(i as i64)?.f_reshape([-1])?)?;
+        if self.granularity == Granularity::Head {
+            return Ok(self
+                .positions
+                .is_none()
+                .then(|| vec![RowEdit::ScaleHeads(scalars)]));
+        }
         let Some(p) = self.positions else {
             return Ok(Some(vec![RowEdit::Scale(scalars[0])]));
         };
