@@ -186,17 +186,25 @@ fn steered_fused_steps_match_the_libtorch_path_and_take_the_fused_path() {
     }
 }
 
+/// Decode logits ([`decode_logits`], 2-token prompt) with a fresh steer from
+/// `make`, on the libtorch path and then on the fused one.
+fn libtorch_then_fused(model: &mut Transformer, make: &MakeSteer) -> Vec<Vec<Tensor>> {
+    [false, true]
+        .into_iter()
+        .map(|fused| {
+            model.set_fused_decode(fused);
+            let mut steer = make();
+            let mut hooks = Hooks::new().with(steer.as_mut());
+            decode_logits(model, &mut hooks, 2)
+        })
+        .collect()
+}
+
 #[test]
 fn bf16_steered_fused_steps_stay_within_bf16_rounding() {
     let mut model = load("llama", Kind::BFloat16);
     for (what, make) in steers(&model) {
-        let mut runs = Vec::new();
-        for fused in [false, true] {
-            model.set_fused_decode(fused);
-            let mut steer = make();
-            let mut hooks = Hooks::new().with(steer.as_mut());
-            runs.push(decode_logits(&model, &mut hooks, 2));
-        }
+        let runs = libtorch_then_fused(&mut model, &make);
         let scale = runs[0]
             .iter()
             .map(|t| t.abs().max().double_value(&[]))
@@ -269,13 +277,7 @@ fn steered_smollm2_gives_the_libtorch_logits_on_the_fused_path() {
     }
     let unsteered = max_diff(&plain[0], &plain[1]);
     for (what, make) in steers(&model) {
-        let mut runs = Vec::new();
-        for fused in [false, true] {
-            model.set_fused_decode(fused);
-            let mut steer = make();
-            let mut hooks = Hooks::new().with(steer.as_mut());
-            runs.push(decode_logits(&model, &mut hooks, 2));
-        }
+        let runs = libtorch_then_fused(&mut model, &make);
         let diff = max_diff(&runs[0], &runs[1]);
         eprintln!("SmolLM2, {what}: {diff} apart (unsteered: {unsteered})");
         assert!(

@@ -33,7 +33,7 @@ impl RowEdit {
         match self {
             RowEdit::Add(v) | RowEdit::DynScale { weight: v, .. } => v.len() == width,
             RowEdit::Scale(_) => true,
-            RowEdit::ScaleHeads(heads) => !heads.is_empty() && width % heads.len() == 0,
+            RowEdit::ScaleHeads(heads) => !heads.is_empty() && width.is_multiple_of(heads.len()),
             RowEdit::ScaleRows(factors) => !factors.is_empty(),
         }
     }
