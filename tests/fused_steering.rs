@@ -1,7 +1,7 @@
 //! Steering inside the fused decode step: interventions that can say what
 //! they do as row edits at a block's residual-stream sites (steering vectors,
-//! per-site, per-position and per-head activation scaling, DynScalar) run on
-//! the fused path, and give the libtorch
+//! per-site, per-position and per-head activation scaling, DynScalar, SAE
+//! feature additions) run on the fused path, and give the libtorch
 //! path's logits and greedy tokens, on the tiny GPT-2, Llama and Qwen2 and on
 //! SmolLM2-135M; the rest keep the libtorch path.
 
@@ -10,7 +10,9 @@ mod common;
 use common::decode::{decode_logits, max_diff};
 use saescope::hooks::{HookContext, HookPoint, Hooks, Intervention, RowEdit};
 use saescope::model::{generate, load_model, GenerateConfig, Transformer};
+use saescope::sae::{Sae, SaeConfig};
 use saescope::steer::kinds::dyn_scalar::DynScalar;
+use saescope::steer::kinds::sae_features::{FeatureEdit, FeatureOp, SaeFeatureSteer};
 use saescope::steer::kinds::scaling::{default_sites, ActivationScaling, Granularity};
 use saescope::steer::kinds::vector::SteeringVector;
 use tch::{Device, Kind, Tensor};
@@ -72,6 +74,11 @@ fn steers(model: &Transformer) -> Vec<(&'static str, MakeSteer)> {
         [head_sites.len() as i64, heads, 1],
         (Kind::Float, Device::Cpu),
     ) * 2.0;
+    // Two SAE features added at the last block's output.
+    let mut sae_cfg = SaeConfig::new("topk", d as usize, 2 * d as usize);
+    sae_cfg.k = Some(4);
+    let sae = Sae::init(sae_cfg, 3, Device::Cpu).unwrap();
+    let last = HookPoint::resid_post(n - 1);
     // One factor per position for the first three positions: the prompt and
     // the first decode step are scaled, row by row (left padding shifts them).
     let per_position = Tensor::rand([outputs.len() as i64, 1, 3], (Kind::Float, Device::Cpu)) * 2.0;
@@ -138,6 +145,23 @@ fn steers(model: &Transformer) -> Vec<(&'static str, MakeSteer)> {
             }),
         ),
         (
+            "SAE feature additions",
+            Box::new(move || {
+                let edits = vec![
+                    FeatureEdit {
+                        feature: 1,
+                        op: FeatureOp::Add { alpha: 4.0 },
+                    },
+                    FeatureEdit {
+                        feature: 5,
+                        op: FeatureOp::Add { alpha: -2.5 },
+                    },
+                ];
+                let sae = sae.to_device(Device::Cpu).unwrap();
+                Box::new(SaeFeatureSteer::new(sae, "sae".into(), last, edits, true).unwrap())
+            }),
+        ),
+        (
             "DynScalar",
             Box::new(move || {
                 Box::new(
@@ -165,7 +189,13 @@ fn steered_fused_steps_match_the_libtorch_path_and_take_the_fused_path() {
                 // A 2-token prompt, which the fused step takes too, then 3 steps.
                 runs.push(decode_logits(&model, &mut hooks, 2));
                 if fused {
-                    assert_eq!(counting.applied, 0, "{name}, {what}: fell back to libtorch");
+                    // SAE feature additions leave BOS rows alone, so the
+                    // prompt step (which holds position 0) keeps libtorch.
+                    let prompt_calls = usize::from(what.starts_with("SAE"));
+                    assert!(
+                        counting.applied <= prompt_calls,
+                        "{name}, {what}: fell back to libtorch"
+                    );
                     assert!(counting.edited > 0, "{name}, {what}");
                 } else {
                     assert_eq!(counting.edited, 0, "{name}, {what}");

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::hooks::{HookContext, HookPoint, Intervention};
+use crate::hooks::{HookContext, HookPoint, Intervention, RowEdit};
 use crate::sae::config::{NORMALIZE_EXPECTED_AVERAGE, NORMALIZE_NONE};
 use crate::sae::Sae;
 use crate::steer::build::{BuildContext, SteerKind};
@@ -173,6 +173,43 @@ impl Intervention for SaeFeatureSteer {
             .f_to_device(act.device())?
             .f_to_kind(act.kind())?;
         Ok(Some(act.f_add(&delta)?))
+    }
+
+    /// Feature additions only, as one vector added to every row, on steps
+    /// without a BOS position (which `apply` leaves alone): the decode steps.
+    /// Clamps and ablations need the SAE's encoder and keep libtorch.
+    fn row_edits(&mut self, hook: HookPoint, ctx: &HookContext) -> Result<Option<Vec<RowEdit>>> {
+        if hook != self.hook {
+            return Ok(Some(Vec::new()));
+        }
+        let adds_only = self
+            .edits
+            .iter()
+            .all(|e| matches!(e.op, FeatureOp::Add { .. }));
+        let holds_bos = ctx.positions.f_eq(0)?.f_any()?.f_int64_value(&[])? != 0;
+        if !adds_only || holds_bos {
+            return Ok(None);
+        }
+        // Summed in `delta`'s order: α·W_dec[f] for each edit, in f32.
+        let mut sum: Option<Vec<f32>> = None;
+        for e in &self.edits {
+            let FeatureOp::Add { alpha } = e.op else {
+                continue;
+            };
+            let row = Vec::<f32>::try_from(
+                self.sae
+                    .weights
+                    .w_dec
+                    .f_get(e.feature as i64)?
+                    .f_to_kind(Kind::Float)?,
+            )?;
+            let scaled = row.iter().map(|w| alpha as f32 * w);
+            sum = Some(match sum {
+                None => scaled.collect(),
+                Some(acc) => acc.iter().zip(scaled).map(|(a, b)| a + b).collect(),
+            });
+        }
+        Ok(Some(sum.map(RowEdit::Add).into_iter().collect()))
     }
 }
 
