@@ -8,7 +8,7 @@
 mod common;
 
 use common::decode::{decode_logits, max_diff};
-use saescope::hooks::{HookContext, HookPoint, Hooks, Intervention, RowEdit};
+use saescope::hooks::{ForSequences, HookContext, HookPoint, Hooks, Intervention, RowEdit};
 use saescope::model::{generate, load_model, GenerateConfig, Transformer};
 use saescope::sae::{Sae, SaeConfig};
 use saescope::steer::kinds::dyn_scalar::DynScalar;
@@ -315,4 +315,57 @@ fn steered_smollm2_gives_the_libtorch_logits_on_the_fused_path() {
             "SmolLM2, {what}: fused and libtorch differ by {diff}, unsteered by {unsteered}"
         );
     }
+}
+
+/// Row `i` of each step's `[batch, 1, vocab]` logits.
+fn sequence(logits: &[Tensor], i: i64) -> Vec<Tensor> {
+    logits.iter().map(|t| t.get(i)).collect()
+}
+
+#[test]
+fn sequences_of_one_batch_carry_their_own_steers_on_the_fused_path() {
+    let mut model = load("llama", Kind::Float);
+    let steers = steers(&model);
+    let find = |name: &str| &steers.iter().find(|(what, _)| *what == name).unwrap().1;
+    let (vector, scaling) = (
+        find("vectors at attn_out and mlp_out"),
+        find("per-site scaling"),
+    );
+    // Sequence 0 steered by the vectors, sequence 1 by the scaling.
+    let mut mixed = Vec::new();
+    for fused in [false, true] {
+        model.set_fused_decode(fused);
+        let mut first = Counting {
+            inner: Box::new(ForSequences {
+                sequences: vec![true, false],
+                inner: vector(),
+            }),
+            applied: 0,
+            edited: 0,
+        };
+        let mut second = ForSequences {
+            sequences: vec![false, true],
+            inner: scaling(),
+        };
+        let mut hooks = Hooks::new().with(&mut first).with(&mut second);
+        mixed.push(decode_logits(&model, &mut hooks, 2));
+        if fused {
+            assert_eq!(first.applied, 0, "fell back to libtorch");
+            assert!(first.edited > 0);
+        }
+    }
+    let diff = max_diff(&mixed[0], &mixed[1]);
+    assert!(diff < 1e-4, "fused and libtorch differ by {diff}");
+    // Each sequence gets what it gets when the whole batch carries its steer.
+    let all_vector = libtorch_then_fused(&mut model, vector).pop().unwrap();
+    let all_scaling = libtorch_then_fused(&mut model, scaling).pop().unwrap();
+    for (i, whole) in [(0, &all_vector), (1, &all_scaling)] {
+        let diff = max_diff(&sequence(&mixed[1], i), &sequence(whole, i));
+        assert!(
+            diff < 1e-4,
+            "sequence {i}: {diff} from its steer applied to the whole batch"
+        );
+    }
+    // And the two steers differ, so the check can fail.
+    assert!(max_diff(&sequence(&all_vector, 0), &sequence(&all_scaling, 0)) > 1e-2);
 }

@@ -47,6 +47,26 @@ pub trait Intervention {
     }
 }
 
+/// A boxed intervention is one (steers come boxed from their files).
+impl<T: Intervention + ?Sized> Intervention for Box<T> {
+    fn wants(&self, hook: HookPoint) -> bool {
+        (**self).wants(hook)
+    }
+
+    fn apply(
+        &mut self,
+        hook: HookPoint,
+        act: &Tensor,
+        ctx: &HookContext,
+    ) -> Result<Option<Tensor>> {
+        (**self).apply(hook, act, ctx)
+    }
+
+    fn row_edits(&mut self, hook: HookPoint, ctx: &HookContext) -> Result<Option<Vec<RowEdit>>> {
+        (**self).row_edits(hook, ctx)
+    }
+}
+
 /// An intervention from a closure, for quick experiments and tests.
 pub struct FnIntervention<F> {
     hooks: Vec<HookPoint>,
@@ -77,6 +97,63 @@ where
         ctx: &HookContext,
     ) -> Result<Option<Tensor>> {
         (self.f)(hook, act, ctx)
+    }
+}
+
+/// An intervention on some sequences of the batch only, the others left
+/// alone: how one batched forward (a decode step of several requests, say)
+/// carries different interventions per sequence, or none.
+pub struct ForSequences<I> {
+    /// One flag per sequence of the batch.
+    pub sequences: Vec<bool>,
+    pub inner: I,
+}
+
+impl<I: Intervention> Intervention for ForSequences<I> {
+    fn wants(&self, hook: HookPoint) -> bool {
+        self.inner.wants(hook)
+    }
+
+    fn apply(
+        &mut self,
+        hook: HookPoint,
+        act: &Tensor,
+        ctx: &HookContext,
+    ) -> Result<Option<Tensor>> {
+        let Some(changed) = self.inner.apply(hook, act, ctx)? else {
+            return Ok(None);
+        };
+        let batch = act.size().first().copied().unwrap_or(0);
+        if batch != self.sequences.len() as i64 {
+            return Err(Error::Intervention {
+                hook: hook.to_string(),
+                reason: format!(
+                    "flags for {} sequences, the batch holds {batch}",
+                    self.sequences.len()
+                ),
+            });
+        }
+        let mut shape = vec![1i64; act.dim()];
+        shape[0] = batch;
+        let flags: Vec<i64> = self.sequences.iter().map(|&f| i64::from(f)).collect();
+        let mask = Tensor::from_slice(&flags)
+            .f_view(shape.as_slice())?
+            .f_to_device(act.device())?
+            .f_ne(0)?;
+        Ok(Some(changed.f_where_self(&mask, act)?))
+    }
+
+    fn row_edits(&mut self, hook: HookPoint, ctx: &HookContext) -> Result<Option<Vec<RowEdit>>> {
+        let sequences = &self.sequences;
+        Ok(self.inner.row_edits(hook, ctx)?.map(|edits| {
+            edits
+                .into_iter()
+                .map(|edit| RowEdit::ForSequences {
+                    sequences: sequences.clone(),
+                    edit: Box::new(edit),
+                })
+                .collect()
+        }))
     }
 }
 
@@ -124,12 +201,13 @@ impl<'a> Hooks<'a> {
     /// The edits of block `layer` for the fused decode step, when every
     /// intervention that wants a site of the block can give them; `None`
     /// sends the block through libtorch.
-    /// Edits that do not fit rows of `d_model` (or, at `attn.hook_z`,
-    /// `z_width`) also go to libtorch, which reports the mismatch.
+    /// Edits that do not fit a step of `batch` sequences with rows of
+    /// `widths` (`d_model`, and `n_heads · d_head` at `attn.hook_z`) also go
+    /// to libtorch, which reports the mismatch.
     pub fn block_edits(
         &mut self,
         layer: usize,
-        (d_model, z_width): (usize, usize),
+        (widths, batch): ((usize, usize), usize),
         ctx: &HookContext,
     ) -> Result<Option<BlockEdits>> {
         let others = BlockSite::all()
@@ -150,7 +228,7 @@ impl<'a> Hooks<'a> {
                 }
             }
         }
-        Ok(edits.fit(d_model, z_width).then_some(edits))
+        Ok(edits.fit(widths, batch).then_some(edits))
     }
 
     /// Runs every interested intervention on `x` and returns the final tensor.

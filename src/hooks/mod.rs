@@ -7,6 +7,6 @@ pub mod names;
 pub mod row_edit;
 
 pub use cache::ActivationCache;
-pub use intervention::{FnIntervention, HookContext, Hooks, Intervention};
+pub use intervention::{FnIntervention, ForSequences, HookContext, Hooks, Intervention};
 pub use names::{BlockSite, HookPoint};
 pub use row_edit::{BlockEdits, RowEdit};

@@ -25,64 +25,75 @@ pub enum RowEdit {
     /// DynScalar: `row *= 1 + bias + weight · row / max(‖row‖, 1e-6)`,
     /// in f32 (`weight [d_model]`).
     DynScale { weight: Vec<f32>, bias: f32 },
+    /// `edit` on the rows of the sequences flagged in `sequences` (one flag
+    /// per sequence of the batch), the others left alone.
+    ForSequences {
+        sequences: Vec<bool>,
+        edit: Box<RowEdit>,
+    },
 }
 
 impl RowEdit {
-    /// Whether the edit fits rows of `width` (its vectors are that wide).
-    pub fn fits(&self, width: usize) -> bool {
+    /// Whether the edit fits the rows of a step of `batch` sequences, each
+    /// `width` wide (its vectors are that wide, its row flags that many).
+    pub fn fits(&self, width: usize, batch: usize) -> bool {
         match self {
             RowEdit::Add(v) | RowEdit::DynScale { weight: v, .. } => v.len() == width,
             RowEdit::Scale(_) => true,
             RowEdit::ScaleHeads(heads) => !heads.is_empty() && width.is_multiple_of(heads.len()),
             RowEdit::ScaleRows(factors) => !factors.is_empty(),
+            RowEdit::ForSequences { sequences, edit } => {
+                sequences.len() == batch && edit.fits(width, batch)
+            }
         }
     }
 
-    /// Applies the edit to `rows [n, width]`, which it [fits](Self::fits);
-    /// `round` stores each result in the model's precision (bf16 rounding,
-    /// or nothing in f32).
-    pub fn apply(&self, rows: &mut [f32], width: usize, round: impl Fn(f32) -> f32) {
+    /// Applies the edit to `rows [batch·seq, width]`, which it
+    /// [fits](Self::fits); `round` stores each result in the model's
+    /// precision (bf16 rounding, or nothing in f32).
+    pub fn apply(&self, rows: &mut [f32], width: usize, round: impl Fn(f32) -> f32 + Copy) {
+        let n_rows = rows.len() / width;
+        for (r, row) in rows.chunks_exact_mut(width).enumerate() {
+            self.apply_row(r, n_rows, row, round);
+        }
+    }
+
+    /// The edit of row `r` of `n_rows`.
+    fn apply_row(
+        &self,
+        r: usize,
+        n_rows: usize,
+        row: &mut [f32],
+        round: impl Fn(f32) -> f32 + Copy,
+    ) {
+        let scale = |row: &mut [f32], s: f32| {
+            let s = round(s);
+            row.iter_mut().for_each(|x| *x = round(*x * s));
+        };
         match self {
             RowEdit::Add(v) => {
-                for row in rows.chunks_exact_mut(v.len()) {
-                    for (x, a) in row.iter_mut().zip(v) {
-                        *x = round(*x + round(*a));
-                    }
+                for (x, a) in row.iter_mut().zip(v) {
+                    *x = round(*x + round(*a));
                 }
             }
-            RowEdit::Scale(s) => {
-                let s = round(*s);
-                for x in rows.iter_mut() {
-                    *x = round(*x * s);
-                }
-            }
-            RowEdit::ScaleRows(factors) => {
-                for (r, row) in rows.chunks_exact_mut(width).enumerate() {
-                    let s = round(factors[r % factors.len()]);
-                    for x in row.iter_mut() {
-                        *x = round(*x * s);
-                    }
-                }
-            }
+            RowEdit::Scale(s) => scale(row, *s),
+            RowEdit::ScaleRows(factors) => scale(row, factors[r % factors.len()]),
             RowEdit::ScaleHeads(factors) => {
-                let head_width = width / factors.len();
-                for row in rows.chunks_exact_mut(width) {
-                    for (head, &s) in row.chunks_exact_mut(head_width).zip(factors) {
-                        let s = round(s);
-                        for x in head.iter_mut() {
-                            *x = round(*x * s);
-                        }
-                    }
+                let head_width = row.len() / factors.len();
+                for (head, &s) in row.chunks_exact_mut(head_width).zip(factors) {
+                    scale(head, s);
                 }
             }
             RowEdit::DynScale { weight, bias } => {
-                for row in rows.chunks_exact_mut(weight.len()) {
-                    let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
-                    let dot: f32 = row.iter().zip(weight).map(|(x, w)| x / norm * w).sum();
-                    let s = dot + bias + 1.0;
-                    for x in row.iter_mut() {
-                        *x = round(*x * s);
-                    }
+                let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                let dot: f32 = row.iter().zip(weight).map(|(x, w)| x / norm * w).sum();
+                let s = dot + bias + 1.0;
+                row.iter_mut().for_each(|x| *x = round(*x * s));
+            }
+            RowEdit::ForSequences { sequences, edit } => {
+                let seq = n_rows / sequences.len();
+                if sequences[r / seq] {
+                    edit.apply_row(r, n_rows, row, round);
                 }
             }
         }
@@ -119,16 +130,16 @@ impl BlockEdits {
             .map_or(&[], |i| &self.sites[i])
     }
 
-    /// Whether every edit fits its rows: `z_width` wide at `attn.hook_z`,
-    /// `d_model` wide elsewhere.
-    pub fn fit(&self, d_model: usize, z_width: usize) -> bool {
+    /// Whether every edit fits the rows of a step of `batch` sequences:
+    /// `z_width` wide at `attn.hook_z`, `d_model` wide elsewhere.
+    pub fn fit(&self, (d_model, z_width): (usize, usize), batch: usize) -> bool {
         FUSED_SITES.iter().zip(&self.sites).all(|(site, edits)| {
             let width = if *site == BlockSite::AttnZ {
                 z_width
             } else {
                 d_model
             };
-            edits.iter().all(|e| e.fits(width))
+            edits.iter().all(|e| e.fits(width, batch))
         })
     }
 
@@ -191,6 +202,15 @@ mod tests {
         RowEdit::ScaleHeads(vec![0.5, 4.0]).apply(&mut z, 4, |x| x);
         assert_eq!(z, [0.5, 0.5, 4.0, 4.0]);
         // Edits that do not fit the rows are found before the step.
-        assert!(!RowEdit::Add(vec![1.0; 3]).fits(2) && RowEdit::Scale(2.0).fits(2));
+        assert!(!RowEdit::Add(vec![1.0; 3]).fits(2, 1) && RowEdit::Scale(2.0).fits(2, 1));
+        // Only the second of two sequences (two rows each) is edited.
+        let second = RowEdit::ForSequences {
+            sequences: vec![false, true],
+            edit: Box::new(RowEdit::ScaleRows(vec![2.0, 3.0])),
+        };
+        let mut rows = vec![1.0; 4];
+        second.apply(&mut rows, 1, |x| x);
+        assert_eq!(rows, [1.0, 1.0, 2.0, 3.0]);
+        assert!(second.fits(1, 2) && !second.fits(1, 3));
     }
 }

@@ -109,14 +109,14 @@ impl Pass<'_, '_> {
     fn block_edits(
         &mut self,
         layer: usize,
-        (n_layers, widths): (usize, (usize, usize)),
+        (n_layers, shape): (usize, ((usize, usize), usize)),
     ) -> Result<Option<BlockEdits>> {
         if layer >= n_layers {
             Ok(None)
         } else if !self.wants_block(layer) {
             Ok(Some(BlockEdits::default()))
         } else {
-            self.hooks.block_edits(layer, widths, &self.ctx)
+            self.hooks.block_edits(layer, shape, &self.ctx)
         }
     }
 
@@ -381,7 +381,8 @@ impl Transformer {
                 // through the fused step in one call.
                 let mut edits = Vec::new();
                 let z_width = (self.cfg.n_heads * self.cfg.d_head) as usize;
-                let shape = (n_layers, (self.cfg.d_model as usize, z_width));
+                let widths = (self.cfg.d_model as usize, z_width);
+                let shape = (n_layers, (widths, batch as usize));
                 while let Some(e) = pass.block_edits(layer + edits.len(), shape)? {
                     edits.push(e);
                 }
