@@ -12,7 +12,6 @@ mod harness;
 mod common;
 
 use std::io::Write;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use common::largest_allocation::{self, LargestAllocation, ALLOCATION_BOUND};
@@ -35,13 +34,7 @@ fn harness_for(target: &str) -> Harness {
 
 /// `Ok(outcome)` when the harness returned, `Err(message)` when it panicked.
 fn run(harness: Harness, data: &[u8], work: &Path) -> Result<Result<(), String>, String> {
-    catch_unwind(AssertUnwindSafe(|| harness(data, work))).map_err(|panic| {
-        panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default()
-    })
+    largest_allocation::catch_panic(|| harness(data, work))
 }
 
 #[test]

@@ -10,7 +10,6 @@
 mod common;
 
 use std::io::Write;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use common::largest_allocation::{self, LargestAllocation, ALLOCATION_BOUND};
@@ -160,17 +159,10 @@ fn guard(
         };
         std::fs::write(file, &bytes).unwrap();
         largest_allocation::reset();
-        match catch_unwind(AssertUnwindSafe(&parse)) {
+        match largest_allocation::catch_panic(&parse) {
             Ok(Ok(())) => loaded += 1,
             Ok(Err(_)) => refused += 1,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                failures.push(format!("{name} #{i} ({what}): panic: {msg}"));
-            }
+            Err(msg) => failures.push(format!("{name} #{i} ({what}): panic: {msg}")),
         }
         let largest = largest_allocation::largest();
         if largest > ALLOCATION_BOUND {

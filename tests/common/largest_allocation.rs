@@ -2,6 +2,7 @@
 //! tests that feed crafted files to loaders: a size read unchecked from a
 //! header shows up as one huge allocation. A test binary opts in with
 //! `#[global_allocator] static A: LargestAllocation = LargestAllocation;`.
+//! [`catch_panic`] turns a loader's panic into the message to report.
 //! libtorch's own allocations bypass it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -43,4 +44,15 @@ unsafe impl GlobalAlloc for LargestAllocation {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) }
     }
+}
+
+/// Runs `f`, catching a panic: `Err(its message)` if it panicked.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    })
 }
