@@ -3,9 +3,10 @@
 use std::io::Write;
 
 use clap::Args;
-use saescope::hooks::Hooks;
+use saescope::hooks::Intervention;
 use saescope::model::generate::chat::{chat_prompt, default_system_prompt};
-use saescope::model::{generate, GenerateConfig, SamplingConfig};
+use saescope::model::generate::engine::{generate_sequence, SequenceRequest};
+use saescope::model::SamplingConfig;
 
 use super::ModelArgs;
 
@@ -60,7 +61,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         (args.prompt.clone(), !args.no_bos)
     };
     let prompt = tok.encode(&text, add_bos)?;
-    let config = GenerateConfig {
+    let request = |steers: Vec<Box<dyn Intervention>>| SequenceRequest {
+        prompt: prompt.clone(),
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingConfig {
             temperature: args.temperature,
@@ -68,32 +70,34 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             top_p: args.top_p,
             seed: args.seed,
         },
-        stop_ids,
+        stop_ids: stop_ids.clone(),
+        steers,
     };
     if args.steer.is_empty() {
-        return stream(&loaded, &args, &prompt, &config, &mut Hooks::new());
+        return stream(&loaded, &args, request(Vec::new()));
     }
     let n_layers = loaded.model.config().n_layers;
-    let mut steers =
-        saescope::steer::load_steer_files(&args.steer, n_layers, loaded.model.device())?;
+    let steers = saescope::steer::load_steer_files(&args.steer, n_layers, loaded.model.device())?;
     println!("== baseline");
-    stream(&loaded, &args, &prompt, &config, &mut Hooks::new())?;
+    stream(&loaded, &args, request(Vec::new()))?;
     let names: Vec<String> = args.steer.iter().map(|p| p.display().to_string()).collect();
     println!("== steered ({})", names.join(" + "));
-    let mut hooks = saescope::steer::steer_hooks(&mut steers);
-    stream(&loaded, &args, &prompt, &config, &mut hooks)
+    let steers = steers
+        .into_iter()
+        .map(|s| s as Box<dyn Intervention>)
+        .collect();
+    stream(&loaded, &args, request(steers))
 }
 
-/// Generates from `prompt` with `hooks`, streaming text to stdout.
+/// Generates `request`, streaming text to stdout (the stop token itself is
+/// not printed).
 fn stream(
     loaded: &saescope::model::LoadedModel,
     args: &GenerateArgs,
-    prompt: &[i64],
-    config: &GenerateConfig,
-    hooks: &mut Hooks,
+    request: SequenceRequest,
 ) -> anyhow::Result<()> {
     let tok = &loaded.tokenizer;
-    let stop_ids = &config.stop_ids;
+    let stop_ids = request.stop_ids.clone();
     let mut stdout = std::io::stdout().lock();
     if !args.chat {
         write!(stdout, "{}", args.prompt)?;
@@ -103,7 +107,7 @@ fn stream(
     let mut new_ids = Vec::new();
     let mut printed = 0;
     let mut stream_error = None;
-    generate(&loaded.model, &[prompt.to_vec()], config, hooks, |_, id| {
+    generate_sequence(&loaded.model, request, |id| {
         if stop_ids.contains(&id) {
             return;
         }

@@ -31,6 +31,10 @@ pub enum RowEdit {
         sequences: Vec<bool>,
         edit: Box<RowEdit>,
     },
+    /// `edits` in order, then `row = before + weight · (row − before)`, each
+    /// step stored in the model's precision: a steer at a fraction (or a
+    /// multiple) of its strength.
+    Blend { weight: f32, edits: Vec<RowEdit> },
 }
 
 impl RowEdit {
@@ -45,6 +49,7 @@ impl RowEdit {
             RowEdit::ForSequences { sequences, edit } => {
                 sequences.len() == batch && edit.fits(width, batch)
             }
+            RowEdit::Blend { edits, .. } => edits.iter().all(|e| e.fits(width, batch)),
         }
     }
 
@@ -94,6 +99,15 @@ impl RowEdit {
                 let seq = n_rows / sequences.len();
                 if sequences[r / seq] {
                     edit.apply_row(r, n_rows, row, round);
+                }
+            }
+            RowEdit::Blend { weight, edits } => {
+                let before = row.to_vec();
+                for edit in edits {
+                    edit.apply_row(r, n_rows, row, round);
+                }
+                for (x, b) in row.iter_mut().zip(before) {
+                    *x = round(b + round(round(*x - b) * weight));
                 }
             }
         }
@@ -212,5 +226,14 @@ mod tests {
         second.apply(&mut rows, 1, |x| x);
         assert_eq!(rows, [1.0, 1.0, 2.0, 3.0]);
         assert!(second.fits(1, 2) && !second.fits(1, 3));
+        // Half of an addition, then of a doubling: 1 + 0.5·(3 − 1), and
+        // 2 + 0.5·(4 − 2).
+        let half = RowEdit::Blend {
+            weight: 0.5,
+            edits: vec![RowEdit::Add(vec![2.0]), RowEdit::Scale(2.0)],
+        };
+        let mut rows = vec![1.0];
+        half.apply(&mut rows, 1, |x| x);
+        assert_eq!(rows, [3.5]);
     }
 }

@@ -4,6 +4,7 @@
 //! real token, as transformers does.
 
 pub mod chat;
+pub mod engine;
 pub mod sampling;
 
 use tch::{Kind, Tensor};
@@ -70,7 +71,7 @@ pub fn generate(
     let all_positions = (full_mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
 
     let mut cache = model.new_cache(batch, capacity);
-    let mut sampler = Sampler::new(config.sampling)?;
+    let mut sampler = [Sampler::new(config.sampling)?];
     let mut outputs: Generated = vec![Vec::new(); prompts.len()];
     let mut finished = vec![false; prompts.len()];
     let mut step_tokens = tokens;
@@ -115,12 +116,13 @@ pub fn generate(
     Ok(outputs)
 }
 
-/// One token per row of `logits [batch, vocab]`. Greedy picks the first
-/// largest logit (a NaN counts as largest), as `argmax` does; both run on the
-/// host, greedy on a CPU model's logits where they lie.
-fn choose(logits: &Tensor, sampler: &mut Sampler) -> Result<Vec<i64>> {
+/// One token per row of `logits [batch, vocab]`, row `r` drawn by
+/// `samplers[r]`, or every row by `samplers[0]` when there is one. Greedy
+/// picks the first largest logit (a NaN counts as largest), as `argmax`
+/// does; both run on the host, greedy on a CPU model's logits where they lie.
+pub(crate) fn choose(logits: &Tensor, samplers: &mut [Sampler]) -> Result<Vec<i64>> {
     let vocab = (logits.size()[1] as usize).max(1);
-    if sampler.config().is_greedy() {
+    if samplers.iter().all(|s| s.config().is_greedy()) {
         if let Ok(flat) = weight_slice(logits) {
             let rows = flat.len() / vocab;
             return Ok((0..rows)
@@ -129,8 +131,13 @@ fn choose(logits: &Tensor, sampler: &mut Sampler) -> Result<Vec<i64>> {
         }
     }
     let flat = host_f32(logits)?;
+    let last = samplers.len().checked_sub(1).ok_or_else(|| {
+        Error::InvalidArgument("choosing tokens needs at least one sampler".into())
+    })?;
     flat.chunks(vocab)
-        .map(|row| {
+        .enumerate()
+        .map(|(r, row)| {
+            let sampler = &mut samplers[r.min(last)];
             if sampler.config().is_greedy() {
                 Ok(first_max(WeightSlice::F32(row), 0..row.len()) as i64)
             } else {

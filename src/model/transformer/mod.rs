@@ -304,6 +304,11 @@ impl Transformer {
                 ));
             }
         }
+        if let Some(rows) = cache.as_ref().map(|c| c.rows()).filter(|&r| r != batch) {
+            return Err(Error::InvalidArgument(format!(
+                "the KV cache is in use for {rows} sequences, the tokens are {batch}"
+            )));
+        }
         let past = cache.as_ref().map_or(0, |c| c.len());
         let tokens = tokens.to_device(self.device);
         let positions = match input.positions {
