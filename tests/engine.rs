@@ -60,7 +60,7 @@ struct Plan {
 fn request(plan: &Plan, steer: &Shared<SteeringVector>) -> SequenceRequest {
     let steers: Vec<Box<dyn Intervention>> = match plan.steer {
         None => Vec::new(),
-        Some(w) if w == 1.0 => vec![Box::new(steer.clone())],
+        Some(1.0) => vec![Box::new(steer.clone())],
         Some(w) => vec![Box::new(Blend {
             weight: w,
             inner: steer.clone(),
@@ -199,7 +199,7 @@ fn a_sequence_alone_gives_the_tokens_of_generate() {
             let mut steer = vector(&model, 2);
             let lockstep = generate(
                 &model,
-                &[prompt.clone()],
+                std::slice::from_ref(&prompt),
                 &config,
                 &mut Hooks::new().with(&mut steer),
                 |_, _| {},
