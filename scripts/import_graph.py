@@ -30,6 +30,7 @@ ALLOWED = {
     "label": {"machine", "io", "hooks", "model", "data", "sae", "plots"},
     "steer": {"machine", "io", "hooks", "model", "sae", "plots", "train"},
     "analysis": {"machine", "io", "hooks", "model", "data", "plots"},
+    "serve": {"machine", "io", "hooks", "model", "sae", "steer"},
     "bench": {"machine", "io", "hooks", "model", "data", "sae", "train", "eval", "steer"},
 }
 MODLINE = re.compile(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+(\w+)\s*\{")

@@ -3,7 +3,8 @@
 //! Layers, top to bottom (see DESIGN.md): `model` (architectures, weights,
 //! tokenizer, generation) → `hooks` (hook points and interventions) → `data`
 //! (corpora, activation stores) → `sae` (architectures, files) → `train`
-//! (the trainer) → `eval` (SAE metrics) → `label` (feature dictionaries).
+//! (the trainer) → `eval` (SAE metrics) → `label` (feature dictionaries) →
+//! `steer` (interventions) → `serve` (the OpenAI-compatible server).
 
 pub mod analysis;
 pub mod bench;
@@ -17,6 +18,7 @@ pub mod machine;
 pub mod model;
 pub mod plots;
 pub mod sae;
+pub mod serve;
 pub mod steer;
 pub mod train;
 

@@ -10,6 +10,7 @@ mod info;
 mod label;
 mod logits;
 mod progress;
+mod serve;
 mod steer;
 mod store;
 mod train;
@@ -38,6 +39,8 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Generate text, streaming tokens to stdout.
     Generate(generate::GenerateArgs),
+    /// An OpenAI-compatible server with per-request steering.
+    Serve(Box<serve::ServeArgs>),
     /// Benchmarks (machine-readable with --json).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -201,6 +204,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Info(args) => info::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Harvest(args) => harvest::run(args),
         Command::Store(cmd) => store::run(cmd),

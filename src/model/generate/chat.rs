@@ -12,22 +12,36 @@ pub fn chat_prompt(
     user: &str,
     system: Option<&str>,
 ) -> Result<(String, i64)> {
+    let mut turns = Vec::new();
+    if let Some(system) = system {
+        turns.push(("system", system));
+    }
+    turns.push(("user", user));
+    chat_turns(tokenizer, &turns)
+}
+
+/// Formats a conversation of `(role, content)` turns (`system`, `user`,
+/// `assistant`) in ChatML and opens the assistant's next turn. Returns the
+/// prompt text and the id of the token that ends a turn.
+pub fn chat_turns(tokenizer: &ModelTokenizer, turns: &[(&str, &str)]) -> Result<(String, i64)> {
     let (Some(_), Some(end)) = (
         tokenizer.token_id("<|im_start|>"),
         tokenizer.token_id("<|im_end|>"),
     ) else {
         return Err(Error::InvalidArgument(
-            "--chat: this model's vocabulary has no ChatML tokens (<|im_start|>, <|im_end|>)"
-                .into(),
+            "chat: this model's vocabulary has no ChatML tokens (<|im_start|>, <|im_end|>)".into(),
         ));
     };
     let mut text = String::new();
-    if let Some(system) = system {
-        text.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
+    for (role, content) in turns {
+        if !matches!(*role, "system" | "user" | "assistant") {
+            return Err(Error::InvalidArgument(format!(
+                "chat: role `{role}` is not system, user or assistant"
+            )));
+        }
+        text.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
     }
-    text.push_str(&format!(
-        "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-    ));
+    text.push_str("<|im_start|>assistant\n");
     Ok((text, end))
 }
 
