@@ -55,6 +55,12 @@ if [ "$WITH_REFERENCE" = 1 ]; then
     say "reference stack present"
   fi
 fi
+if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
+  say "installing the openai client (server tests)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check openai
+else
+  say "openai client present"
+fi
 TORCH_DIR="$("$VENV/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
 ln -sfn "$TORCH_DIR" "$CACHE/libtorch"
 

@@ -102,6 +102,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         steers: args.steers,
         saes: args.saes,
         default_steers: args.default_steers,
+        step_pause: super::progress::test_pause(),
     };
     let model = args.model.model.clone();
     eprintln!("loading {model} ...");

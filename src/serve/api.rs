@@ -1,9 +1,14 @@
 //! The OpenAI-compatible request and response bodies: `/v1/completions`,
 //! `/v1/chat/completions` (each whole or as server-sent chunks), and the
-//! error body, with OpenAI's field names.
+//! error answer, with OpenAI's field names.
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::steering::FieldError;
 
 /// `stop`: one string or a list of them.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,11 +47,11 @@ pub struct Sampling {
     pub default_steer: Option<bool>,
 }
 
+/// `/v1/completions`' own field (the rest is [`Sampling`], read from the
+/// same body: serde's `flatten` would lose the path of a wrong field).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
     pub prompt: Value,
-    #[serde(flatten)]
-    pub sampling: Sampling,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,11 +60,10 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+/// `/v1/chat/completions`' own field (the rest is [`Sampling`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
-    #[serde(flatten)]
-    pub sampling: Sampling,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -145,4 +149,49 @@ pub struct ErrorDetail {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<String>,
+}
+
+/// An error answer with OpenAI's body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn field(e: FieldError) -> Self {
+        ApiError {
+            param: Some(e.param),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.message)
+        }
+    }
+
+    pub fn bad(param: &str, message: impl Into<String>) -> Self {
+        ApiError::field(FieldError::new(param, message))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.message,
+                kind: self.kind,
+                param: self.param,
+                code: None,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
 }

@@ -85,18 +85,51 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         };
-        gauge(&mut out, "saescope:num_requests_running", "gauge", "Requests in the running batch.", &self.running);
-        gauge(&mut out, "saescope:num_requests_waiting", "gauge", "Requests waiting for a place in the batch.", &self.waiting);
-        gauge(&mut out, "saescope:prompt_tokens_total", "counter", "Prompt tokens processed.", &self.prompt_tokens);
-        gauge(&mut out, "saescope:generation_tokens_total", "counter", "Tokens generated.", &self.generation_tokens);
-        gauge(&mut out, "saescope:kv_cache_moves_total", "counter", "Times the running rows moved within the KV cache.", &self.cache_moves);
+        gauge(
+            &mut out,
+            "saescope:num_requests_running",
+            "gauge",
+            "Requests in the running batch.",
+            &self.running,
+        );
+        gauge(
+            &mut out,
+            "saescope:num_requests_waiting",
+            "gauge",
+            "Requests waiting for a place in the batch.",
+            &self.waiting,
+        );
+        gauge(
+            &mut out,
+            "saescope:prompt_tokens_total",
+            "counter",
+            "Prompt tokens processed.",
+            &self.prompt_tokens,
+        );
+        gauge(
+            &mut out,
+            "saescope:generation_tokens_total",
+            "counter",
+            "Tokens generated.",
+            &self.generation_tokens,
+        );
+        gauge(
+            &mut out,
+            "saescope:kv_cache_moves_total",
+            "counter",
+            "Times the running rows moved within the KV cache.",
+            &self.cache_moves,
+        );
         let _ = writeln!(
             out,
             "# HELP saescope:request_success_total Requests finished, by finish reason.\n# TYPE saescope:request_success_total counter"
         );
         if let Ok(m) = self.finished.lock() {
             for (reason, n) in m.iter() {
-                let _ = writeln!(out, "saescope:request_success_total{{finished_reason=\"{reason}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "saescope:request_success_total{{finished_reason=\"{reason}\"}} {n}"
+                );
             }
         }
         let _ = writeln!(
@@ -105,11 +138,22 @@ impl Metrics {
         );
         if let Ok(m) = self.responses.lock() {
             for ((route, status), n) in m.iter() {
-                let _ = writeln!(out, "saescope:http_responses_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "saescope:http_responses_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
             }
         }
-        self.time_to_first_token.write(&mut out, "saescope:time_to_first_token_seconds", "Time from arrival to the first token.");
-        self.time_per_output_token.write(&mut out, "saescope:time_per_output_token_seconds", "Time between consecutive tokens of a request.");
+        self.time_to_first_token.write(
+            &mut out,
+            "saescope:time_to_first_token_seconds",
+            "Time from arrival to the first token.",
+        );
+        self.time_per_output_token.write(
+            &mut out,
+            "saescope:time_per_output_token_seconds",
+            "Time between consecutive tokens of a request.",
+        );
         out
     }
 }
@@ -128,7 +172,10 @@ mod tests {
         m.time_to_first_token.observe(0.02);
         m.time_to_first_token.observe(3.0);
         let text = m.render();
-        assert!(text.contains("saescope:generation_tokens_total 5\n"), "{text}");
+        assert!(
+            text.contains("saescope:generation_tokens_total 5\n"),
+            "{text}"
+        );
         assert!(text.contains("saescope:request_success_total{finished_reason=\"stop\"} 2\n"));
         assert!(text.contains("route=\"/v1/completions\",status=\"429\"} 1\n"));
         assert!(text.contains("saescope:time_to_first_token_seconds_bucket{le=\"0.01\"} 0\n"));

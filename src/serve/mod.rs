@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub saes: Vec<(String, PathBuf)>,
     /// Steers (name, scale) every request gets unless it opts out.
     pub default_steers: Vec<(String, f64)>,
+    /// A pause after every decode step (tests stretch tiny models with it).
+    pub step_pause: Option<Duration>,
 }
 
 /// Loads the model (with `load`, on the engine's thread), then serves until
@@ -63,6 +65,7 @@ pub fn serve(
     let limits = Limits {
         max_prompt_tokens: config.max_prompt_tokens,
         max_tokens: config.max_tokens,
+        step_pause: config.step_pause,
     };
     let (commands, receiver) = mpsc::channel::<Command>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Catalog>>();
@@ -102,7 +105,14 @@ pub fn serve(
                 }
             };
             let _ = ready_tx.send(Ok(catalog));
-            worker::work(&loaded, &steers, limits, &mut engine, &receiver, &worker_metrics)
+            worker::work(
+                &loaded,
+                &steers,
+                limits,
+                &mut engine,
+                &receiver,
+                &worker_metrics,
+            )
         })
         .map_err(|e| Error::InvalidArgument(format!("cannot start the engine thread: {e}")))?;
     let catalog = ready_rx

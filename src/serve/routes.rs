@@ -19,11 +19,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::api::{
-    ChatChoice, ChatCompletion, ChatContent, ChatRequest, Completion, CompletionChoice,
-    CompletionRequest, ErrorBody, ErrorDetail, Sampling, Usage,
+    ApiError, ChatChoice, ChatCompletion, ChatContent, ChatRequest, Completion, CompletionChoice,
+    CompletionRequest, Sampling, Usage,
 };
 use super::metrics::Metrics;
-use super::steering::{parse_steer, Catalog, FieldError};
+use super::steering::{parse_steer, Catalog};
 use super::worker::{Command, Event, Job, Limits, Prompt};
 use crate::model::SamplingConfig;
 
@@ -59,51 +59,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// An error answer with OpenAI's body.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-    param: Option<String>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            kind,
-            message: message.into(),
-            param: None,
-        }
-    }
-
-    fn field(e: FieldError) -> Self {
-        ApiError {
-            param: Some(e.param),
-            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.message)
-        }
-    }
-
-    fn bad(param: &str, message: impl Into<String>) -> Self {
-        ApiError::field(FieldError::new(param, message))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                message: self.message,
-                kind: self.kind,
-                param: self.param,
-                code: None,
-            },
-        };
-        (self.status, Json(body)).into_response()
-    }
-}
-
 /// Counts a request in flight for as long as it lives.
 struct InFlight(AppState);
 
@@ -120,13 +75,13 @@ fn now_seconds() -> u64 {
 }
 
 /// The checks every generation request passes first: draining, the API key,
-/// the in-flight limit, the body size; then the body parsed as `T`, with the
-/// path of a wrong field named.
+/// the in-flight limit, the body size; then the body parsed as `T` and as the
+/// shared [`Sampling`] fields, with the path of a wrong field named.
 async fn accept<T: DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(T, InFlight), ApiError> {
+) -> Result<((T, Sampling), InFlight), ApiError> {
     if state.draining.load(Ordering::SeqCst) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -157,13 +112,22 @@ async fn accept<T: DeserializeOwned>(
             ),
         )
     })?;
-    let mut json = serde_json::Deserializer::from_slice(&bytes);
-    let parsed: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+    let body: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad("body", format!("not JSON: {e}")))?;
+    Ok(((typed(&body)?, typed(&body)?), guard))
+}
+
+/// `body` read as `T`, a wrong field named by its path.
+fn typed<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
-        let param = if path == "." { "body".to_string() } else { path };
+        let param = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
         ApiError::bad(&param, e.inner().to_string())
-    })?;
-    Ok((parsed, guard))
+    })
 }
 
 fn authorize(state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -185,19 +149,24 @@ fn authorize(state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The shared fields checked and turned into a job (without its prompt).
-fn job_settings(
+/// A job for the engine from a request's prompt and checked settings, the
+/// receiver of its events, and whether the answer streams.
+fn prepare(
     state: &ServerState,
+    prompt: Prompt,
     s: Sampling,
     default_max_tokens: usize,
-) -> Result<(usize, SamplingConfig, Vec<String>, Vec<super::steering::SteerItem>, bool), ApiError> {
+) -> Result<(Job, mpsc::UnboundedReceiver<Event>, bool), ApiError> {
     if let Some(model) = s.model.as_deref().filter(|m| *m != state.model_name) {
         return Err(ApiError {
             param: Some("model".into()),
             ..ApiError::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
-                format!("model `{model}` is not served here; this server serves `{}`", state.model_name),
+                format!(
+                    "model `{model}` is not served here; this server serves `{}`",
+                    state.model_name
+                ),
             )
         });
     }
@@ -207,12 +176,18 @@ fn job_settings(
     let (param, max_tokens) = match (s.max_completion_tokens, s.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", m),
         (None, Some(m)) => ("max_tokens", m),
-        (None, None) => ("max_tokens", default_max_tokens.min(state.limits.max_tokens)),
+        (None, None) => (
+            "max_tokens",
+            default_max_tokens.min(state.limits.max_tokens),
+        ),
     };
     if max_tokens == 0 || max_tokens > state.limits.max_tokens {
         return Err(ApiError::bad(
             param,
-            format!("must be between 1 and {} (--max-tokens)", state.limits.max_tokens),
+            format!(
+                "must be between 1 and {} (--max-tokens)",
+                state.limits.max_tokens
+            ),
         ));
     }
     let temperature = s.temperature.unwrap_or(1.0);
@@ -240,19 +215,6 @@ fn job_settings(
         seed,
     };
     let steer = parse_steer(&state.catalog, s.steer.as_ref()).map_err(ApiError::field)?;
-    Ok((max_tokens, sampling, stop, steer, s.default_steer.unwrap_or(true)))
-}
-
-/// A job for the engine from a request's prompt and settings, the receiver
-/// of its events, and whether the answer streams.
-fn prepare(
-    state: &ServerState,
-    prompt: Prompt,
-    s: Sampling,
-    default_max: usize,
-) -> Result<(Job, mpsc::UnboundedReceiver<Event>, bool), ApiError> {
-    let stream = s.stream;
-    let (max_tokens, sampling, stop, steer, default_steer) = job_settings(state, s, default_max)?;
     let (events, receiver) = mpsc::unbounded_channel();
     let job = Job {
         prompt,
@@ -260,11 +222,11 @@ fn prepare(
         sampling,
         stop,
         steer,
-        default_steer,
+        default_steer: s.default_steer.unwrap_or(true),
         events,
         arrived: Instant::now(),
     };
-    Ok((job, receiver, stream))
+    Ok((job, receiver, s.stream))
 }
 
 /// Sends the job to the engine and waits until its prompt has run: the
@@ -274,12 +236,25 @@ async fn start(
     job: Job,
     events: &mut mpsc::UnboundedReceiver<Event>,
 ) -> Result<usize, ApiError> {
-    let gone = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the engine has stopped");
-    state.commands.send(Command::Submit(job)).map_err(|_| gone())?;
+    let gone = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the engine has stopped",
+        )
+    };
+    state
+        .commands
+        .send(Command::Submit(job))
+        .map_err(|_| gone())?;
     match events.recv().await {
         Some(Event::Started { prompt_tokens }) => Ok(prompt_tokens),
         Some(Event::Failed(e)) => Err(ApiError::field(e)),
-        Some(Event::Error(e)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e)),
+        Some(Event::Error(e)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            e,
+        )),
         Some(Event::Done { finish_reason, .. }) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
@@ -290,21 +265,32 @@ async fn start(
 }
 
 /// The whole text and how it ended.
-async fn collect(events: &mut mpsc::UnboundedReceiver<Event>) -> Result<(String, &'static str, usize), ApiError> {
+async fn collect(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+) -> Result<(String, &'static str, usize), ApiError> {
     let mut text = String::new();
     while let Some(event) = events.recv().await {
         match event {
             Event::Text(piece) => text.push_str(&piece),
-            Event::Done { finish_reason, completion_tokens } => {
-                return Ok((text, finish_reason, completion_tokens))
-            }
+            Event::Done {
+                finish_reason,
+                completion_tokens,
+            } => return Ok((text, finish_reason, completion_tokens)),
             Event::Error(e) => {
-                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e))
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    e,
+                ))
             }
             Event::Started { .. } | Event::Failed(_) => {}
         }
     }
-    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the engine has stopped"))
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "the engine has stopped",
+    ))
 }
 
 /// Streams `events` as server-sent events, each piece of text made into a
@@ -330,7 +316,10 @@ fn sse(
             let (out, last) = match event {
                 Event::Text(piece) => (send(chunk(Some(piece), None)), false),
                 Event::Done { finish_reason, .. } => (send(chunk(None, Some(finish_reason))), true),
-                Event::Error(e) => (send(json!({"error": {"message": e, "type": "server_error"}})), true),
+                Event::Error(e) => (
+                    send(json!({"error": {"message": e, "type": "server_error"}})),
+                    true,
+                ),
                 Event::Started { .. } | Event::Failed(_) => continue,
             };
             if tx.send(Ok(out)).await.is_err() {
@@ -353,53 +342,84 @@ fn id(state: &ServerState, prefix: &str) -> String {
 }
 
 async fn completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let response = completion(&state, &headers, body).await.unwrap_or_else(IntoResponse::into_response);
-    state.metrics.responded("/v1/completions", response.status().as_u16());
+    let response = completion(&state, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    state
+        .metrics
+        .responded("/v1/completions", response.status().as_u16());
     response
 }
 
-async fn completion(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let (request, guard): (CompletionRequest, _) = accept(state, headers, body).await?;
+async fn completion(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ((request, sampling), guard): ((CompletionRequest, _), _) =
+        accept(state, headers, body).await?;
     let prompt = match &request.prompt {
         Value::String(s) => s.clone(),
         Value::Array(items) if items.len() == 1 && items[0].is_string() => {
             items[0].as_str().unwrap_or_default().to_string()
         }
-        _ => return Err(ApiError::bad("prompt", "must be a string (or a list of one string)")),
+        _ => {
+            return Err(ApiError::bad(
+                "prompt",
+                "must be a string (or a list of one string)",
+            ))
+        }
     };
-    let (job, mut events, stream) = prepare(state, Prompt::Text(prompt), request.sampling, 16)?;
+    let (job, mut events, stream) = prepare(state, Prompt::Text(prompt), sampling, 16)?;
     let prompt_tokens = start(state, job, &mut events).await?;
     let (id, created, model) = (id(state, "cmpl"), now_seconds(), state.model_name.clone());
-    let make = move |text: Option<String>, finish: Option<&'static str>, usage: Option<Usage>| Completion {
-        id: id.clone(),
-        object: "text_completion",
-        created,
-        model: model.clone(),
-        choices: vec![CompletionChoice {
-            index: 0,
-            text: text.unwrap_or_default(),
-            logprobs: None,
-            finish_reason: finish,
-        }],
-        usage,
+    let make = move |text: Option<String>, finish: Option<&'static str>, usage: Option<Usage>| {
+        Completion {
+            id: id.clone(),
+            object: "text_completion",
+            created,
+            model: model.clone(),
+            choices: vec![CompletionChoice {
+                index: 0,
+                text: text.unwrap_or_default(),
+                logprobs: None,
+                finish_reason: finish,
+            }],
+            usage,
+        }
     };
     if stream {
-        let chunk = move |text, finish| serde_json::to_value(make(text, finish, None)).unwrap_or(Value::Null);
+        let chunk = move |text, finish| {
+            serde_json::to_value(make(text, finish, None)).unwrap_or(Value::Null)
+        };
         return Ok(sse(events, None, chunk, guard));
     }
     let (text, finish, completion_tokens) = collect(&mut events).await?;
     drop(guard);
-    Ok(Json(make(Some(text), Some(finish), Some(Usage::new(prompt_tokens, completion_tokens)))).into_response())
+    Ok(Json(make(
+        Some(text),
+        Some(finish),
+        Some(Usage::new(prompt_tokens, completion_tokens)),
+    ))
+    .into_response())
 }
 
-async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let response = chat(&state, &headers, body).await.unwrap_or_else(IntoResponse::into_response);
-    state.metrics.responded("/v1/chat/completions", response.status().as_u16());
+async fn chat_completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let response = chat(&state, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    state
+        .metrics
+        .responded("/v1/chat/completions", response.status().as_u16());
     response
 }
 
 async fn chat(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let (request, guard): (ChatRequest, _) = accept(state, headers, body).await?;
+    let ((request, sampling), guard): ((ChatRequest, _), _) = accept(state, headers, body).await?;
     if request.messages.is_empty() {
         return Err(ApiError::bad("messages", "must hold at least one message"));
     }
@@ -411,34 +431,56 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
             ));
         }
     }
-    let turns = request.messages.into_iter().map(|m| (m.role, m.content)).collect();
+    let turns = request
+        .messages
+        .into_iter()
+        .map(|m| (m.role, m.content))
+        .collect();
     let default_max = state.limits.max_tokens;
-    let (job, mut events, stream) = prepare(state, Prompt::Chat(turns), request.sampling, default_max)?;
+    let (job, mut events, stream) = prepare(state, Prompt::Chat(turns), sampling, default_max)?;
     let prompt_tokens = start(state, job, &mut events).await?;
-    let (id, created, model) = (id(state, "chatcmpl"), now_seconds(), state.model_name.clone());
-    let make = move |object, message: Option<ChatContent>, delta: Option<ChatContent>, finish, usage| ChatCompletion {
-        id: id.clone(),
-        object,
-        created,
-        model: model.clone(),
-        choices: vec![ChatChoice {
-            index: 0,
-            message,
-            delta,
-            logprobs: None,
-            finish_reason: finish,
-        }],
-        usage,
-    };
+    let (id, created, model) = (
+        id(state, "chatcmpl"),
+        now_seconds(),
+        state.model_name.clone(),
+    );
+    let make =
+        move |object, message: Option<ChatContent>, delta: Option<ChatContent>, finish, usage| {
+            ChatCompletion {
+                id: id.clone(),
+                object,
+                created,
+                model: model.clone(),
+                choices: vec![ChatChoice {
+                    index: 0,
+                    message,
+                    delta,
+                    logprobs: None,
+                    finish_reason: finish,
+                }],
+                usage,
+            }
+        };
     if stream {
         let role = ChatContent {
             role: Some("assistant"),
             content: Some(String::new()),
         };
-        let first = serde_json::to_value(make("chat.completion.chunk", None, Some(role), None, None)).ok();
+        let first =
+            serde_json::to_value(make("chat.completion.chunk", None, Some(role), None, None)).ok();
         let chunk = move |text: Option<String>, finish| {
-            let delta = ChatContent { role: None, content: text };
-            serde_json::to_value(make("chat.completion.chunk", None, Some(delta), finish, None)).unwrap_or(Value::Null)
+            let delta = ChatContent {
+                role: None,
+                content: text,
+            };
+            serde_json::to_value(make(
+                "chat.completion.chunk",
+                None,
+                Some(delta),
+                finish,
+                None,
+            ))
+            .unwrap_or(Value::Null)
         };
         return Ok(sse(events, first, chunk, guard));
     }
@@ -449,7 +491,14 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
         content: Some(text),
     };
     let usage = Usage::new(prompt_tokens, completion_tokens);
-    Ok(Json(make("chat.completion", Some(message), None, Some(finish), Some(usage))).into_response())
+    Ok(Json(make(
+        "chat.completion",
+        Some(message),
+        None,
+        Some(finish),
+        Some(usage),
+    ))
+    .into_response())
 }
 
 async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -483,7 +532,11 @@ async fn steers(State(state): State<AppState>, headers: HeaderMap) -> Response {
 
 async fn health(State(state): State<AppState>) -> Response {
     if state.draining.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting down"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting down"})),
+        )
+            .into_response()
     } else {
         Json(json!({"status": "ok"})).into_response()
     }

@@ -61,9 +61,19 @@ pub struct Catalog {
 /// One checked item of a request's steering.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SteerItem {
-    Named { index: usize, scale: f64 },
-    Vector { hook: HookPoint, values: Vec<f32>, scale: f64 },
-    SaeEdits { index: usize, edits: Vec<FeatureEdit> },
+    Named {
+        index: usize,
+        scale: f64,
+    },
+    Vector {
+        hook: HookPoint,
+        values: Vec<f32>,
+        scale: f64,
+    },
+    SaeEdits {
+        index: usize,
+        edits: Vec<FeatureEdit>,
+    },
 }
 
 /// A request field that is wrong: which (`param`, as OpenAI names it) and why.
@@ -82,10 +92,13 @@ impl FieldError {
     }
 }
 
+/// One loaded intervention, shared by every request that uses it.
+type SharedSteer = Rc<RefCell<Box<dyn Steer>>>;
+
 /// The steers and SAEs the server loaded; lives on the engine's thread.
 pub struct LoadedSteers {
     /// Each file's interventions, shared by every request that names it.
-    files: Vec<Vec<Rc<RefCell<Box<dyn Steer>>>>>,
+    files: Vec<Vec<SharedSteer>>,
     saes: Vec<(Sae, String, HookPoint)>,
     /// Default steering: (file, scale), applied first.
     defaults: Vec<SteerItem>,
@@ -113,7 +126,9 @@ impl LoadedSteers {
         let all_hooks = HookPoint::all(n_layers);
         for (name, path) in steers {
             if catalog.steers.iter().any(|s| &s.name == name) {
-                return Err(Error::InvalidArgument(format!("--steer {name} is given twice")));
+                return Err(Error::InvalidArgument(format!(
+                    "--steer {name} is given twice"
+                )));
             }
             let loaded = load_steers(path, n_layers, device)?;
             let mut kinds = Vec::new();
@@ -183,7 +198,11 @@ impl LoadedSteers {
     }
 
     /// The interventions of `items`, after the defaults when `use_default`.
-    pub fn build(&self, items: &[SteerItem], use_default: bool) -> Result<Vec<Box<dyn Intervention>>> {
+    pub fn build(
+        &self,
+        items: &[SteerItem],
+        use_default: bool,
+    ) -> Result<Vec<Box<dyn Intervention>>> {
         let defaults = if use_default { &self.defaults[..] } else { &[] };
         let mut out: Vec<Box<dyn Intervention>> = Vec::new();
         for item in defaults.iter().chain(items) {
@@ -229,7 +248,10 @@ impl LoadedSteers {
 }
 
 /// Checks a request's `steer` field against the catalog.
-pub fn parse_steer(catalog: &Catalog, steer: Option<&Value>) -> std::result::Result<Vec<SteerItem>, FieldError> {
+pub fn parse_steer(
+    catalog: &Catalog,
+    steer: Option<&Value>,
+) -> std::result::Result<Vec<SteerItem>, FieldError> {
     let items = match steer {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
@@ -242,7 +264,11 @@ pub fn parse_steer(catalog: &Catalog, steer: Option<&Value>) -> std::result::Res
         .collect()
 }
 
-fn parse_item(catalog: &Catalog, item: &Value, at: &str) -> std::result::Result<SteerItem, FieldError> {
+fn parse_item(
+    catalog: &Catalog,
+    item: &Value,
+    at: &str,
+) -> std::result::Result<SteerItem, FieldError> {
     let Value::Object(fields) = item else {
         return Err(FieldError::new(at, "must be an object"));
     };
@@ -255,7 +281,10 @@ fn parse_item(catalog: &Catalog, item: &Value, at: &str) -> std::result::Result<
             .ok_or_else(|| FieldError::new(field("scale"), "must be a finite number"))?,
     };
     let known = |allowed: &[&str]| match fields.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(FieldError::new(field(k), format!("unknown field; expected one of {allowed:?}"))),
+        Some(k) => Err(FieldError::new(
+            field(k),
+            format!("unknown field; expected one of {allowed:?}"),
+        )),
         None => Ok(()),
     };
     if let Some(name) = fields.get("name") {
@@ -269,46 +298,69 @@ fn parse_item(catalog: &Catalog, item: &Value, at: &str) -> std::result::Result<
             .position(|s| s.name == name)
             .ok_or_else(|| {
                 let names: Vec<&str> = catalog.steers.iter().map(|s| s.name.as_str()).collect();
-                FieldError::new(field("name"), format!("unknown steer `{name}`; loaded: {names:?}"))
+                FieldError::new(
+                    field("name"),
+                    format!("unknown steer `{name}`; loaded: {names:?}"),
+                )
             })?;
         return Ok(SteerItem::Named { index, scale });
     }
     if let Some(vector) = fields.get("vector") {
         known(&["hook", "vector", "scale"])?;
-        let hook_name = fields
-            .get("hook")
-            .and_then(Value::as_str)
-            .ok_or_else(|| FieldError::new(field("hook"), "a vector needs the hook name it is added at"))?;
+        let hook_name = fields.get("hook").and_then(Value::as_str).ok_or_else(|| {
+            FieldError::new(field("hook"), "a vector needs the hook name it is added at")
+        })?;
         let hook = HookPoint::parse_for(hook_name, catalog.n_layers)
             .map_err(|e| FieldError::new(field("hook"), e.to_string()))?;
         let values = vector
             .as_array()
-            .map(|xs| xs.iter().map(|x| x.as_f64().filter(|v| v.is_finite()).map(|v| v as f32)).collect::<Option<Vec<f32>>>())
+            .map(|xs| {
+                xs.iter()
+                    .map(|x| x.as_f64().filter(|v| v.is_finite()).map(|v| v as f32))
+                    .collect::<Option<Vec<f32>>>()
+            })
             .and_then(|v| v)
             .ok_or_else(|| FieldError::new(field("vector"), "must be a list of finite numbers"))?;
         if values.len() != catalog.d_model {
             return Err(FieldError::new(
                 field("vector"),
-                format!("has {} numbers; the model's width is {}", values.len(), catalog.d_model),
+                format!(
+                    "has {} numbers; the model's width is {}",
+                    values.len(),
+                    catalog.d_model
+                ),
             ));
         }
-        return Ok(SteerItem::Vector { hook, values, scale });
+        return Ok(SteerItem::Vector {
+            hook,
+            values,
+            scale,
+        });
     }
     if let Some(sae) = fields.get("sae") {
         known(&["sae", "edits"])?;
         let name = sae
             .as_str()
             .ok_or_else(|| FieldError::new(field("sae"), "must be a string"))?;
-        let index = catalog.saes.iter().position(|s| s.name == name).ok_or_else(|| {
-            let names: Vec<&str> = catalog.saes.iter().map(|s| s.name.as_str()).collect();
-            FieldError::new(field("sae"), format!("unknown SAE `{name}`; loaded: {names:?}"))
-        })?;
+        let index = catalog
+            .saes
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = catalog.saes.iter().map(|s| s.name.as_str()).collect();
+                FieldError::new(
+                    field("sae"),
+                    format!("unknown SAE `{name}`; loaded: {names:?}"),
+                )
+            })?;
         let d_sae = catalog.saes[index].d_sae;
         let edits = fields
             .get("edits")
             .and_then(Value::as_array)
             .filter(|e| !e.is_empty())
-            .ok_or_else(|| FieldError::new(field("edits"), "must be a non-empty list of feature edits"))?;
+            .ok_or_else(|| {
+                FieldError::new(field("edits"), "must be a non-empty list of feature edits")
+            })?;
         let edits = edits
             .iter()
             .enumerate()
@@ -327,5 +379,8 @@ fn parse_item(catalog: &Catalog, item: &Value, at: &str) -> std::result::Result<
             .collect::<std::result::Result<Vec<_>, _>>()?;
         return Ok(SteerItem::SaeEdits { index, edits });
     }
-    Err(FieldError::new(at, "needs `name` (a loaded steer), `vector` with `hook`, or `sae` with `edits`"))
+    Err(FieldError::new(
+        at,
+        "needs `name` (a loaded steer), `vector` with `hook`, or `sae` with `edits`",
+    ))
 }

@@ -44,7 +44,9 @@ pub struct Job {
 /// `Done`; or `Failed` / `Error` instead.
 #[derive(Debug)]
 pub enum Event {
-    Started { prompt_tokens: usize },
+    Started {
+        prompt_tokens: usize,
+    },
     Text(String),
     Done {
         finish_reason: &'static str,
@@ -67,6 +69,8 @@ pub enum Command {
 pub struct Limits {
     pub max_prompt_tokens: usize,
     pub max_tokens: usize,
+    /// A pause after every decode step (tests only).
+    pub step_pause: Option<std::time::Duration>,
 }
 
 /// A job in the running batch.
@@ -124,7 +128,9 @@ pub fn work(
                 deliver(loaded, engine, &mut live, first, metrics)?;
             }
         }
-        metrics.waiting.store(waiting.len() as u64, Ordering::Relaxed);
+        metrics
+            .waiting
+            .store(waiting.len() as u64, Ordering::Relaxed);
         if engine.running() > 0 {
             match engine.step() {
                 Ok(emitted) => {
@@ -140,7 +146,12 @@ pub fn work(
                 }
             }
         }
-        metrics.running.store(engine.running() as u64, Ordering::Relaxed);
+        metrics
+            .running
+            .store(engine.running() as u64, Ordering::Relaxed);
+        if let Some(pause) = limits.step_pause.filter(|_| engine.running() > 0) {
+            std::thread::sleep(pause);
+        }
         metrics
             .cache_moves
             .store(engine.cache_moves(), Ordering::Relaxed);
@@ -189,16 +200,23 @@ fn admit(
     metrics: &Metrics,
 ) -> Option<(Emitted, Live)> {
     let fail = |param: &str, message: String| {
-        let _ = job.events.send(Event::Failed(FieldError::new(param, message)));
+        let _ = job
+            .events
+            .send(Event::Failed(FieldError::new(param, message)));
     };
     let tok = &loaded.tokenizer;
     let mut stop_ids = tok.eos_ids().to_vec();
     let (encoded, param) = match &job.prompt {
         Prompt::Text(text) => (tok.encode(text, true), "prompt"),
         Prompt::Chat(turns) => {
-            let mut turns: Vec<(&str, &str)> =
-                turns.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
-            let default = loaded.chat_template.as_deref().and_then(default_system_prompt);
+            let mut turns: Vec<(&str, &str)> = turns
+                .iter()
+                .map(|(r, c)| (r.as_str(), c.as_str()))
+                .collect();
+            let default = loaded
+                .chat_template
+                .as_deref()
+                .and_then(default_system_prompt);
             if let (Some(system), false) = (&default, turns.iter().any(|(r, _)| *r == "system")) {
                 turns.insert(0, ("system", system.as_str()));
             }
