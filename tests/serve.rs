@@ -284,15 +284,7 @@ fn a_full_server_answers_429_and_a_dropped_client_frees_its_slot() {
 /// without the prompt.
 fn generated(prompt: &str, max_new: usize, steer: Option<&Path>) -> String {
     let max_new = max_new.to_string();
-    let mut args = vec![
-        "generate",
-        "--dtype",
-        "f32",
-        "--prompt",
-        prompt,
-        "--max-new-tokens",
-        &max_new,
-    ];
+    let mut args = vec!["generate", "--prompt", prompt, "--max-new-tokens", &max_new];
     let steer_path;
     if let Some(s) = steer {
         steer_path = s.display().to_string();
@@ -327,8 +319,6 @@ fn concurrent_steered_requests_give_the_tokens_of_generate_steer_on_smollm2() {
         &args[1],
         "--max-concurrent",
         "4",
-        "--dtype",
-        "f32",
     ]);
     let prompt = "My favourite season is";
     let requests = [

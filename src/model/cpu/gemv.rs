@@ -215,8 +215,8 @@ vectorized_fn! {
 }
 
 /// One row `x` against bf16 weight rows on AVX2: eight weights at a time are
-/// widened to f32 in a register (zero-extend, shift into the high half) and
-/// multiplied-added, four accumulators deep. The decode step's path on CPUs
+/// widened to f32 in a register (zero-extend, shift into the high half),
+/// multiplied and added, four accumulators deep. The decode step's path on CPUs
 /// without AVX-512.
 #[cfg(target_arch = "x86_64")]
 mod avx2_bf16 {
@@ -244,10 +244,15 @@ mod avx2_bf16 {
         for c in (0..full).step_by(32) {
             for (j, a) in acc.iter_mut().enumerate() {
                 let at = c + 8 * j;
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(at)), widened(w, at), *a);
+                let product = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(at)), widened(w, at));
+                *a = _mm256_add_ps(*a, product);
             }
         }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        // Lane `8j + i` of [`super::dot_rows`] is lane `i` of `acc[j]`; its
+        // halving sum is mirrored step by step (and a product is rounded
+        // before it is added, as there: no fused multiply-add), so that a row
+        // gives the same result alone as among the several rows of a batch.
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
         let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
         let mut lanes = [0f32; 4];
         _mm_storeu_ps(lanes.as_mut_ptr(), half);
@@ -306,7 +311,7 @@ mod bf16_dot {
             };
             let mut r = 0;
             while r < m {
-                let take = (m - r).min(super::MAX_ROWS);
+                let take = (m - r).min(PAIR_ROWS);
                 let xs = &x16[r * k..(r + take) * k];
                 let dst_a = &mut out_a[r..r + take];
                 let dst_b = match out_b.as_deref_mut() {
@@ -317,11 +322,7 @@ mod bf16_dot {
                     1 => dot_pair::<1>(xs, k, (w_a, w_b), dst_a, dst_b),
                     2 => dot_pair::<2>(xs, k, (w_a, w_b), dst_a, dst_b),
                     3 => dot_pair::<3>(xs, k, (w_a, w_b), dst_a, dst_b),
-                    4 => dot_pair::<4>(xs, k, (w_a, w_b), dst_a, dst_b),
-                    5 => dot_pair::<5>(xs, k, (w_a, w_b), dst_a, dst_b),
-                    6 => dot_pair::<6>(xs, k, (w_a, w_b), dst_a, dst_b),
-                    7 => dot_pair::<7>(xs, k, (w_a, w_b), dst_a, dst_b),
-                    _ => dot_pair::<8>(xs, k, (w_a, w_b), dst_a, dst_b),
+                    _ => dot_pair::<4>(xs, k, (w_a, w_b), dst_a, dst_b),
                 }
                 r += take;
             }
@@ -334,8 +335,15 @@ mod bf16_dot {
         std::mem::transmute(_mm512_loadu_si512(p.as_ptr().add(at) as *const _))
     }
 
-    /// `dst_a[r] = x_r · w_a`, `dst_b[r] = x_r · w_b` for the `R` rows of `xs`:
-    /// one accumulator per (row, weight row), `2R` chains in flight.
+    /// Rows of `x` that share a pass over a pair of weight rows: four
+    /// accumulators each (16 of the 32 registers).
+    const PAIR_ROWS: usize = 4;
+
+    /// `dst_a[r] = x_r · w_a`, `dst_b[r] = x_r · w_b` for the `R` rows of `xs`,
+    /// each summed exactly as [`dot_row`] sums one row (even and odd chunks
+    /// apart, then together), so that a row's result does not depend on how
+    /// many rows share the step: a sequence decodes the same alone and in a
+    /// server's batch.
     #[inline(always)]
     unsafe fn dot_pair<const R: usize>(
         xs: &[u16],
@@ -344,19 +352,35 @@ mod bf16_dot {
         dst_a: &mut [f32],
         dst_b: &mut [f32],
     ) {
-        let mut acc_a = [_mm512_setzero_ps(); R];
-        let mut acc_b = [_mm512_setzero_ps(); R];
-        for c in (0..k).step_by(32) {
-            let (a, b) = (load(w_a, c), load(w_b, c));
-            for r in 0..R {
-                let x = load(xs, r * k + c);
-                acc_a[r] = _mm512_dpbf16_ps(acc_a[r], x, a);
-                acc_b[r] = _mm512_dpbf16_ps(acc_b[r], x, b);
-            }
+        // [parity][row]
+        let mut acc_a = [[_mm512_setzero_ps(); R]; 2];
+        let mut acc_b = [[_mm512_setzero_ps(); R]; 2];
+        // Chunk `c` of 32 into the accumulators of parity `p` (a constant at
+        // each use, so the arrays stay in registers).
+        macro_rules! chunk {
+            ($p:literal, $c:expr) => {{
+                let c = $c;
+                let (a, b) = (load(w_a, c), load(w_b, c));
+                for r in 0..R {
+                    let x = load(xs, r * k + c);
+                    acc_a[$p][r] = _mm512_dpbf16_ps(acc_a[$p][r], x, a);
+                    acc_b[$p][r] = _mm512_dpbf16_ps(acc_b[$p][r], x, b);
+                }
+            }};
+        }
+        let chunks = k / 32;
+        let mut c = 0;
+        while c + 1 < chunks {
+            chunk!(0, c * 32);
+            chunk!(1, c * 32 + 32);
+            c += 2;
+        }
+        if c < chunks {
+            chunk!(0, c * 32);
         }
         for r in 0..R {
-            dst_a[r] = _mm512_reduce_add_ps(acc_a[r]);
-            dst_b[r] = _mm512_reduce_add_ps(acc_b[r]);
+            dst_a[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc_a[0][r], acc_a[1][r]));
+            dst_b[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc_b[0][r], acc_b[1][r]));
         }
     }
 
@@ -453,5 +477,56 @@ fn dot_rows<E: Element, const R: usize>(xs: &[f32], k: usize, w: &[E], dst: &mut
             sum += xs[r * k + i] * w[i].widen();
         }
         dst[r] = sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row's products with `w [n, k]`, computed with all `m` rows at
+    /// once and with each row alone, on the active tier.
+    fn together_and_alone(x: &[f32], m: usize, w: WeightSlice) -> (Vec<f32>, Vec<f32>) {
+        let (k, n) = (x.len() / m, w.len() / (x.len() / m));
+        let mut together = vec![0f32; n * m];
+        GemvInput::new(x, m, w).rows_into(w, 0..n, &mut together);
+        let mut alone = vec![0f32; n * m];
+        for r in 0..m {
+            let mut one = vec![0f32; n];
+            GemvInput::new(&x[r * k..(r + 1) * k], 1, w).rows_into(w, 0..n, &mut one);
+            for j in 0..n {
+                alone[j * m + r] = one[j];
+            }
+        }
+        (together, alone)
+    }
+
+    #[test]
+    fn a_row_gets_the_same_bits_alone_and_in_a_batch_on_every_cpu_path() {
+        // k = 576 (SmolLM2's width, 18 chunks of 32), 96 (an odd count of
+        // chunks) and 70 (a tail).
+        for (m, k, n) in [(5, 576, 7), (9, 96, 3), (3, 70, 5)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| (i as f32 * 0.7311).sin() * 3.0)
+                .collect();
+            let w32: Vec<f32> = (0..n * k)
+                .map(|i| (i as f32 * 1.1937).cos() * 0.2)
+                .collect();
+            let w16: Vec<u16> = w32.iter().map(|v| u16::narrow(*v)).collect();
+            for tier in crate::machine::cpu::available() {
+                crate::machine::cpu::with_tier(tier, || {
+                    for w in [WeightSlice::F32(&w32), WeightSlice::Bf16(&w16)] {
+                        let (together, alone) = together_and_alone(&x, m, w);
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&together),
+                            bits(&alone),
+                            "{tier:?} m={m} k={k} {}",
+                            w.len()
+                        );
+                    }
+                });
+            }
+        }
     }
 }
