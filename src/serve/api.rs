@@ -40,11 +40,27 @@ pub struct Sampling {
     pub stop: Option<Stop>,
     #[serde(default)]
     pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
     pub n: Option<usize>,
     /// saescope: steering items (see `serve::steering`).
     pub steer: Option<Value>,
     /// saescope: whether the server's default steering applies (default yes).
     pub default_steer: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+impl Sampling {
+    /// Whether a stream ends with a chunk of usage.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
 }
 
 /// `/v1/completions`' own field (the rest is [`Sampling`], read from the

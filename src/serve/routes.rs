@@ -294,13 +294,15 @@ async fn collect(
 }
 
 /// Streams `events` as server-sent events, each piece of text made into a
-/// chunk by `chunk(text, finish_reason)`, then `[DONE]`. When the client
+/// chunk by `chunk(text, finish_reason)`, then the usage when asked (with the
+/// prompt's token count), then `[DONE]`. When the client
 /// leaves, the stream is dropped, and with it the job's receiver, which the
 /// engine notices before its next step.
 fn sse(
     mut events: mpsc::UnboundedReceiver<Event>,
     first: Option<Value>,
     chunk: impl Fn(Option<String>, Option<&'static str>) -> Value + Send + 'static,
+    usage: Option<usize>,
     guard: InFlight,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Result<SseEvent, std::convert::Infallible>>(64);
@@ -315,7 +317,25 @@ fn sse(
         while let Some(event) = events.recv().await {
             let (out, last) = match event {
                 Event::Text(piece) => (send(chunk(Some(piece), None)), false),
-                Event::Done { finish_reason, .. } => (send(chunk(None, Some(finish_reason))), true),
+                Event::Done {
+                    finish_reason,
+                    completion_tokens,
+                } => {
+                    if tx
+                        .send(Ok(send(chunk(None, Some(finish_reason)))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    // `stream_options.include_usage`: one more chunk, with
+                    // no choices and the usage.
+                    let Some(prompt_tokens) = usage else { break };
+                    let mut last = chunk(None, None);
+                    last["choices"] = json!([]);
+                    last["usage"] = json!(Usage::new(prompt_tokens, completion_tokens));
+                    (send(last), true)
+                }
                 Event::Error(e) => (
                     send(json!({"error": {"message": e, "type": "server_error"}})),
                     true,
@@ -370,6 +390,7 @@ async fn completion(
             ))
         }
     };
+    let include_usage = sampling.include_usage();
     let (job, mut events, stream) = prepare(state, Prompt::Text(prompt), sampling, 16)?;
     let prompt_tokens = start(state, job, &mut events).await?;
     let (id, created, model) = (id(state, "cmpl"), now_seconds(), state.model_name.clone());
@@ -392,7 +413,8 @@ async fn completion(
         let chunk = move |text, finish| {
             serde_json::to_value(make(text, finish, None)).unwrap_or(Value::Null)
         };
-        return Ok(sse(events, None, chunk, guard));
+        let usage = include_usage.then_some(prompt_tokens);
+        return Ok(sse(events, None, chunk, usage, guard));
     }
     let (text, finish, completion_tokens) = collect(&mut events).await?;
     drop(guard);
@@ -437,6 +459,7 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
         .map(|m| (m.role, m.content))
         .collect();
     let default_max = state.limits.max_tokens;
+    let include_usage = sampling.include_usage();
     let (job, mut events, stream) = prepare(state, Prompt::Chat(turns), sampling, default_max)?;
     let prompt_tokens = start(state, job, &mut events).await?;
     let (id, created, model) = (
@@ -482,7 +505,8 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
             ))
             .unwrap_or(Value::Null)
         };
-        return Ok(sse(events, first, chunk, guard));
+        let usage = include_usage.then_some(prompt_tokens);
+        return Ok(sse(events, first, chunk, usage, guard));
     }
     let (text, finish, completion_tokens) = collect(&mut events).await?;
     drop(guard);
