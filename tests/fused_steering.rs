@@ -1,7 +1,8 @@
 //! Steering inside the fused decode step: interventions that can say what
 //! they do as row edits at a block's residual-stream sites (steering vectors,
 //! per-site, per-position and per-head activation scaling, DynScalar, SAE
-//! feature additions) run on the fused path, and give the libtorch
+//! feature additions, clamps and ablations, and the amplify and calibrate
+//! runtime strategies) run on the fused path, and give the libtorch
 //! path's logits and greedy tokens, on the tiny GPT-2, Llama and Qwen2 and on
 //! SmolLM2-135M; the rest keep the libtorch path.
 
@@ -13,6 +14,7 @@ use saescope::model::{generate, load_model, GenerateConfig, Transformer};
 use saescope::sae::{Sae, SaeConfig};
 use saescope::steer::kinds::dyn_scalar::DynScalar;
 use saescope::steer::kinds::sae_features::{FeatureEdit, FeatureOp, SaeFeatureSteer};
+use saescope::steer::kinds::sae_runtime::{Condition, SaeRuntimeSteer, Strategy};
 use saescope::steer::kinds::scaling::{default_sites, ActivationScaling, Granularity};
 use saescope::steer::kinds::vector::SteeringVector;
 use tch::{Device, Kind, Tensor};
@@ -79,6 +81,22 @@ fn steers(model: &Transformer) -> Vec<(&'static str, MakeSteer)> {
     sae_cfg.k = Some(4);
     let sae = Sae::init(sae_cfg, 3, Device::Cpu).unwrap();
     let last = HookPoint::resid_post(n - 1);
+    let jump_sae = Sae::init(SaeConfig::new("jumprelu", d as usize, 2 * d as usize), 4, Device::Cpu)
+        .unwrap();
+    let mid = HookPoint::resid_post(n / 2);
+    let runtime = std::rc::Rc::new(
+        move |strategy, features: Vec<usize>, magnitude, condition| {
+            let sae = jump_sae.to_device(Device::Cpu).unwrap();
+            Box::new(
+                SaeRuntimeSteer::new(sae, "sae".into(), mid, strategy, features, magnitude, condition)
+                    .unwrap(),
+            ) as Box<dyn Intervention>
+        },
+    );
+    let runtime_a = runtime;
+    let clamp_sae = sae.to_device(Device::Cpu).unwrap();
+    let jump_clamp_sae = Sae::init(SaeConfig::new("jumprelu", d as usize, 2 * d as usize), 5, Device::Cpu)
+        .unwrap();
     // One factor per position for the first three positions: the prompt and
     // the first decode step are scaled, row by row (left padding shifts them).
     let per_position = Tensor::rand([outputs.len() as i64, 1, 3], (Kind::Float, Device::Cpu)) * 2.0;
@@ -162,6 +180,42 @@ fn steers(model: &Transformer) -> Vec<(&'static str, MakeSteer)> {
             }),
         ),
         (
+            "SAE feature clamps, TopK",
+            Box::new(move || {
+                let edits = vec![
+                    FeatureEdit {
+                        feature: 1,
+                        op: FeatureOp::Clamp { value: 3.0 },
+                    },
+                    FeatureEdit {
+                        feature: 7,
+                        op: FeatureOp::Ablate,
+                    },
+                    FeatureEdit {
+                        feature: 2,
+                        op: FeatureOp::Add { alpha: 1.5 },
+                    },
+                ];
+                let sae = clamp_sae.to_device(Device::Cpu).unwrap();
+                Box::new(SaeFeatureSteer::new(sae, "sae".into(), last, edits, true).unwrap())
+            }),
+        ),
+        (
+            "SAE feature clamps, JumpReLU",
+            Box::new(move || {
+                let edits = vec![FeatureEdit {
+                    feature: 4,
+                    op: FeatureOp::Clamp { value: -2.0 },
+                }];
+                let sae = jump_clamp_sae.to_device(Device::Cpu).unwrap();
+                Box::new(SaeFeatureSteer::new(sae, "sae".into(), mid, edits, true).unwrap())
+            }),
+        ),
+        (
+            "runtime amplify",
+            Box::new(move || runtime_a(Strategy::Amplify, vec![1, 2, 3], 4.0, None)),
+        ),
+        (
             "DynScalar",
             Box::new(move || {
                 Box::new(
@@ -189,8 +243,8 @@ fn steered_fused_steps_match_the_libtorch_path_and_take_the_fused_path() {
                 // A 2-token prompt, which the fused step takes too, then 3 steps.
                 runs.push(decode_logits(&model, &mut hooks, 2));
                 if fused {
-                    // SAE feature additions leave BOS rows alone, so the
-                    // prompt step (which holds position 0) keeps libtorch.
+                    // SAE feature edits leave BOS rows alone, so the prompt
+                    // step (which holds position 0) keeps libtorch.
                     let prompt_calls = usize::from(what.starts_with("SAE"));
                     assert!(
                         counting.applied <= prompt_calls,
@@ -368,4 +422,56 @@ fn sequences_of_one_batch_carry_their_own_steers_on_the_fused_path() {
     }
     // And the two steers differ, so the check can fail.
     assert!(max_diff(&sequence(&all_vector, 0), &sequence(&all_scaling, 0)) > 1e-2);
+}
+
+/// A conditioned runtime steer reads its condition over the whole call, so it
+/// runs fused on calls of one row: the decode steps of one sequence.
+#[test]
+fn a_conditioned_runtime_steer_decodes_one_sequence_on_the_fused_path() {
+    let mut model = load("llama", Kind::Float);
+    let d = model.config().d_model as usize;
+    let hook = HookPoint::resid_post(1);
+    let sae = Sae::init(SaeConfig::new("jumprelu", d, 2 * d), 4, Device::Cpu).unwrap();
+    let config = GenerateConfig {
+        max_new_tokens: 10,
+        sampling: Default::default(),
+        stop_ids: vec![],
+    };
+    let prompt = vec![vec![3i64, 17, 9]];
+    let mut outs = Vec::new();
+    for (threshold, fused) in [(0.0, false), (0.0, true), (f64::MAX, true)] {
+        model.set_fused_decode(fused);
+        let condition = Condition {
+            features: (0..16).collect(),
+            threshold,
+        };
+        let steer = SaeRuntimeSteer::new(
+            sae.to_device(Device::Cpu).unwrap(),
+            "sae".into(),
+            hook,
+            Strategy::Calibrate,
+            vec![5, 6],
+            6.0,
+            Some(condition),
+        )
+        .unwrap();
+        let mut counting = Counting {
+            inner: Box::new(steer),
+            applied: 0,
+            edited: 0,
+        };
+        let mut hooks = Hooks::new().with(&mut counting);
+        outs.push(generate(&model, &prompt, &config, &mut hooks, |_, _| {}).unwrap());
+        if fused {
+            // The prompt (three rows) keeps libtorch; the nine steps do not.
+            assert_eq!(counting.applied, 1);
+            assert!(counting.edited >= 9, "{}", counting.edited);
+        }
+    }
+    assert_eq!(outs[0], outs[1]);
+    // A condition never met leaves generation unsteered, and that differs.
+    model.set_fused_decode(true);
+    let plain = generate(&model, &prompt, &config, &mut Hooks::new(), |_, _| {}).unwrap();
+    assert_eq!(outs[2], plain);
+    assert_ne!(outs[1], plain, "the steer did nothing");
 }

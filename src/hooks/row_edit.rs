@@ -6,7 +6,73 @@
 //! intervention that cannot say what it does as such edits keeps the libtorch
 //! path for its block; correctness never depends on the fast path.
 
+use std::sync::Arc;
+
 use super::names::{BlockSite, HookPoint};
+
+/// Matrix products for a [`RowFunction`]: `x [m, k] · Wᵀ → [m, n]` for
+/// `W [n, k]` f32. The fused step shares them out among its threads, which
+/// is why every thread must ask for the same products in the same order
+/// (they do: each runs the same edits on the same rows).
+pub trait RowProducts {
+    fn product(&self, x: &[f32], m: usize, w: &[f32]) -> Vec<f32>;
+}
+
+/// [`RowProducts`] computed in place, one dot product at a time.
+pub struct PlainProducts;
+
+impl RowProducts for PlainProducts {
+    fn product(&self, x: &[f32], m: usize, w: &[f32]) -> Vec<f32> {
+        let k = x.len() / m.max(1);
+        x.chunks_exact(k.max(1))
+            .flat_map(|row| {
+                w.chunks_exact(k.max(1))
+                    .map(move |w_row| row.iter().zip(w_row).map(|(a, b)| a * b).sum::<f32>())
+            })
+            .collect()
+    }
+}
+
+/// An edit an intervention computes from the rows themselves (an SAE feature
+/// clamp: encode each row, compare, add decoder rows), for edits that are no
+/// fixed vector or factor. Every thread of the fused step calls it.
+pub trait RowFunction: Send + Sync {
+    /// Width of the rows it edits.
+    fn width(&self) -> usize;
+
+    /// The most outputs (`n`) of a product it asks for per row; the fused
+    /// step sizes its buffers by it.
+    fn product_width(&self) -> usize {
+        0
+    }
+
+    /// Edits the rows of `rows [n, width]` whose flag in `selected` is set,
+    /// in place. `round` stores a value in the model's precision; call it
+    /// wherever the libtorch path stores a tensor in the activation's dtype.
+    fn edit_rows(
+        &self,
+        rows: &mut [f32],
+        selected: &[bool],
+        round: &dyn Fn(f32) -> f32,
+        products: &dyn RowProducts,
+    );
+}
+
+/// A shared [`RowFunction`], equal only to itself.
+#[derive(Clone)]
+pub struct Computed(pub Arc<dyn RowFunction>);
+
+impl std::fmt::Debug for Computed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Computed(width {})", self.0.width())
+    }
+}
+
+impl PartialEq for Computed {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
 
 /// One edit of every `[d_model]` row at a site.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +101,8 @@ pub enum RowEdit {
     /// step stored in the model's precision: a steer at a fraction (or a
     /// multiple) of its strength.
     Blend { weight: f32, edits: Vec<RowEdit> },
+    /// Whatever the function does to each row.
+    Computed(Computed),
 }
 
 impl RowEdit {
@@ -50,16 +118,40 @@ impl RowEdit {
                 sequences.len() == batch && edit.fits(width, batch)
             }
             RowEdit::Blend { edits, .. } => edits.iter().all(|e| e.fits(width, batch)),
+            RowEdit::Computed(f) => f.0.width() == width,
         }
     }
 
     /// Applies the edit to `rows [batch·seq, width]`, which it
     /// [fits](Self::fits); `round` stores each result in the model's
     /// precision (bf16 rounding, or nothing in f32).
-    pub fn apply(&self, rows: &mut [f32], width: usize, round: impl Fn(f32) -> f32 + Copy) {
+    pub fn apply(
+        &self,
+        rows: &mut [f32],
+        width: usize,
+        round: impl Fn(f32) -> f32 + Copy,
+        products: &dyn RowProducts,
+    ) {
         let n_rows = rows.len() / width;
+        // A row function takes all its rows at once (its products then read
+        // each weight once for the whole step).
+        let whole = match self {
+            RowEdit::Computed(f) => Some((f, vec![true; n_rows])),
+            RowEdit::ForSequences { sequences, edit } => match edit.as_ref() {
+                RowEdit::Computed(f) => {
+                    let seq = n_rows / sequences.len().max(1);
+                    Some((f, (0..n_rows).map(|r| sequences[r / seq]).collect()))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some((f, selected)) = whole {
+            f.0.edit_rows(rows, &selected, &round, products);
+            return;
+        }
         for (r, row) in rows.chunks_exact_mut(width).enumerate() {
-            self.apply_row(r, n_rows, row, round);
+            self.apply_row(r, n_rows, row, round, products);
         }
     }
 
@@ -70,6 +162,7 @@ impl RowEdit {
         n_rows: usize,
         row: &mut [f32],
         round: impl Fn(f32) -> f32 + Copy,
+        products: &dyn RowProducts,
     ) {
         let scale = |row: &mut [f32], s: f32| {
             let s = round(s);
@@ -98,18 +191,19 @@ impl RowEdit {
             RowEdit::ForSequences { sequences, edit } => {
                 let seq = n_rows / sequences.len();
                 if sequences[r / seq] {
-                    edit.apply_row(r, n_rows, row, round);
+                    edit.apply_row(r, n_rows, row, round, products);
                 }
             }
             RowEdit::Blend { weight, edits } => {
                 let before = row.to_vec();
                 for edit in edits {
-                    edit.apply_row(r, n_rows, row, round);
+                    edit.apply_row(r, n_rows, row, round, products);
                 }
                 for (x, b) in row.iter_mut().zip(before) {
                     *x = round(b + round(round(*x - b) * weight));
                 }
             }
+            RowEdit::Computed(f) => f.0.edit_rows(row, &[true], &round, products),
         }
     }
 }
@@ -131,6 +225,19 @@ pub struct BlockEdits {
 }
 
 impl BlockEdits {
+    /// The widest product per row that the block's row functions ask for.
+    pub fn product_width(&self) -> usize {
+        fn of(edit: &RowEdit) -> usize {
+            match edit {
+                RowEdit::Computed(f) => f.0.product_width(),
+                RowEdit::ForSequences { edit, .. } => of(edit),
+                RowEdit::Blend { edits, .. } => edits.iter().map(of).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+        self.sites.iter().flatten().map(of).max().unwrap_or(0)
+    }
+
     /// Whether the block is edited at all.
     pub fn is_empty(&self) -> bool {
         self.sites.iter().all(Vec::is_empty)
@@ -164,9 +271,10 @@ impl BlockEdits {
         rows: &mut [f32],
         width: usize,
         round: impl Fn(f32) -> f32 + Copy,
+        products: &dyn RowProducts,
     ) {
         for edit in self.at(site) {
-            edit.apply(rows, width, round);
+            edit.apply(rows, width, round, products);
         }
     }
 
@@ -187,10 +295,10 @@ mod tests {
         let mut edits = BlockEdits::default();
         edits.sites[2] = vec![RowEdit::Add(vec![1.0, -1.0]), RowEdit::Scale(2.0)];
         let mut rows = vec![0.5, 0.5, 2.0, 3.0];
-        edits.apply(BlockSite::AttnOut, &mut rows, 2, |x| x);
+        edits.apply(BlockSite::AttnOut, &mut rows, 2, |x| x, &PlainProducts);
         assert_eq!(rows, [3.0, -1.0, 6.0, 4.0]);
         // Other sites are untouched.
-        edits.apply(BlockSite::MlpOut, &mut rows, 2, |x| x);
+        edits.apply(BlockSite::MlpOut, &mut rows, 2, |x| x, &PlainProducts);
         assert_eq!(rows, [3.0, -1.0, 6.0, 4.0]);
         assert!(edits.at(BlockSite::AttnZ).is_empty() && edits.at(BlockSite::AttnQ).is_empty());
         assert_eq!(edits.at(BlockSite::AttnOut).len(), 2);
@@ -202,18 +310,18 @@ mod tests {
             weight: vec![1.0, 0.0],
             bias: 0.4,
         };
-        dyn_scale.apply(&mut row, 2, |x| x);
+        dyn_scale.apply(&mut row, 2, |x| x, &PlainProducts);
         assert!(
             (row[0] - 6.0).abs() < 1e-5 && (row[1] - 8.0).abs() < 1e-5,
             "{row:?}"
         );
         // A factor per position, repeated for every sequence of the step.
         let mut rows = vec![1.0; 8];
-        RowEdit::ScaleRows(vec![2.0, 3.0]).apply(&mut rows, 2, |x| x);
+        RowEdit::ScaleRows(vec![2.0, 3.0]).apply(&mut rows, 2, |x| x, &PlainProducts);
         assert_eq!(rows, [2.0, 2.0, 3.0, 3.0, 2.0, 2.0, 3.0, 3.0]);
         // Two heads of width 2.
         let mut z = vec![1.0; 4];
-        RowEdit::ScaleHeads(vec![0.5, 4.0]).apply(&mut z, 4, |x| x);
+        RowEdit::ScaleHeads(vec![0.5, 4.0]).apply(&mut z, 4, |x| x, &PlainProducts);
         assert_eq!(z, [0.5, 0.5, 4.0, 4.0]);
         // Edits that do not fit the rows are found before the step.
         assert!(!RowEdit::Add(vec![1.0; 3]).fits(2, 1) && RowEdit::Scale(2.0).fits(2, 1));
@@ -223,7 +331,7 @@ mod tests {
             edit: Box::new(RowEdit::ScaleRows(vec![2.0, 3.0])),
         };
         let mut rows = vec![1.0; 4];
-        second.apply(&mut rows, 1, |x| x);
+        second.apply(&mut rows, 1, |x| x, &PlainProducts);
         assert_eq!(rows, [1.0, 1.0, 2.0, 3.0]);
         assert!(second.fits(1, 2) && !second.fits(1, 3));
         // Half of an addition, then of a doubling: 1 + 0.5·(3 − 1), and
@@ -233,7 +341,7 @@ mod tests {
             edits: vec![RowEdit::Add(vec![2.0]), RowEdit::Scale(2.0)],
         };
         let mut rows = vec![1.0];
-        half.apply(&mut rows, 1, |x| x);
+        half.apply(&mut rows, 1, |x| x, &PlainProducts);
         assert_eq!(rows, [3.5]);
     }
 }

@@ -27,7 +27,7 @@ use super::step_ops::{
 };
 use super::team::{Readers, Team};
 use crate::error::{Error, Result};
-use crate::hooks::{BlockEdits, BlockSite};
+use crate::hooks::{BlockEdits, BlockSite, RowProducts};
 use crate::model::config::{Activation, ModelConfig, NormKind};
 
 /// The most rows (sequences × new positions) a fused step takes in `kind`.
@@ -50,6 +50,17 @@ pub fn supported(cfg: &ModelConfig, kind: Kind, device: Device) -> bool {
     device == Device::Cpu
         && matches!(kind, Kind::Float | Kind::BFloat16)
         && cfg.activation != Activation::Gelu
+}
+
+/// The team's products, for interventions that compute their row edits
+/// (an SAE's encoder over the step's rows, shared out like a block's).
+struct TeamProducts<'a, 'b>(&'a Team<'b>);
+
+impl RowProducts for TeamProducts<'_, '_> {
+    fn product(&self, x: &[f32], m: usize, w: &[f32]) -> Vec<f32> {
+        self.0
+            .product(x, m, WeightSlice::F32(w), None, Readers::All)
+    }
 }
 
 /// The per-call state of one step: `seq` new positions of each of `batch`
@@ -244,8 +255,9 @@ impl DecodeStep {
         edits: &BlockEdits,
     ) {
         let round = |x| self.round_one(x);
+        let products = &TeamProducts(team);
         let d = cfg.d_model as usize;
-        edits.apply(BlockSite::ResidPre, resid, d, round);
+        edits.apply(BlockSite::ResidPre, resid, d, round, products);
         let (n_heads, n_kv, dh) = (
             cfg.n_heads as usize,
             cfg.n_kv_heads as usize,
@@ -266,11 +278,11 @@ impl DecodeStep {
             }
         }
         let mut z = self.attend(team, &qkv, cache, (n_heads, n_kv, dh));
-        edits.apply(BlockSite::AttnZ, &mut z, q_width, round);
+        edits.apply(BlockSite::AttnZ, &mut z, q_width, round, products);
         let mut attn_out = self.linear(team, (&z, rows), w.out_w, w.out_b, Readers::All);
-        edits.apply(BlockSite::AttnOut, &mut attn_out, d, round);
+        edits.apply(BlockSite::AttnOut, &mut attn_out, d, round, products);
         let mut resid_mid = self.add(resid, &attn_out);
-        edits.apply(BlockSite::ResidMid, &mut resid_mid, d, round);
+        edits.apply(BlockSite::ResidMid, &mut resid_mid, d, round, products);
         let mlp_in = if cfg.parallel_residual {
             self.norm(cfg, &w.ln2, resid)
         } else {
@@ -279,9 +291,9 @@ impl DecodeStep {
         let pre = self.linear(team, (&mlp_in, rows), w.mlp_in_w, w.mlp_in_b, Readers::All);
         let post = self.activate(team, cfg, &pre);
         let mut mlp_out = self.linear(team, (&post, rows), w.mlp_out_w, w.mlp_out_b, Readers::All);
-        edits.apply(BlockSite::MlpOut, &mut mlp_out, d, round);
+        edits.apply(BlockSite::MlpOut, &mut mlp_out, d, round, products);
         *resid = self.add(&resid_mid, &mlp_out);
-        edits.apply(BlockSite::ResidPost, resid, d, round);
+        edits.apply(BlockSite::ResidPost, resid, d, round, products);
     }
 
     /// The MLP's activation of `pre [batch, d_mlp or 2·d_mlp]` → `[batch, d_mlp]`.

@@ -63,12 +63,14 @@ impl Transformer {
         }
         let head = with_logits.then_some((&host.ln_final, host.unembed));
         let cfg = &self.cfg;
-        // Scratch for the widest product: the unembedding, or a block's.
+        // Scratch for the widest product: the unembedding, a block's, or an
+        // intervention's (an SAE's encoder).
         let widest = self
             .cfg
             .vocab_size
             .max(self.cfg.qkv_rows())
-            .max(2 * self.cfg.d_mlp);
+            .max(2 * self.cfg.d_mlp)
+            .max(edits.iter().map(BlockEdits::product_width).max().unwrap_or(0) as i64);
         let start = rows;
         let (rows, logits) = team::run(widest as usize * step.rows(), |team| {
             let mut rows = start.clone();

@@ -5,6 +5,7 @@
 
 pub mod dyn_scalar;
 pub mod sae_features;
+pub mod sae_rows;
 pub mod sae_runtime;
 pub mod scaling;
 pub mod vector;

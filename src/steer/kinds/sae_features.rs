@@ -6,13 +6,15 @@
 //! - `ablate`: clamp to 0.
 //!
 //! Without the error term, the clamped activation is the SAE's edited
-//! reconstruction instead. The BOS position is left alone.
+//! reconstruction instead. The BOS position is left alone. On the fused
+//! decode step the edits run row by row (`sae_rows`).
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::hooks::{HookContext, HookPoint, Intervention, RowEdit};
+use super::sae_rows::FeatureRows;
+use crate::hooks::{Computed, HookContext, HookPoint, Intervention, RowEdit};
 use crate::sae::config::{NORMALIZE_EXPECTED_AVERAGE, NORMALIZE_NONE};
 use crate::sae::Sae;
 use crate::steer::build::{BuildContext, SteerKind};
@@ -71,6 +73,9 @@ pub struct SaeFeatureSteer {
     pub hook: HookPoint,
     pub edits: Vec<FeatureEdit>,
     pub keep_error: bool,
+    /// The edits as a row function for the fused decode step, built on
+    /// first use (`None` inside: the SAE's architecture has no host rule).
+    fused: Option<Option<Computed>>,
 }
 
 impl SaeFeatureSteer {
@@ -108,6 +113,7 @@ impl SaeFeatureSteer {
             hook,
             edits,
             keep_error,
+            fused: None,
         })
     }
 
@@ -175,22 +181,45 @@ impl Intervention for SaeFeatureSteer {
         Ok(Some(act.f_add(&delta)?))
     }
 
-    /// Feature additions only, as one vector added to every row, on steps
-    /// without a BOS position (which `apply` leaves alone): the decode steps.
-    /// Clamps and ablations need the SAE's encoder and keep libtorch.
+    /// On steps without a BOS position (which `apply` leaves alone): feature
+    /// additions alone as one vector added to every row; clamps and
+    /// ablations (with the error term kept) as a row function that encodes
+    /// each row with the SAE's encoder rows on the host.
     fn row_edits(&mut self, hook: HookPoint, ctx: &HookContext) -> Result<Option<Vec<RowEdit>>> {
         if hook != self.hook {
             return Ok(Some(Vec::new()));
+        }
+        let holds_bos = ctx.positions.f_eq(0)?.f_any()?.f_int64_value(&[])? != 0;
+        if holds_bos || self.sae.device() != tch::Device::Cpu {
+            return Ok(None);
         }
         let adds_only = self
             .edits
             .iter()
             .all(|e| matches!(e.op, FeatureOp::Add { .. }));
-        let holds_bos = ctx.positions.f_eq(0)?.f_any()?.f_int64_value(&[])? != 0;
-        if !adds_only || holds_bos {
+        if adds_only {
+            return Ok(Some(self.summed_additions()?.map(RowEdit::Add).into_iter().collect()));
+        }
+        if !self.keep_error {
             return Ok(None);
         }
-        // Summed in `delta`'s order: α·W_dec[f] for each edit, in f32.
+        if self.fused.is_none() {
+            let edits: Vec<(usize, FeatureOp)> = self.edits.iter().map(|e| (e.feature, e.op)).collect();
+            self.fused = Some(
+                FeatureRows::new(&self.sae, &edits)?.map(|f| Computed(std::sync::Arc::new(f))),
+            );
+        }
+        Ok(self
+            .fused
+            .clone()
+            .flatten()
+            .map(|f| vec![RowEdit::Computed(f)]))
+    }
+}
+
+impl SaeFeatureSteer {
+    /// `Σ α·W_dec[f]` over the additions, in `delta`'s order, in f32.
+    fn summed_additions(&self) -> Result<Option<Vec<f32>>> {
         let mut sum: Option<Vec<f32>> = None;
         for e in &self.edits {
             let FeatureOp::Add { alpha } = e.op else {
@@ -209,7 +238,7 @@ impl Intervention for SaeFeatureSteer {
                 Some(acc) => acc.iter().zip(scaled).map(|(a, b)| a + b).collect(),
             });
         }
-        Ok(Some(sum.map(RowEdit::Add).into_iter().collect()))
+        Ok(sum)
     }
 }
 

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::hooks::{HookContext, HookPoint, Intervention};
+use super::sae_rows::RuntimeRows;
+use crate::hooks::{Computed, HookContext, HookPoint, Intervention, RowEdit};
 use crate::sae::architecture::{encoder_input, pre_activations};
 use crate::sae::Sae;
 use crate::steer::build::{BuildContext, SteerKind};
@@ -47,6 +48,9 @@ pub struct SaeRuntimeSteer {
     pub features: Vec<usize>,
     pub magnitude: f64,
     pub condition: Option<Condition>,
+    /// The strategy as a row function for the fused decode step, built on
+    /// first use (`None` inside: no host rule).
+    fused: Option<Option<Computed>>,
 }
 
 impl SaeRuntimeSteer {
@@ -83,6 +87,7 @@ impl SaeRuntimeSteer {
             features,
             magnitude,
             condition,
+            fused: None,
         })
     }
 
@@ -164,6 +169,38 @@ impl Intervention for SaeRuntimeSteer {
         }
         let out = self.edit(&x)?.f_reshape(shape.as_slice())?;
         Ok(Some(out.f_to_device(act.device())?.f_to_kind(act.kind())?))
+    }
+
+    /// The strategy row by row (`sae_rows`). A condition is read over the
+    /// whole call's rows on the libtorch path, so a conditioned steer runs
+    /// fused only on calls of one row (a decode step of one sequence).
+    fn row_edits(&mut self, hook: HookPoint, ctx: &HookContext) -> Result<Option<Vec<RowEdit>>> {
+        if hook != self.hook {
+            return Ok(Some(Vec::new()));
+        }
+        let conditioned = self.condition.as_ref().is_some_and(|c| !c.features.is_empty());
+        if self.sae.device() != tch::Device::Cpu || (conditioned && ctx.positions.numel() != 1) {
+            return Ok(None);
+        }
+        if self.fused.is_none() {
+            let condition = self
+                .condition
+                .as_ref()
+                .map(|c| (c.features.as_slice(), c.threshold));
+            let rows = RuntimeRows::new(
+                &self.sae,
+                &self.features,
+                condition,
+                self.strategy,
+                self.magnitude,
+            )?;
+            self.fused = Some(rows.map(|r| Computed(std::sync::Arc::new(r))));
+        }
+        Ok(self
+            .fused
+            .clone()
+            .flatten()
+            .map(|f| vec![RowEdit::Computed(f)]))
     }
 }
 
