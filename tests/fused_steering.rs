@@ -81,22 +81,38 @@ fn steers(model: &Transformer) -> Vec<(&'static str, MakeSteer)> {
     sae_cfg.k = Some(4);
     let sae = Sae::init(sae_cfg, 3, Device::Cpu).unwrap();
     let last = HookPoint::resid_post(n - 1);
-    let jump_sae = Sae::init(SaeConfig::new("jumprelu", d as usize, 2 * d as usize), 4, Device::Cpu)
-        .unwrap();
+    let jump_sae = Sae::init(
+        SaeConfig::new("jumprelu", d as usize, 2 * d as usize),
+        4,
+        Device::Cpu,
+    )
+    .unwrap();
     let mid = HookPoint::resid_post(n / 2);
     let runtime = std::rc::Rc::new(
         move |strategy, features: Vec<usize>, magnitude, condition| {
             let sae = jump_sae.to_device(Device::Cpu).unwrap();
             Box::new(
-                SaeRuntimeSteer::new(sae, "sae".into(), mid, strategy, features, magnitude, condition)
-                    .unwrap(),
+                SaeRuntimeSteer::new(
+                    sae,
+                    "sae".into(),
+                    mid,
+                    strategy,
+                    features,
+                    magnitude,
+                    condition,
+                )
+                .unwrap(),
             ) as Box<dyn Intervention>
         },
     );
     let runtime_a = runtime;
     let clamp_sae = sae.to_device(Device::Cpu).unwrap();
-    let jump_clamp_sae = Sae::init(SaeConfig::new("jumprelu", d as usize, 2 * d as usize), 5, Device::Cpu)
-        .unwrap();
+    let jump_clamp_sae = Sae::init(
+        SaeConfig::new("jumprelu", d as usize, 2 * d as usize),
+        5,
+        Device::Cpu,
+    )
+    .unwrap();
     // One factor per position for the first three positions: the prompt and
     // the first decode step are scaled, row by row (left padding shifts them).
     let per_position = Tensor::rand([outputs.len() as i64, 1, 3], (Kind::Float, Device::Cpu)) * 2.0;

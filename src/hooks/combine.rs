@@ -97,6 +97,7 @@ mod tests {
             position_offset: 0,
             positions: &positions,
             decode_step: false,
+            model_kind: tch::Kind::Float,
         };
         let act = Tensor::from_slice(&[1.0f32, -1.0]);
         let out = half.apply(hook, &act, &ctx).unwrap().unwrap();

@@ -18,6 +18,9 @@ pub struct HookContext<'a> {
     pub positions: &'a Tensor,
     /// True on the single-token steps of generation after the prompt.
     pub decode_step: bool,
+    /// The model's dtype (interventions that compute on the host may match
+    /// their precision to it).
+    pub model_kind: tch::Kind,
 }
 
 /// Something that reads, and may replace, the activation at hook points.

@@ -11,4 +11,6 @@ pub use cache::ActivationCache;
 pub use combine::{Blend, Shared};
 pub use intervention::{FnIntervention, ForSequences, HookContext, Hooks, Intervention};
 pub use names::{BlockSite, HookPoint};
-pub use row_edit::{BlockEdits, Computed, PlainProducts, RowEdit, RowFunction, RowProducts};
+pub use row_edit::{
+    BlockEdits, Computed, PlainProducts, ProductWeights, RowEdit, RowFunction, RowProducts,
+};

@@ -10,25 +10,46 @@ use std::sync::Arc;
 
 use super::names::{BlockSite, HookPoint};
 
+/// The weights of a [`RowProducts`] product: f32, or bf16 bits (then `x`
+/// is taken in bf16 too, as the model's own bf16 products take it).
+#[derive(Debug, Clone, Copy)]
+pub enum ProductWeights<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
 /// Matrix products for a [`RowFunction`]: `x [m, k] · Wᵀ → [m, n]` for
-/// `W [n, k]` f32. The fused step shares them out among its threads, which
-/// is why every thread must ask for the same products in the same order
-/// (they do: each runs the same edits on the same rows).
+/// `W [n, k]`. The fused step shares them out among its threads, which is
+/// why every thread must ask for the same products in the same order (they
+/// do: each runs the same edits on the same rows).
 pub trait RowProducts {
-    fn product(&self, x: &[f32], m: usize, w: &[f32]) -> Vec<f32>;
+    fn product(&self, x: &[f32], m: usize, w: ProductWeights) -> Vec<f32>;
 }
 
 /// [`RowProducts`] computed in place, one dot product at a time.
 pub struct PlainProducts;
 
 impl RowProducts for PlainProducts {
-    fn product(&self, x: &[f32], m: usize, w: &[f32]) -> Vec<f32> {
-        let k = x.len() / m.max(1);
-        x.chunks_exact(k.max(1))
-            .flat_map(|row| {
-                w.chunks_exact(k.max(1))
-                    .map(move |w_row| row.iter().zip(w_row).map(|(a, b)| a * b).sum::<f32>())
-            })
+    fn product(&self, x: &[f32], m: usize, w: ProductWeights) -> Vec<f32> {
+        let k = (x.len() / m.max(1)).max(1);
+        let widen = |b: u16| f32::from_bits(u32::from(b) << 16);
+        let narrow = |v: f32| widen(half::bf16::from_f32(v).to_bits());
+        let dot = |row: &[f32], j: usize| -> f32 {
+            match w {
+                ProductWeights::F32(w) => row.iter().zip(&w[j * k..]).map(|(a, b)| a * b).sum(),
+                ProductWeights::Bf16(w) => row
+                    .iter()
+                    .zip(&w[j * k..])
+                    .map(|(a, b)| narrow(*a) * widen(*b))
+                    .sum(),
+            }
+        };
+        let n = match w {
+            ProductWeights::F32(w) => w.len() / k,
+            ProductWeights::Bf16(w) => w.len() / k,
+        };
+        x.chunks_exact(k)
+            .flat_map(|row| (0..n).map(move |j| dot(row, j)))
             .collect()
     }
 }

@@ -27,7 +27,7 @@ use super::step_ops::{
 };
 use super::team::{Readers, Team};
 use crate::error::{Error, Result};
-use crate::hooks::{BlockEdits, BlockSite, RowProducts};
+use crate::hooks::{BlockEdits, BlockSite, ProductWeights, RowProducts};
 use crate::model::config::{Activation, ModelConfig, NormKind};
 
 /// The most rows (sequences × new positions) a fused step takes in `kind`.
@@ -57,9 +57,12 @@ pub fn supported(cfg: &ModelConfig, kind: Kind, device: Device) -> bool {
 struct TeamProducts<'a, 'b>(&'a Team<'b>);
 
 impl RowProducts for TeamProducts<'_, '_> {
-    fn product(&self, x: &[f32], m: usize, w: &[f32]) -> Vec<f32> {
-        self.0
-            .product(x, m, WeightSlice::F32(w), None, Readers::All)
+    fn product(&self, x: &[f32], m: usize, w: ProductWeights) -> Vec<f32> {
+        let w = match w {
+            ProductWeights::F32(w) => WeightSlice::F32(w),
+            ProductWeights::Bf16(w) => WeightSlice::Bf16(w),
+        };
+        self.0.product(x, m, w, None, Readers::All)
     }
 }
 

@@ -70,7 +70,13 @@ impl Transformer {
             .vocab_size
             .max(self.cfg.qkv_rows())
             .max(2 * self.cfg.d_mlp)
-            .max(edits.iter().map(BlockEdits::product_width).max().unwrap_or(0) as i64);
+            .max(
+                edits
+                    .iter()
+                    .map(BlockEdits::product_width)
+                    .max()
+                    .unwrap_or(0) as i64,
+            );
         let start = rows;
         let (rows, logits) = team::run(widest as usize * step.rows(), |team| {
             let mut rows = start.clone();

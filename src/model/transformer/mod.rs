@@ -354,6 +354,7 @@ impl Transformer {
                 position_offset: past,
                 positions: &positions,
                 decode_step: past > 0 && seq == 1,
+                model_kind: self.kind,
             },
             stop,
         };

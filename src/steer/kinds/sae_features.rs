@@ -12,8 +12,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::sae_rows::{self, FeatureRows};
 use crate::error::{Error, Result};
-use super::sae_rows::FeatureRows;
 use crate::hooks::{Computed, HookContext, HookPoint, Intervention, RowEdit};
 use crate::sae::config::{NORMALIZE_EXPECTED_AVERAGE, NORMALIZE_NONE};
 use crate::sae::Sae;
@@ -74,8 +74,9 @@ pub struct SaeFeatureSteer {
     pub edits: Vec<FeatureEdit>,
     pub keep_error: bool,
     /// The edits as a row function for the fused decode step, built on
-    /// first use (`None` inside: the SAE's architecture has no host rule).
-    fused: Option<Option<Computed>>,
+    /// first use for a model of that dtype (`None` inside: the SAE's
+    /// architecture has no host rule).
+    fused: Option<(tch::Kind, Option<Computed>)>,
 }
 
 impl SaeFeatureSteer {
@@ -198,21 +199,44 @@ impl Intervention for SaeFeatureSteer {
             .iter()
             .all(|e| matches!(e.op, FeatureOp::Add { .. }));
         if adds_only {
-            return Ok(Some(self.summed_additions()?.map(RowEdit::Add).into_iter().collect()));
+            return Ok(Some(
+                self.summed_additions()?
+                    .map(RowEdit::Add)
+                    .into_iter()
+                    .collect(),
+            ));
         }
         if !self.keep_error {
             return Ok(None);
         }
-        if self.fused.is_none() {
-            let edits: Vec<(usize, FeatureOp)> = self.edits.iter().map(|e| (e.feature, e.op)).collect();
-            self.fused = Some(
-                FeatureRows::new(&self.sae, &edits)?.map(|f| Computed(std::sync::Arc::new(f))),
-            );
+        if self
+            .fused
+            .as_ref()
+            .is_none_or(|(kind, _)| *kind != ctx.model_kind)
+        {
+            let edits: Vec<(usize, sae_rows::FeatureOp)> = self
+                .edits
+                .iter()
+                .map(|e| {
+                    let op = match e.op {
+                        FeatureOp::Add { alpha } => sae_rows::FeatureOp::Add(alpha as f32),
+                        FeatureOp::Clamp { value } => sae_rows::FeatureOp::Clamp(value as f32),
+                        FeatureOp::Ablate => sae_rows::FeatureOp::Ablate,
+                    };
+                    (e.feature, op)
+                })
+                .collect();
+            let bf16 = ctx.model_kind == Kind::BFloat16;
+            let rows = FeatureRows::new(&self.sae, &edits, bf16)?;
+            self.fused = Some((
+                ctx.model_kind,
+                rows.map(|f| Computed(std::sync::Arc::new(f))),
+            ));
         }
         Ok(self
             .fused
-            .clone()
-            .flatten()
+            .as_ref()
+            .and_then(|(_, f)| f.clone())
             .map(|f| vec![RowEdit::Computed(f)]))
     }
 }

@@ -7,11 +7,25 @@
 
 use tch::{Kind, Tensor};
 
-use super::sae_features::FeatureOp;
-use super::sae_runtime::Strategy;
 use crate::error::Result;
-use crate::hooks::{RowFunction, RowProducts};
+use crate::hooks::{ProductWeights, RowFunction, RowProducts};
 use crate::sae::Sae;
+
+/// A feature edit of `sae_features`: add `α·W_dec[f]`, clamp `f` to a value,
+/// or ablate it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FeatureOp {
+    Add(f32),
+    Clamp(f32),
+    Ablate,
+}
+
+/// A strategy of `sae_runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Amplify,
+    Calibrate,
+}
 
 /// How pre-activations become the activations wanted.
 enum Rule {
@@ -27,12 +41,19 @@ enum Rule {
     TopK(usize),
 }
 
+/// Encoder rows as stored for the products.
+enum EncoderRows {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
 /// An SAE's encoder for a few features of one row at a time.
 pub struct HostEncoder {
     /// Subtracted from the input first, when the SAE does.
     b_dec: Option<Vec<f32>>,
-    /// `[n, d_in]` encoder rows: every latent's for TopK, else the wanted ones'.
-    w_enc: Vec<f32>,
+    /// `[n, d_in]` encoder rows: every latent's for TopK, else the wanted
+    /// ones', in f32 or (for a bf16 model) bf16.
+    w_enc: EncoderRows,
     b_enc: Vec<f32>,
     /// Row of `w_enc` of each wanted feature.
     rows_of: Vec<usize>,
@@ -47,10 +68,13 @@ fn host(t: &Tensor) -> Result<Vec<f32>> {
 
 impl HostEncoder {
     /// The encoder of `features` of `sae`; raw pre-activations when
-    /// `pre_only`. `None` for an architecture without a host rule (gated).
-    pub fn new(sae: &Sae, features: &[usize], pre_only: bool) -> Result<Option<Self>> {
+    /// `pre_only`; its rows in bf16 when `bf16` (for a bf16 model, whose
+    /// step then reads half the bytes in its fast bf16 products). `None`
+    /// for an architecture without a host rule (gated).
+    pub fn new(sae: &Sae, features: &[usize], pre_only: bool, bf16: bool) -> Result<Option<Self>> {
         let w = &sae.weights;
-        let index = |fs: &[usize]| Tensor::from_slice(&fs.iter().map(|&f| f as i64).collect::<Vec<_>>());
+        let index =
+            |fs: &[usize]| Tensor::from_slice(&fs.iter().map(|&f| f as i64).collect::<Vec<_>>());
         let picked = |t: &Tensor| -> Result<Vec<f32>> {
             host(&t.f_index_select(0, &index(features).f_to_device(t.device())?)?)
         };
@@ -71,9 +95,27 @@ impl HostEncoder {
         let (w_enc, b_enc, rows_of) = if matches!(rule, Rule::TopK(_)) {
             (host(&w.w_enc)?, host(&w.b_enc)?, features.to_vec())
         } else {
-            (picked(&w.w_enc)?, picked(&w.b_enc)?, (0..features.len()).collect())
+            (
+                picked(&w.w_enc)?,
+                picked(&w.b_enc)?,
+                (0..features.len()).collect(),
+            )
         };
-        let b_dec = sae.cfg.apply_b_dec_to_input.then(|| host(&w.b_dec)).transpose()?;
+        let w_enc = if bf16 {
+            EncoderRows::Bf16(
+                w_enc
+                    .iter()
+                    .map(|v| half::bf16::from_f32(*v).to_bits())
+                    .collect(),
+            )
+        } else {
+            EncoderRows::F32(w_enc)
+        };
+        let b_dec = sae
+            .cfg
+            .apply_b_dec_to_input
+            .then(|| host(&w.b_dec))
+            .transpose()?;
         Ok(Some(HostEncoder {
             b_dec,
             w_enc,
@@ -100,7 +142,11 @@ impl HostEncoder {
             None => x.to_vec(),
         };
         let n = self.b_enc.len();
-        let pre = products.product(&input, m, &self.w_enc);
+        let weights = match &self.w_enc {
+            EncoderRows::F32(w) => ProductWeights::F32(w),
+            EncoderRows::Bf16(w) => ProductWeights::Bf16(w),
+        };
+        let pre = products.product(&input, m, weights);
         pre.chunks_exact(n.max(1))
             .take(m)
             .map(|row| {
@@ -164,17 +210,18 @@ pub struct FeatureRows {
 }
 
 impl FeatureRows {
-    /// `None` when the SAE's architecture has no host rule.
-    pub fn new(sae: &Sae, edits: &[(usize, FeatureOp)]) -> Result<Option<Self>> {
+    /// `None` when the SAE's architecture has no host rule; `bf16` as for
+    /// [`HostEncoder::new`].
+    pub fn new(sae: &Sae, edits: &[(usize, FeatureOp)], bf16: bool) -> Result<Option<Self>> {
         let encoded: Vec<usize> = edits
             .iter()
-            .filter(|(_, op)| !matches!(op, FeatureOp::Add { .. }))
+            .filter(|(_, op)| !matches!(op, FeatureOp::Add(_)))
             .map(|(f, _)| *f)
             .collect();
         let encoder = if encoded.is_empty() {
             None
         } else {
-            match HostEncoder::new(sae, &encoded, false)? {
+            match HostEncoder::new(sae, &encoded, false, bf16)? {
                 Some(e) => Some(e),
                 None => return Ok(None),
             }
@@ -182,7 +229,7 @@ impl FeatureRows {
         let mut out = Vec::with_capacity(edits.len());
         let mut next = 0;
         for &(f, op) in edits {
-            let slot = (!matches!(op, FeatureOp::Add { .. })).then(|| {
+            let slot = (!matches!(op, FeatureOp::Add(_))).then(|| {
                 next += 1;
                 next - 1
             });
@@ -225,12 +272,15 @@ impl RowFunction for FeatureRows {
             let mut delta = vec![0f32; self.width];
             for (op, slot, w_dec) in &self.edits {
                 let coef = match (op, slot) {
-                    (FeatureOp::Add { alpha }, _) => *alpha as f32,
-                    (FeatureOp::Clamp { value }, Some(i)) => -acts[*i] + *value as f32,
+                    (FeatureOp::Add(alpha), _) => *alpha,
+                    (FeatureOp::Clamp(value), Some(i)) => -acts[*i] + *value,
                     (FeatureOp::Ablate, Some(i)) => -acts[*i],
                     _ => continue,
                 };
-                delta.iter_mut().zip(w_dec).for_each(|(d, w)| *d += coef * w);
+                delta
+                    .iter_mut()
+                    .zip(w_dec)
+                    .for_each(|(d, w)| *d += coef * w);
             }
             for (x, d) in row.iter_mut().zip(delta) {
                 *x = round(*x + round(d));
@@ -258,12 +308,13 @@ impl RuntimeRows {
         condition: Option<(&[usize], f64)>,
         strategy: Strategy,
         magnitude: f64,
+        bf16: bool,
     ) -> Result<Option<Self>> {
-        let Some(encoder) = HostEncoder::new(sae, features, true)? else {
+        let Some(encoder) = HostEncoder::new(sae, features, true, bf16)? else {
             return Ok(None);
         };
         let condition = match condition.filter(|(fs, _)| !fs.is_empty()) {
-            Some((fs, threshold)) => match HostEncoder::new(sae, fs, true)? {
+            Some((fs, threshold)) => match HostEncoder::new(sae, fs, true, bf16)? {
                 Some(e) => Some((e, threshold)),
                 None => return Ok(None),
             },
@@ -290,7 +341,10 @@ impl RowFunction for RuntimeRows {
     }
 
     fn product_width(&self) -> usize {
-        let condition = self.condition.as_ref().map_or(0, |(e, _)| e.product_width());
+        let condition = self
+            .condition
+            .as_ref()
+            .map_or(0, |(e, _)| e.product_width());
         self.features.product_width().max(condition)
     }
 
@@ -312,9 +366,14 @@ impl RowFunction for RuntimeRows {
                 .values(&x, m, products)
                 .into_iter()
                 .map(|h| {
-                    let positive: Vec<f32> = h.into_iter().map(|v| v.max(0.0)).filter(|v| *v > 0.0).collect();
+                    let positive: Vec<f32> = h
+                        .into_iter()
+                        .map(|v| v.max(0.0))
+                        .filter(|v| *v > 0.0)
+                        .collect();
                     !positive.is_empty()
-                        && f64::from(positive.iter().sum::<f32>() / positive.len() as f32) >= *threshold
+                        && f64::from(positive.iter().sum::<f32>() / positive.len() as f32)
+                            >= *threshold
                 })
                 .collect(),
         };

@@ -18,8 +18,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::sae_rows::{self, RuntimeRows};
 use crate::error::{Error, Result};
-use super::sae_rows::RuntimeRows;
 use crate::hooks::{Computed, HookContext, HookPoint, Intervention, RowEdit};
 use crate::sae::architecture::{encoder_input, pre_activations};
 use crate::sae::Sae;
@@ -49,8 +49,8 @@ pub struct SaeRuntimeSteer {
     pub magnitude: f64,
     pub condition: Option<Condition>,
     /// The strategy as a row function for the fused decode step, built on
-    /// first use (`None` inside: no host rule).
-    fused: Option<Option<Computed>>,
+    /// first use for a model of that dtype (`None` inside: no host rule).
+    fused: Option<(Kind, Option<Computed>)>,
 }
 
 impl SaeRuntimeSteer {
@@ -178,11 +178,18 @@ impl Intervention for SaeRuntimeSteer {
         if hook != self.hook {
             return Ok(Some(Vec::new()));
         }
-        let conditioned = self.condition.as_ref().is_some_and(|c| !c.features.is_empty());
+        let conditioned = self
+            .condition
+            .as_ref()
+            .is_some_and(|c| !c.features.is_empty());
         if self.sae.device() != tch::Device::Cpu || (conditioned && ctx.positions.numel() != 1) {
             return Ok(None);
         }
-        if self.fused.is_none() {
+        if self
+            .fused
+            .as_ref()
+            .is_none_or(|(kind, _)| *kind != ctx.model_kind)
+        {
             let condition = self
                 .condition
                 .as_ref()
@@ -191,15 +198,22 @@ impl Intervention for SaeRuntimeSteer {
                 &self.sae,
                 &self.features,
                 condition,
-                self.strategy,
+                match self.strategy {
+                    Strategy::Amplify => sae_rows::Strategy::Amplify,
+                    Strategy::Calibrate => sae_rows::Strategy::Calibrate,
+                },
                 self.magnitude,
+                ctx.model_kind == Kind::BFloat16,
             )?;
-            self.fused = Some(rows.map(|r| Computed(std::sync::Arc::new(r))));
+            self.fused = Some((
+                ctx.model_kind,
+                rows.map(|r| Computed(std::sync::Arc::new(r))),
+            ));
         }
         Ok(self
             .fused
-            .clone()
-            .flatten()
+            .as_ref()
+            .and_then(|(_, f)| f.clone())
             .map(|f| vec![RowEdit::Computed(f)]))
     }
 }
