@@ -13,12 +13,17 @@ use crate::steer::spec::SteerSpec;
 use crate::steer::steer::Steer;
 use serde::{Deserialize, Serialize};
 
+use super::host_rows::HostRows;
+
 pub struct DynScalar {
     pub sites: Vec<HookPoint>,
     /// `[n_sites, d]`.
     pub weight: Tensor,
     /// `[n_sites]`.
     pub bias: Tensor,
+    /// Host copies for the fused decode step.
+    host_weight: HostRows,
+    host_bias: HostRows,
 }
 
 impl DynScalar {
@@ -35,6 +40,8 @@ impl DynScalar {
             sites,
             weight,
             bias,
+            host_weight: HostRows::default(),
+            host_bias: HostRows::default(),
         })
     }
 
@@ -85,11 +92,9 @@ impl Intervention for DynScalar {
         let Some(i) = self.sites.iter().position(|s| *s == hook) else {
             return Ok(Some(Vec::new()));
         };
-        let weight = self.weight.f_get(i as i64)?.f_to_kind(Kind::Float)?;
-        Ok(Some(vec![RowEdit::DynScale {
-            weight: Vec::<f32>::try_from(&weight)?,
-            bias: self.bias.f_double_value(&[i as i64])? as f32,
-        }]))
+        let weight = self.host_weight.get(&self.weight, 1.0)?[i].clone();
+        let bias = self.host_bias.get(&self.bias.f_reshape([-1, 1])?, 1.0)?[i][0];
+        Ok(Some(vec![RowEdit::DynScale { weight, bias }]))
     }
 }
 

@@ -4,6 +4,7 @@
 //! own file and one line in [`KINDS`].
 
 pub mod dyn_scalar;
+pub mod host_rows;
 pub mod sae_features;
 pub mod sae_rows;
 pub mod sae_runtime;

@@ -13,6 +13,7 @@ use crate::hooks::names::BlockSite;
 use crate::hooks::{HookContext, HookPoint, Intervention, RowEdit};
 use crate::plots::Grid;
 use crate::steer::build::{BuildContext, SteerKind};
+use crate::steer::kinds::host_rows::HostRows;
 use crate::steer::spec::SteerSpec;
 use crate::steer::steer::Steer;
 
@@ -32,6 +33,8 @@ pub struct ActivationScaling {
     pub positions: Option<usize>,
     /// `[n_sites, heads or 1, positions or 1]`.
     pub scalars: Tensor,
+    /// Host copies of the scalars for the fused decode step.
+    host: HostRows,
 }
 
 /// The default sites: every layer's attention and MLP outputs, or every
@@ -98,6 +101,7 @@ impl ActivationScaling {
             granularity,
             positions,
             scalars,
+            host: HostRows::default(),
         })
     }
 
@@ -152,7 +156,7 @@ impl Intervention for ActivationScaling {
         let Some(i) = self.sites.iter().position(|s| *s == hook) else {
             return Ok(Some(Vec::new()));
         };
-        let scalars = Vec::<f32>::try_from(self.scalars.f_get(i as i64)?.f_reshape([-1])?)?;
+        let scalars = self.host.get(&self.scalars, 1.0)?[i].clone();
         if self.granularity == Granularity::Head {
             return Ok(self
                 .positions

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::hooks::{HookContext, HookPoint, Intervention, RowEdit};
 use crate::model::LoadedModel;
 use crate::steer::build::{BuildContext, SteerKind};
+use crate::steer::kinds::host_rows::HostRows;
 use crate::steer::learn::task::Task;
 use crate::steer::spec::SteerSpec;
 use crate::steer::steer::Steer;
@@ -20,6 +21,8 @@ pub struct SteeringVector {
     /// `[n_sites, d]`.
     pub vectors: Tensor,
     pub scale: f64,
+    /// `scale · vectors` on the host, for the fused decode step.
+    host: HostRows,
 }
 
 impl SteeringVector {
@@ -36,6 +39,7 @@ impl SteeringVector {
             sites,
             vectors,
             scale,
+            host: HostRows::default(),
         })
     }
 
@@ -80,12 +84,8 @@ impl Intervention for SteeringVector {
         let Some(i) = self.sites.iter().position(|s| *s == hook) else {
             return Ok(Some(Vec::new()));
         };
-        let add = self
-            .vectors
-            .f_get(i as i64)?
-            .f_mul_scalar(self.scale)?
-            .f_to_kind(Kind::Float)?;
-        Ok(Some(vec![RowEdit::Add(Vec::<f32>::try_from(&add)?)]))
+        let rows = self.host.get(&self.vectors, self.scale)?;
+        Ok(Some(vec![RowEdit::Add(rows[i].clone())]))
     }
 }
 
