@@ -157,8 +157,8 @@ fn every_limit_and_bad_input_gets_its_status_and_message() {
         ),
         (
             format!(r#"{{"prompt": "{}"}}"#, "x".repeat(5000)),
-            413,
-            "",
+            400,
+            "body",
             "exceeds 4096 bytes",
         ),
     ];
@@ -214,7 +214,7 @@ fn every_limit_and_bad_input_gets_its_status_and_message() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("route=\"/v1/completions\",status=\"400\"} 12"),
+        metrics.contains("route=\"/v1/completions\",status=\"400\"} 13"),
         "{metrics}"
     );
 }

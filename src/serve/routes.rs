@@ -103,13 +103,10 @@ async fn accept<T: DeserializeOwned>(
         ));
     }
     let bytes = to_bytes(body, state.max_body_bytes).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            format!(
-                "the request body exceeds {} bytes (--max-body-bytes)",
-                state.max_body_bytes
-            ),
+        let limit = state.max_body_bytes;
+        ApiError::bad(
+            "body",
+            format!("the request body exceeds {limit} bytes (--max-body-bytes)"),
         )
     })?;
     let body: Value = serde_json::from_slice(&bytes)
