@@ -72,6 +72,9 @@ fn request(plan: &Plan, steer: &Shared<SteeringVector>) -> SequenceRequest {
         sampling: plan.sampling,
         stop_ids: vec![],
         steers,
+        // Requests with the shared steer at the same strength share its
+        // application in a step.
+        steers_key: plan.steer.map(|w| vec![(0, w.to_bits())]),
     }
 }
 
@@ -211,6 +214,7 @@ fn a_sequence_alone_gives_the_tokens_of_generate() {
                 sampling,
                 stop_ids: vec![],
                 steers: vec![Box::new(vector(&model, 2))],
+                steers_key: None,
             };
             let mut streamed = Vec::new();
             let (tokens, reason) =
@@ -226,6 +230,7 @@ fn a_sequence_alone_gives_the_tokens_of_generate() {
             sampling: sampling(0.0, 0),
             stop_ids,
             steers: vec![],
+            steers_key: None,
         };
         let (all, _) = generate_sequence(&model, request(vec![]), |_| {}).unwrap();
         let (stopped, reason) = generate_sequence(&model, request(vec![all[3]]), |_| {}).unwrap();
@@ -249,6 +254,7 @@ fn the_engine_refuses_what_does_not_fit() {
         sampling: sampling(0.0, 0),
         stop_ids: vec![],
         steers: vec![],
+        steers_key: None,
     };
     for (len, max_new, why) in [
         (8, 3, "exceed the context of 10"),

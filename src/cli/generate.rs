@@ -72,6 +72,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
         stop_ids: stop_ids.clone(),
         steers,
+        steers_key: None,
     };
     if args.steer.is_empty() {
         return stream(&loaded, &args, request(Vec::new()));

@@ -197,6 +197,21 @@ impl LoadedSteers {
         Ok((loaded, catalog))
     }
 
+    /// What `items` (after the defaults when `use_default`) are, when they
+    /// are all loaded steers: requests with equal keys carry the same
+    /// interventions, which the engine then applies once for all of them.
+    pub fn key(&self, items: &[SteerItem], use_default: bool) -> Option<Vec<(u64, u64)>> {
+        let defaults = if use_default { &self.defaults[..] } else { &[] };
+        defaults
+            .iter()
+            .chain(items)
+            .map(|item| match item {
+                SteerItem::Named { index, scale } => Some((*index as u64, scale.to_bits())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The interventions of `items`, after the defaults when `use_default`.
     pub fn build(
         &self,

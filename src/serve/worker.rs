@@ -268,6 +268,7 @@ fn admit(
         sampling: job.sampling,
         stop_ids: stop_ids.clone(),
         steers: steer,
+        steers_key: steers.key(&job.steer, job.default_steer),
     };
     let first = match engine.admit(id, request) {
         Ok(first) => first,

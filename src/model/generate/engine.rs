@@ -44,6 +44,11 @@ pub struct SequenceRequest {
     /// Interventions on this sequence only, applied in order at every step,
     /// prompt included.
     pub steers: Vec<Box<dyn Intervention>>,
+    /// What the steers are, when they are shared ones: sequences with equal
+    /// keys carry interventions that do the same, and a decode step applies
+    /// one sequence's to all of them at once (a server's loaded steer used
+    /// by many requests). `None`: this sequence's steers are its own.
+    pub steers_key: Option<Vec<(u64, u64)>>,
 }
 
 /// Why a sequence finished, named as OpenAI's `finish_reason`.
@@ -82,6 +87,7 @@ struct Running {
     remaining: usize,
     stop_ids: Vec<i64>,
     steers: Vec<ForSequences<Box<dyn Intervention>>>,
+    steers_key: Option<Vec<(u64, u64)>>,
 }
 
 pub struct Engine<'m> {
@@ -200,6 +206,7 @@ impl<'m> Engine<'m> {
                 remaining,
                 stop_ids: request.stop_ids,
                 steers,
+                steers_key: request.steers_key,
             });
         }
         Ok(Emitted {
@@ -247,16 +254,30 @@ impl<'m> Engine<'m> {
         });
         let tokens = Tensor::from_slice(&last).view([n as i64, 1]);
         let positions = Tensor::from_slice(&positions).view([n as i64, 1]);
-        // Each sequence's interventions on its own row only.
+        // Each sequence's interventions on its own row only, except that
+        // sequences with the same shared steers take the first one's, on
+        // all their rows.
+        let mut leader_of: Vec<usize> = (0..n).collect();
+        for row in 0..n {
+            if let Some(key) = &self.running[row].steers_key {
+                if let Some(first) =
+                    (0..row).find(|&r| self.running[r].steers_key.as_ref() == Some(key))
+                {
+                    leader_of[row] = leader_of[first];
+                }
+            }
+        }
         for (row, running) in self.running.iter_mut().enumerate() {
             for steer in &mut running.steers {
-                steer.sequences = (0..n).map(|r| r == row).collect();
+                steer.sequences = leader_of.iter().map(|&l| l == row).collect();
             }
         }
         let mut steers: Vec<&mut ForSequences<Box<dyn Intervention>>> = self
             .running
             .iter_mut()
-            .flat_map(|r| r.steers.iter_mut())
+            .enumerate()
+            .filter(|(row, _)| leader_of[*row] == *row)
+            .flat_map(|(_, r)| r.steers.iter_mut())
             .collect();
         let logits = forward_hooked(
             self.model,
