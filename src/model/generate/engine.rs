@@ -138,10 +138,6 @@ impl<'m> Engine<'m> {
         })
     }
 
-    pub fn config(&self) -> EngineConfig {
-        self.config
-    }
-
     /// Sequences now running.
     pub fn running(&self) -> usize {
         self.running.len()
