@@ -20,6 +20,7 @@ MAX_LINES = 600
 ALLOWED = {
     "machine": set(),
     "io": {"machine"},
+    "dist": {"machine", "io"},
     "hooks": {"machine"},
     "plots": {"machine"},
     "model": {"machine", "io", "hooks"},

@@ -137,6 +137,17 @@ if [ "$WITH_BROWSER" = 1 ]; then
   fi
 fi
 
+# 4b. Gloo's headers, for the c10d shim that build.rs compiles (src/dist/c10d_shim.cpp) ---
+if [ -f /usr/include/gloo/allreduce.h ]; then
+  say "Gloo headers present"
+else
+  say "installing Gloo's headers (Debian package libgloo-dev)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get install -y -qq libgloo-dev >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq libgloo-dev >/dev/null; } \
+    || say "could not install libgloo-dev: saescope builds without c10d (distributed tests skip)"
+fi
+
 # 5. Build --------------------------------------------------------------------------------
 if [ "$BUILD" = 1 ]; then
   # build.rs compiles a small C++ shim against libtorch (src/machine/libtorch_info.cpp).

@@ -65,6 +65,9 @@ pub enum Error {
     /// memory limit (address space, cgroup, or the machine's free memory).
     #[error("{0}")]
     OutOfMemory(String),
+    /// A distributed operation failed: rendezvous, a collective, a timeout.
+    #[error("distributed: {0}")]
+    Distributed(String),
     /// Training diverged or cannot go on (NaN loss, incompatible checkpoint).
     #[error("training: {0}")]
     Training(String),

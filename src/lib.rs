@@ -9,6 +9,7 @@
 pub mod analysis;
 pub mod bench;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod hooks;

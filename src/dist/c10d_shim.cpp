@@ -1,0 +1,135 @@
+// The C ABI through which saescope reaches libtorch's c10d: a TCPStore for
+// rendezvous and a Gloo process group with its collectives, on tch tensors
+// (`at::Tensor*`, which is what tch's `C_tensor` is).
+//
+// ABI assumptions, checked by the build and the tests: compiled against the
+// headers of the libtorch that tch links (same version, C++17,
+// _GLIBCXX_USE_CXX11_ABI=1 as the pinned wheel), with Gloo's own headers from
+// Debian's libgloo-dev (the wheel lacks them) and USE_C10D_GLOO defined as in
+// the wheel's build. Errors never cross the boundary as exceptions: each call
+// catches, writes the message into `err` and returns a failure value.
+
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+void write_error(const std::string& message, char* err, size_t err_len) {
+  if (err == nullptr || err_len == 0) return;
+  std::strncpy(err, message.c_str(), err_len - 1);
+  err[err_len - 1] = '\0';
+}
+
+template <typename F>
+int guarded(char* err, size_t err_len, F&& body) {
+  try {
+    body();
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(e.what(), err, err_len);
+  } catch (...) {
+    write_error("unknown C++ exception in c10d", err, err_len);
+  }
+  return 1;
+}
+
+}  // namespace
+
+struct saescope_group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  std::chrono::milliseconds timeout;
+};
+
+extern "C" {
+
+// Rendezvous at host:port (rank 0 serves the store) and a Gloo group of
+// `world` ranks whose operations time out after `timeout_ms`.
+saescope_group* saescope_gloo_new(const char* host, uint16_t port, int rank,
+                                  int world, int64_t timeout_ms, char* err,
+                                  size_t err_len) {
+  saescope_group* out = nullptr;
+  guarded(err, err_len, [&] {
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions opts;
+    opts.port = port;
+    opts.isServer = rank == 0;
+    opts.numWorkers = world;
+    opts.waitWorkers = true;
+    opts.timeout = timeout;
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    options->devices.push_back(
+        c10d::ProcessGroupGloo::createDeviceForHostname(std::string(host)));
+    options->threads = 1;
+    auto group =
+        c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+    out = new saescope_group{store, group, timeout};
+  });
+  return out;
+}
+
+void saescope_gloo_free(saescope_group* g) { delete g; }
+
+// Sums `*t` over the ranks, in place.
+int saescope_all_reduce_sum(saescope_group* g, at::Tensor* t, char* err,
+                            size_t err_len) {
+  return guarded(err, err_len, [&] {
+    std::vector<at::Tensor> tensors{*t};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    g->group->allreduce(tensors, opts)->wait(g->timeout);
+  });
+}
+
+// Copies rank `root`'s `*t` into every rank's, in place.
+int saescope_broadcast(saescope_group* g, at::Tensor* t, int root, char* err,
+                       size_t err_len) {
+  return guarded(err, err_len, [&] {
+    std::vector<at::Tensor> tensors{*t};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    g->group->broadcast(tensors, opts)->wait(g->timeout);
+  });
+}
+
+// `outs[r]` = rank r's `*t`, for `world` preallocated tensors like `*t`.
+int saescope_all_gather(saescope_group* g, at::Tensor* t, at::Tensor** outs,
+                        int world, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    std::vector<at::Tensor> inputs{*t};
+    std::vector<std::vector<at::Tensor>> outputs(1);
+    for (int r = 0; r < world; ++r) outputs[0].push_back(*outs[r]);
+    g->group->allgather(outputs, inputs)->wait(g->timeout);
+  });
+}
+
+// Rows of `*input` to each rank by `send_rows`, received into `*output` by
+// `recv_rows` (both `world` long; first dimension split).
+int saescope_all_to_all(saescope_group* g, at::Tensor* output,
+                        at::Tensor* input, const int64_t* recv_rows,
+                        const int64_t* send_rows, int world, char* err,
+                        size_t err_len) {
+  return guarded(err, err_len, [&] {
+    std::vector<int64_t> out_split(recv_rows, recv_rows + world);
+    std::vector<int64_t> in_split(send_rows, send_rows + world);
+    at::Tensor out = *output;
+    at::Tensor in = *input;
+    g->group->alltoall_base(out, in, out_split, in_split)->wait(g->timeout);
+  });
+}
+
+int saescope_barrier(saescope_group* g, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    c10d::BarrierOptions opts;
+    opts.timeout = g->timeout;
+    g->group->barrier(opts)->wait(g->timeout);
+  });
+}
+
+}  // extern "C"

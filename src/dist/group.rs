@@ -1,0 +1,329 @@
+//! A Gloo process group over a TCPStore rendezvous, and its collectives on
+//! CPU tensors, each bounded by the group's timeout. Built on the C shim
+//! `c10d_shim.cpp`; a build without Gloo's headers has the same API, and
+//! every call then says that this build has no c10d.
+
+use std::time::Duration;
+
+use tch::Tensor;
+
+use super::launch::Launch;
+use crate::error::{Error, Result};
+
+#[cfg(saescope_c10d)]
+mod ffi {
+    use std::os::raw::{c_char, c_int};
+
+    #[repr(C)]
+    pub struct Group {
+        _private: [u8; 0],
+    }
+
+    /// tch's `C_tensor`, which is an `at::Tensor`.
+    pub type CTensor = torch_sys::C_tensor;
+
+    extern "C" {
+        pub fn saescope_gloo_new(
+            host: *const c_char,
+            port: u16,
+            rank: c_int,
+            world: c_int,
+            timeout_ms: i64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut Group;
+        pub fn saescope_gloo_free(g: *mut Group);
+        pub fn saescope_all_reduce_sum(
+            g: *mut Group,
+            t: *mut CTensor,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn saescope_broadcast(
+            g: *mut Group,
+            t: *mut CTensor,
+            root: c_int,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn saescope_all_gather(
+            g: *mut Group,
+            t: *mut CTensor,
+            outs: *mut *mut CTensor,
+            world: c_int,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn saescope_all_to_all(
+            g: *mut Group,
+            output: *mut CTensor,
+            input: *mut CTensor,
+            recv_rows: *const i64,
+            send_rows: *const i64,
+            world: c_int,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn saescope_barrier(g: *mut Group, err: *mut c_char, err_len: usize) -> c_int;
+    }
+}
+
+/// Room for a C++ exception's message.
+#[cfg(saescope_c10d)]
+const ERR_LEN: usize = 2048;
+
+/// Runs one shim call with an error buffer: its message, prefixed by `what`
+/// and this rank, when it fails.
+#[cfg(saescope_c10d)]
+fn checked(
+    rank: usize,
+    what: &str,
+    call: impl FnOnce(*mut std::os::raw::c_char, usize) -> i32,
+) -> Result<()> {
+    let mut err = vec![0u8; ERR_LEN];
+    if call(err.as_mut_ptr() as *mut std::os::raw::c_char, ERR_LEN) == 0 {
+        return Ok(());
+    }
+    let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+    Err(Error::Distributed(format!(
+        "rank {rank}: {what} failed: {}",
+        String::from_utf8_lossy(&err[..end])
+    )))
+}
+
+/// The ranks of a job, joined.
+pub struct ProcessGroup {
+    #[cfg(saescope_c10d)]
+    raw: *mut ffi::Group,
+    rank: usize,
+    world_size: usize,
+    timeout: Duration,
+}
+
+// SAFETY: c10d's process groups are used from any thread in PyTorch; this
+// one is only ever called from one thread at a time (`&mut self` or the
+// caller's own sequencing), and freed once.
+unsafe impl Send for ProcessGroup {}
+
+impl ProcessGroup {
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Joins `launch`'s job over Gloo: rank 0 serves the rendezvous store at
+    /// `MASTER_ADDR:MASTER_PORT`; every operation, joining included, gives up
+    /// after `timeout`.
+    #[cfg(saescope_c10d)]
+    pub fn gloo(launch: &Launch, timeout: Duration) -> Result<ProcessGroup> {
+        let host = std::ffi::CString::new(launch.master_addr.clone())
+            .map_err(|_| Error::Distributed("MASTER_ADDR holds a NUL byte".into()))?;
+        let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let mut raw = std::ptr::null_mut();
+        checked(launch.rank, "joining the job", |err, len| {
+            // SAFETY: valid C string and buffer; the shim catches every C++
+            // exception and returns null on failure.
+            raw = unsafe {
+                ffi::saescope_gloo_new(
+                    host.as_ptr(),
+                    launch.master_port,
+                    launch.rank as i32,
+                    launch.world_size as i32,
+                    ms,
+                    err,
+                    len,
+                )
+            };
+            i32::from(raw.is_null())
+        })?;
+        Ok(ProcessGroup {
+            raw,
+            rank: launch.rank,
+            world_size: launch.world_size,
+            timeout,
+        })
+    }
+
+    #[cfg(not(saescope_c10d))]
+    pub fn gloo(launch: &Launch, _timeout: Duration) -> Result<ProcessGroup> {
+        Err(Error::Distributed(format!(
+            "rank {}: this saescope was built without c10d (Gloo's headers were missing; \
+             apt install libgloo-dev and rebuild)",
+            launch.rank
+        )))
+    }
+
+    /// Whether this build can join a job at all.
+    pub fn available() -> bool {
+        cfg!(saescope_c10d)
+    }
+
+    /// Sums `t` (a contiguous CPU tensor) over the ranks, in place.
+    pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
+        self.check_tensor(t, "all-reduce")?;
+        #[cfg(saescope_c10d)]
+        {
+            let raw = self.raw;
+            let ptr = t.as_mut_ptr();
+            // SAFETY: live group and tensor; the shim catches exceptions.
+            checked(self.rank, "all-reduce", |err, len| unsafe {
+                ffi::saescope_all_reduce_sum(raw, ptr, err, len)
+            })
+        }
+        #[cfg(not(saescope_c10d))]
+        unreachable_without_c10d()
+    }
+
+    /// Copies rank `root`'s `t` into every rank's `t`, in place.
+    pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
+        self.check_tensor(t, "broadcast")?;
+        self.check_rank(root)?;
+        #[cfg(saescope_c10d)]
+        {
+            let raw = self.raw;
+            let ptr = t.as_mut_ptr();
+            // SAFETY: as in `all_reduce_sum`.
+            checked(self.rank, "broadcast", |err, len| unsafe {
+                ffi::saescope_broadcast(raw, ptr, root as i32, err, len)
+            })
+        }
+        #[cfg(not(saescope_c10d))]
+        unreachable_without_c10d()
+    }
+
+    /// Every rank's `t` (all shaped alike), in rank order.
+    pub fn all_gather(&self, t: &Tensor) -> Result<Vec<Tensor>> {
+        self.check_tensor(t, "all-gather")?;
+        let mut outs: Vec<Tensor> = (0..self.world_size)
+            .map(|_| t.f_empty_like())
+            .collect::<std::result::Result<_, _>>()?;
+        #[cfg(saescope_c10d)]
+        {
+            let raw = self.raw;
+            let mut input = t.shallow_clone();
+            let input = input.as_mut_ptr();
+            let mut ptrs: Vec<*mut ffi::CTensor> =
+                outs.iter_mut().map(|o| o.as_mut_ptr()).collect();
+            let world = self.world_size as i32;
+            // SAFETY: as in `all_reduce_sum`; `ptrs` holds `world` live tensors.
+            checked(self.rank, "all-gather", |err, len| unsafe {
+                ffi::saescope_all_gather(raw, input, ptrs.as_mut_ptr(), world, err, len)
+            })?;
+            Ok(outs)
+        }
+        #[cfg(not(saescope_c10d))]
+        {
+            outs.clear();
+            unreachable_without_c10d()
+        }
+    }
+
+    /// Sends rows `[Σ send_rows[..r], +send_rows[r])` of `input [n, ...]` to
+    /// rank `r` and returns the rows every rank sent here, in rank order
+    /// (`recv_rows[r]` from rank `r`). Both lists are `world_size` long.
+    pub fn all_to_all(
+        &self,
+        input: &Tensor,
+        send_rows: &[i64],
+        recv_rows: &[i64],
+    ) -> Result<Tensor> {
+        self.check_tensor(input, "all-to-all")?;
+        let n = input.size().first().copied().unwrap_or(0);
+        if send_rows.len() != self.world_size
+            || recv_rows.len() != self.world_size
+            || send_rows.iter().chain(recv_rows).any(|&r| r < 0)
+            || send_rows.iter().sum::<i64>() != n
+        {
+            return Err(Error::Distributed(format!(
+                "rank {}: all-to-all of {n} rows split as {send_rows:?}, received as {recv_rows:?}, \
+                 for {} ranks",
+                self.rank, self.world_size
+            )));
+        }
+        let mut shape = input.size();
+        shape[0] = recv_rows.iter().sum();
+        let mut output = Tensor::f_empty(shape.as_slice(), (input.kind(), input.device()))?;
+        #[cfg(saescope_c10d)]
+        {
+            let raw = self.raw;
+            let mut input = input.shallow_clone();
+            let (input, out) = (input.as_mut_ptr(), output.as_mut_ptr());
+            let world = self.world_size as i32;
+            // SAFETY: as in `all_reduce_sum`; the splits are `world` long.
+            checked(self.rank, "all-to-all", |err, len| unsafe {
+                ffi::saescope_all_to_all(
+                    raw,
+                    out,
+                    input,
+                    recv_rows.as_ptr(),
+                    send_rows.as_ptr(),
+                    world,
+                    err,
+                    len,
+                )
+            })?;
+            Ok(output)
+        }
+        #[cfg(not(saescope_c10d))]
+        {
+            let _ = &mut output;
+            unreachable_without_c10d()
+        }
+    }
+
+    /// Waits until every rank arrives (or the timeout passes).
+    pub fn barrier(&self) -> Result<()> {
+        #[cfg(saescope_c10d)]
+        {
+            let raw = self.raw;
+            // SAFETY: live group; the shim catches exceptions.
+            checked(self.rank, "barrier", |err, len| unsafe {
+                ffi::saescope_barrier(raw, err, len)
+            })
+        }
+        #[cfg(not(saescope_c10d))]
+        unreachable_without_c10d()
+    }
+
+    fn check_tensor(&self, t: &Tensor, what: &str) -> Result<()> {
+        if t.device() != tch::Device::Cpu || !t.is_contiguous() {
+            return Err(Error::Distributed(format!(
+                "rank {}: {what} over Gloo needs a contiguous CPU tensor",
+                self.rank
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_rank(&self, rank: usize) -> Result<()> {
+        if rank >= self.world_size {
+            return Err(Error::Distributed(format!(
+                "rank {rank} is not in a job of {} ranks",
+                self.world_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(saescope_c10d))]
+fn unreachable_without_c10d<T>() -> Result<T> {
+    Err(Error::Distributed(
+        "this saescope was built without c10d".into(),
+    ))
+}
+
+#[cfg(saescope_c10d)]
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: created by `saescope_gloo_new`, freed once.
+        unsafe { ffi::saescope_gloo_free(self.raw) };
+    }
+}

@@ -1,0 +1,149 @@
+//! c10d through the shim: two processes (this test binary, run again as each
+//! rank with torchrun's variables) join over a loopback TCPStore and Gloo and
+//! check every collective's result; a rank whose peer never arrives gives up
+//! at the timeout with an error naming itself.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use saescope::dist::{Launch, ProcessGroup};
+use tch::{Kind, Tensor};
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// This binary again, running only `test` as `rank` of `world`.
+fn rank_process(test: &str, rank: usize, world: usize, port: u16) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn skip_without_c10d() -> bool {
+    if !ProcessGroup::available() {
+        println!("SKIPPED: this build has no c10d (apt install libgloo-dev, then rebuild)");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn two_ranks_get_every_collective_right() {
+    if skip_without_c10d() {
+        return;
+    }
+    let port = free_port();
+    let ranks: Vec<_> = (0..2)
+        .map(|r| rank_process("collectives_as_a_rank", r, 2, port))
+        .collect();
+    for (r, child) in ranks.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "rank {r}:\n{text}");
+        assert!(text.contains("collectives ok"), "rank {r}:\n{text}");
+    }
+}
+
+/// One rank of [`two_ranks_get_every_collective_right`].
+#[test]
+#[ignore = "run as a rank by two_ranks_get_every_collective_right"]
+fn collectives_as_a_rank() {
+    let launch = Launch::from_env().unwrap().expect("torchrun's variables");
+    let group = ProcessGroup::gloo(&launch, Duration::from_secs(60)).unwrap();
+    let (rank, world) = (group.rank() as f64, group.world_size());
+    // Sum of (rank + 1)·[1, 2, 3] over 2 ranks = 3·[1, 2, 3].
+    let mut t = Tensor::from_slice(&[1.0f32, 2.0, 3.0]) * (rank + 1.0);
+    group.all_reduce_sum(&mut t).unwrap();
+    assert_eq!(Vec::<f32>::try_from(&t).unwrap(), [3.0, 6.0, 9.0]);
+    // Rank 1's values everywhere.
+    let mut b = Tensor::full([4], rank, (Kind::Float, tch::Device::Cpu));
+    group.broadcast(&mut b, 1).unwrap();
+    assert_eq!(Vec::<f32>::try_from(&b).unwrap(), [1.0; 4]);
+    // Each rank's [rank, 10·rank], in rank order.
+    let mine = Tensor::from_slice(&[rank as f32, 10.0 * rank as f32]);
+    let all = group.all_gather(&mine).unwrap();
+    let all: Vec<Vec<f32>> = all
+        .iter()
+        .map(|t| Vec::<f32>::try_from(t).unwrap())
+        .collect();
+    assert_eq!(all, [vec![0.0, 0.0], vec![1.0, 10.0]]);
+    // Uneven all-to-all: rank r holds rows tagged 100·r + i; rank 0 sends 1
+    // row to itself and 2 to rank 1, rank 1 sends 3 to rank 0 and 1 to itself.
+    let send: [[i64; 2]; 2] = [[1, 2], [3, 1]];
+    let r = rank as usize;
+    let n: i64 = send[r].iter().sum();
+    let rows = Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) + 100.0 * rank;
+    let rows = rows.view([n, 1]).repeat([1, 2]);
+    let recv = [send[0][r], send[1][r]];
+    let got = group.all_to_all(&rows, &send[r], &recv).unwrap();
+    let got: Vec<f32> = Vec::<f32>::try_from(got.select(1, 0)).unwrap();
+    let want: Vec<f32> = if r == 0 {
+        vec![0.0, 100.0, 101.0, 102.0]
+    } else {
+        vec![1.0, 2.0, 103.0]
+    };
+    assert_eq!(got, want);
+    let err = group
+        .all_to_all(&rows, &[1, 1], &recv)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("split as [1, 1]"), "{err}");
+    group.barrier().unwrap();
+    assert_eq!(world, 2);
+    println!("collectives ok");
+}
+
+#[test]
+fn a_rank_whose_peer_never_comes_gives_up_at_the_timeout() {
+    if skip_without_c10d() {
+        return;
+    }
+    let port = free_port();
+    let start = Instant::now();
+    let out = rank_process("joining_alone_as_a_rank", 0, 2, port)
+        .wait_with_output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("gave up: distributed: rank 0: joining the job failed"),
+        "{text}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// Rank 0 of a job of two whose rank 1 never starts.
+#[test]
+#[ignore = "run as a rank by a_rank_whose_peer_never_comes_gives_up_at_the_timeout"]
+fn joining_alone_as_a_rank() {
+    let launch = Launch::from_env().unwrap().expect("torchrun's variables");
+    match ProcessGroup::gloo(&launch, Duration::from_secs(3)) {
+        Ok(_) => panic!("joined a job whose other rank never started"),
+        Err(e) => println!("gave up: {e}"),
+    }
+}
