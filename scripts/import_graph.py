@@ -26,13 +26,13 @@ ALLOWED = {
     "model": {"machine", "io", "hooks"},
     "data": {"machine", "io", "hooks", "model"},
     "sae": {"machine", "io", "hooks"},
-    "train": {"machine", "io", "hooks", "model", "data", "sae", "plots"},
+    "train": {"machine", "io", "dist", "hooks", "model", "data", "sae", "plots"},
     "eval": {"machine", "io", "hooks", "model", "data", "sae", "plots"},
     "label": {"machine", "io", "hooks", "model", "data", "sae", "plots"},
-    "steer": {"machine", "io", "hooks", "model", "sae", "plots", "train"},
+    "steer": {"machine", "io", "dist", "hooks", "model", "sae", "plots", "train"},
     "analysis": {"machine", "io", "hooks", "model", "data", "plots"},
     "serve": {"machine", "io", "hooks", "model", "sae", "steer"},
-    "bench": {"machine", "io", "hooks", "model", "data", "sae", "train", "eval", "steer"},
+    "bench": {"machine", "io", "dist", "hooks", "model", "data", "sae", "train", "eval", "steer"},
 }
 MODLINE = re.compile(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+(\w+)\s*\{")
 

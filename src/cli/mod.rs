@@ -2,6 +2,7 @@
 
 mod analysis;
 mod bench;
+mod dist;
 mod eval;
 mod features;
 mod generate;

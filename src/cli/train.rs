@@ -120,9 +120,14 @@ pub fn print_summary(summary: &TrainSummary) {
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
     let cfg = args.resolve()?;
-    let mut observer = BarObserver::new(false)?;
-    let summary = train_from_config(&cfg, args.resume, &mut observer)?;
+    let group = super::dist::join_from_env()?;
+    let rank = group.as_ref().map_or(0, |g| g.rank());
+    // Ranks other than 0 train quietly; rank 0 shows progress and the summary.
+    let mut observer = BarObserver::new(rank != 0)?;
+    let summary = train_from_config(&cfg, args.resume, group, &mut observer)?;
     observer.bar.finish_and_clear();
-    print_summary(&summary);
+    if rank == 0 {
+        print_summary(&summary);
+    }
     Ok(())
 }

@@ -29,6 +29,10 @@ pub struct StepContext {
     pub sparse: bool,
     /// BatchTopK: how fast the inference threshold follows the batches.
     pub threshold_momentum: f64,
+    /// The denominator of the fraction of variance unexplained when it is not
+    /// this batch's own total variance: in a data-parallel step, the whole
+    /// batch's, scaled by this rank's share of its rows.
+    pub total_variance: Option<f64>,
 }
 
 impl StepContext {
@@ -43,6 +47,7 @@ impl StepContext {
             compute_kind: Kind::Float,
             sparse: true,
             threshold_momentum: 0.01,
+            total_variance: None,
         }
     }
 }
@@ -208,6 +213,15 @@ pub fn scatter_dense(values: &Tensor, indices: &Tensor, d_sae: i64) -> Result<Te
 /// `[batch, d_in]` = `acts · W_dec + b_dec` for dense `acts` `[batch, d_sae]`.
 pub fn decode(w: &SaeWeights, acts: &Tensor) -> Result<Tensor> {
     Ok(w.b_dec.f_addmm(acts, &w.w_dec)?)
+}
+
+/// The FVU's denominator for `x` under `ctx`: its override, or
+/// [`total_variance`].
+pub fn step_variance(x: &Tensor, ctx: &StepContext) -> Result<Tensor> {
+    match ctx.total_variance {
+        Some(v) => Ok(Tensor::from(v.max(1e-12) as f32).f_to_device(x.device())?),
+        None => total_variance(x),
+    }
 }
 
 /// Σ over the batch of squared deviations from the batch mean: the

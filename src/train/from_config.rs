@@ -14,14 +14,17 @@ use crate::model::load_model;
 use crate::sae::config::SaeMetadata;
 
 /// Trains `cfg`'s SAEs (resuming from the checkpoint in `run.out` when
-/// `resume`), reporting to `observer`.
+/// `resume`; data-parallel over `group`'s ranks when given), reporting to
+/// `observer`.
 pub fn train_from_config(
     cfg: &TrainConfig,
     resume: bool,
+    group: Option<std::rc::Rc<crate::dist::ProcessGroup>>,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
     let mut opts = TrainOptions {
         resume,
+        group,
         ..TrainOptions::default()
     };
     let hooks = cfg.hooks();

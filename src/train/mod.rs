@@ -11,6 +11,7 @@ pub mod from_config;
 pub mod metrics;
 pub mod overrides;
 pub mod schedule;
+mod step;
 pub mod trainer;
 
 pub use config::{SaeSpec, TrainConfig};

@@ -1,8 +1,7 @@
 //! The training loop. One activation stream feeds every SAE of the run; each
-//! SAE lives on its own device and takes, per step: its gradients (from its
-//! architecture), removal of the decoder-gradient component parallel to each
-//! unit-norm decoder row, global-norm clipping, Adam with the LR schedule,
-//! decoder renormalisation, dead-latent tracking and a metrics line.
+//! SAE lives on its own device and takes one step (`step`) per batch. In a
+//! data-parallel job every rank reads the same batches and trains on its
+//! share of each batch's rows; only rank 0 writes.
 //!
 //! Checkpoints hold everything a step depends on (weights, Adam moments,
 //! dead counters, the stream position as a step count), so a resumed run
@@ -19,20 +18,22 @@ use super::checkpoint::{
     SaeCheckpoint,
 };
 use super::config::{
-    training_bytes, ComputeDtype, InitBDec, InputNormalization, SaeSpec, TrainConfig,
-    SAVED_CONFIG_FILE,
+    training_bytes, ComputeDtype, InitBDec, InputNormalization, TrainConfig, SAVED_CONFIG_FILE,
 };
 use super::dead::DeadLatents;
 use super::feed::ActivationFeed;
 use super::metrics::{training_curves_svg, MetricsLog, StepRecord, METRICS_FILE};
-use super::schedule::Schedule;
+pub use super::step::learning_rate;
+use super::step::{train_step, SaeRun};
+use crate::dist::ProcessGroup;
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 use crate::machine::memory::ensure_fits;
 use crate::plots::{histogram_svg, log10_densities};
 use crate::sae::config::{SaeMetadata, NORMALIZE_NONE};
 use crate::sae::geometric_median::geometric_median;
-use crate::sae::{save_sae, Sae, SaeConfig, StepContext};
+use crate::sae::registry::SaeArchitecture;
+use crate::sae::{save_sae, Sae, SaeConfig};
 
 /// Plots written next to each SAE.
 pub const CURVES_FILE: &str = "training_curves.svg";
@@ -50,6 +51,8 @@ pub struct TrainOptions {
     pub metadata: SaeMetadata,
     /// Write nothing to disk (benchmarks): no config, checkpoints, SAE folders or plots.
     pub in_memory: bool,
+    /// The ranks of a data-parallel job (`None`: one process).
+    pub group: Option<std::rc::Rc<ProcessGroup>>,
 }
 
 /// Told about progress; the CLI draws a progress bar from it.
@@ -90,22 +93,6 @@ pub struct TrainSummary {
     pub step_seconds: Vec<f64>,
     /// True when `stop_after_steps` ended the run early.
     pub interrupted: bool,
-}
-
-/// One SAE being trained.
-struct SaeRun {
-    spec: SaeSpec,
-    name: String,
-    hook_index: usize,
-    device: Device,
-    sae: Sae,
-    scale: f64,
-    adam: Adam,
-    dead: DeadLatents,
-    /// `[d_sae]` f32 rows each latent fired on, over the whole run.
-    fire_counts: Tensor,
-    metrics: Option<MetricsLog>,
-    last: Option<StepRecord>,
 }
 
 const ADAM_M: &str = "adam.m.";
@@ -167,14 +154,6 @@ impl SaeRun {
     }
 }
 
-/// The learning rate a spec trains at: the config's, or sparsify's rule
-/// `2e-4 / √(d_sae / 2¹⁴)`.
-pub fn learning_rate(cfg: &TrainConfig, d_sae: usize) -> f64 {
-    cfg.optim
-        .lr
-        .unwrap_or_else(|| 2e-4 / (d_sae as f64 / 16384.0).sqrt())
-}
-
 /// Trains every SAE of `cfg` on `feed`.
 pub fn train(
     cfg: &TrainConfig,
@@ -206,7 +185,20 @@ pub fn train(
         }
         found
     };
-    if !opts.in_memory {
+    if opts.group.is_some()
+        && cfg
+            .saes
+            .iter()
+            .any(|s| s.architecture == SaeArchitecture::BatchTopK)
+    {
+        return Err(Error::Training(
+            "BatchTopK's threshold follows each batch; data-parallel training does not support it yet"
+                .into(),
+        ));
+    }
+    // Rank 0 alone writes (the others read its checkpoints on --resume).
+    let writes = !opts.in_memory && opts.group.as_ref().is_none_or(|g| g.rank() == 0);
+    if writes {
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         write_atomic(&out.join(SAVED_CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
     }
@@ -315,7 +307,7 @@ pub fn train(
             run.restore(&tensors[entry], &state.saes[entry])?;
             metrics_bytes = state.saes[entry].metrics_bytes;
         }
-        if !opts.in_memory {
+        if writes {
             run.metrics = Some(MetricsLog::open(&out.join(&run.name), metrics_bytes)?);
         }
         runs.push(run);
@@ -338,15 +330,16 @@ pub fn train(
             },
         };
         let rows = batch[0].size()[0];
+        let local = share_of_batch(&batch, opts.group.as_deref())?;
         let mut records = Vec::with_capacity(runs.len());
         for run in runs.iter_mut() {
             records.push(train_step(
                 cfg,
                 run,
-                &batch,
-                step,
-                tokens + rows as u64,
+                &local,
+                (step, tokens + rows as u64),
                 compute_kind,
+                opts.group.as_deref(),
             )?);
         }
         step += 1;
@@ -356,7 +349,7 @@ pub fn train(
         let crossed = checkpoint_every > 0
             && tokens / checkpoint_every != (tokens - rows as u64) / checkpoint_every;
         let stop_here = opts.stop_after_steps == Some(step);
-        if !opts.in_memory && (crossed || stop_here) {
+        if writes && (crossed || stop_here) {
             save_checkpoint(cfg, &ckpt_dir, &mut runs, step, tokens)?;
             observer.on_checkpoint(step);
         }
@@ -365,13 +358,13 @@ pub fn train(
             break;
         }
     }
-    if !opts.in_memory && !interrupted {
+    if writes && !interrupted {
         save_checkpoint(cfg, &ckpt_dir, &mut runs, step, tokens)?;
     }
 
     let mut saes = Vec::new();
     for run in runs {
-        saes.push(finish(run, &out, tokens, opts.in_memory || interrupted)?);
+        saes.push(finish(run, &out, tokens, !writes || interrupted)?);
     }
     Ok(TrainSummary {
         saes,
@@ -381,6 +374,26 @@ pub fn train(
         step_seconds,
         interrupted,
     })
+}
+
+/// This rank's rows of a batch: the `rank`-th of `world_size` consecutive
+/// shares, as equal as the rows allow (all of it in one process).
+fn share_of_batch(batch: &[Tensor], group: Option<&ProcessGroup>) -> Result<Vec<Tensor>> {
+    let Some(g) = group else {
+        return Ok(batch.iter().map(Tensor::shallow_clone).collect());
+    };
+    let rows = batch.first().map_or(0, |t| t.size()[0]);
+    let (world, rank) = (g.world_size() as i64, g.rank() as i64);
+    if rows < world {
+        return Err(Error::Training(format!(
+            "a batch of {rows} rows cannot give each of {world} ranks a row"
+        )));
+    }
+    let (start, end) = (rank * rows / world, (rank + 1) * rows / world);
+    batch
+        .iter()
+        .map(|t| Ok(t.f_narrow(0, start, end - start)?))
+        .collect()
 }
 
 /// `√d / mean‖x‖` when normalising (the store's statistic, else this batch's), else 1.
@@ -411,111 +424,6 @@ fn init_b_dec(sae: &mut Sae, how: InitBDec, x: &Tensor) -> Result<()> {
     };
     sae.weights.b_dec = centre.f_to_device(sae.device())?;
     Ok(())
-}
-
-fn train_step(
-    cfg: &TrainConfig,
-    run: &mut SaeRun,
-    batch: &[Tensor],
-    step: u64,
-    tokens_after: u64,
-    compute_kind: Kind,
-) -> Result<StepRecord> {
-    let schedule = Schedule {
-        lr: learning_rate(cfg, run.sae.cfg.d_sae),
-        warmup_steps: cfg.optim.lr_warmup_steps,
-        decay_fraction: cfg.optim.lr_decay_fraction,
-        sparsity_warmup_fraction: cfg.optim.sparsity_warmup_fraction,
-        total_steps: cfg.total_steps(),
-    };
-    let x = batch[run.hook_index]
-        .f_to_device(run.device)?
-        .f_mul_scalar(run.scale)?;
-    let rows = x.size()[0];
-    let sparsity_coefficient = run.spec.sparsity_coefficient() * schedule.sparsity_factor(step);
-    let ctx = StepContext {
-        k: run.spec.k,
-        sparsity_coefficient,
-        bandwidth: run.spec.bandwidth,
-        auxk_alpha: run.spec.auxk_alpha,
-        dead_mask: Some(run.dead.mask()?),
-        compute_kind,
-        sparse: cfg.run.sparse_topk,
-        threshold_momentum: run.spec.threshold_momentum,
-    };
-    let arch = run.spec.architecture.implementation();
-    let out = arch.train_step(&mut run.sae.weights, &run.sae.cfg, &x, &ctx)?;
-    if !out.loss.is_finite() {
-        return Err(Error::Training(format!(
-            "SAE `{}`: loss is {} at step {step}; lower the learning rate or check the activations",
-            run.name, out.loss
-        )));
-    }
-    let mut grads = out.grads;
-    let unit_norm = arch.unit_norm_decoder();
-    tch::no_grad(|| -> Result<()> {
-        if unit_norm {
-            // Remove the component of each decoder row's gradient along the row.
-            let w_dec = &run.sae.weights.w_dec;
-            let along =
-                grads[2]
-                    .f_mul(w_dec)?
-                    .f_sum_dim_intlist([1i64].as_slice(), true, Kind::Float)?;
-            grads[2] = grads[2].f_sub(&along.f_mul(w_dec)?)?;
-        }
-        if cfg.optim.grad_clip > 0.0 {
-            let total = grads
-                .iter()
-                .map(|g| g.f_square()?.f_sum(Kind::Float))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let norm = Tensor::f_stack(&total, 0)?
-                .f_sum(Kind::Float)?
-                .f_sqrt()?
-                .f_double_value(&[])?;
-            if norm > cfg.optim.grad_clip {
-                let factor = cfg.optim.grad_clip / norm;
-                for g in grads.iter_mut() {
-                    let _ = g.f_mul_scalar_(factor)?;
-                }
-            }
-        }
-        Ok(())
-    })?;
-    let lr = schedule.lr(step);
-    {
-        let mut params: Vec<&mut Tensor> = run
-            .sae
-            .weights
-            .trainable_mut()
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect();
-        run.adam.update(&mut params, &grads, lr)?;
-    }
-    if unit_norm {
-        run.sae.weights.normalize_decoder_rows()?;
-    }
-    run.dead.update(&out.fire_counts.f_gt(0.0)?, rows)?;
-    let _ = run.fire_counts.f_add_(&out.fire_counts)?;
-    let record = StepRecord {
-        step,
-        tokens: tokens_after,
-        loss: out.loss,
-        mse: out.mse,
-        fvu: out.fvu,
-        explained_variance: 1.0 - out.fvu,
-        l0: out.l0,
-        dead_fraction: run.dead.fraction()?,
-        lr,
-        sparsity_coefficient,
-        sparsity_loss: out.sparsity_loss,
-        aux_loss: out.aux_loss,
-    };
-    if let Some(m) = run.metrics.as_mut() {
-        m.write(&record)?;
-    }
-    run.last = Some(record.clone());
-    Ok(record)
 }
 
 fn save_checkpoint(

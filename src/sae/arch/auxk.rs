@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::Result;
 use crate::sae::architecture::scatter_dense;
-use crate::sae::architecture::{decode, encoder_pre, total_variance, Losses, StepContext};
+use crate::sae::architecture::{decode, encoder_pre, step_variance, Losses, StepContext};
 use crate::sae::config::SaeConfig;
 use crate::sae::weights::SaeWeights;
 
@@ -80,7 +80,7 @@ pub fn fvu_auxk_loss(
     ctx: &StepContext,
 ) -> Result<Losses> {
     let recon = decode(w, &acts)?;
-    let tv = total_variance(x)?;
+    let tv = step_variance(x, ctx)?;
     let residual = x.f_sub(&recon)?;
     let fvu = residual.f_square()?.f_sum(Kind::Float)?.f_div(&tv)?;
     let mut aux = None;

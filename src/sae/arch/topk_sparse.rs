@@ -22,7 +22,7 @@ use tch::{Kind, Tensor};
 use super::auxk::select_dead;
 use crate::error::Result;
 use crate::sae::architecture::{
-    encoder_input, pre_activations, total_variance, StepContext, StepOutput,
+    encoder_input, pre_activations, step_variance, StepContext, StepOutput,
 };
 use crate::sae::config::SaeConfig;
 use crate::sae::weights::SaeWeights;
@@ -159,7 +159,7 @@ fn step(w: &SaeWeights, cfg: &SaeConfig, x: &Tensor, ctx: &StepContext) -> Resul
     let bags = Bags::new(&indices)?;
     let recon = bags.gather_sum(&w.w_dec, &acts)?.f_add(&w.b_dec)?;
 
-    let tv = total_variance(x)?;
+    let tv = step_variance(x, ctx)?;
     let tv_value = tv.f_double_value(&[])?;
     let diff = recon.f_sub(x)?;
     let sq_err = diff.f_square()?.f_sum(Kind::Float)?.f_double_value(&[])?;

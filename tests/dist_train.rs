@@ -1,0 +1,160 @@
+//! Data-parallel SAE training over c10d (Gloo on loopback): `saescope train`
+//! started as 2 ranks with torchrun's variables, each training on half of
+//! every batch, gives the weights of one process training on whole batches,
+//! for TopK (the sparse step) and the L1 standard SAE, including batches
+//! whose rows do not split evenly; only rank 0 writes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use common::{tiny_store, train_tiny_args};
+use saescope::dist::ProcessGroup;
+use saescope::io::safetensors::read_safetensors;
+use tch::Tensor;
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// `saescope ARGS` as each of `world` ranks, all at once; every rank's
+/// output, after all exit.
+fn as_ranks(args: &[String], world: usize) -> Vec<(bool, String)> {
+    let port = free_port().to_string();
+    let children: Vec<_> = (0..world)
+        .map(|rank| {
+            Command::new(env!("CARGO_BIN_EXE_saescope"))
+                .args(args)
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("SAESCOPE_DIST_TIMEOUT", "120")
+                .output_in_background()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            (out.status.success(), text)
+        })
+        .collect()
+}
+
+trait Background {
+    fn output_in_background(&mut self) -> std::process::Child;
+}
+
+impl Background for Command {
+    fn output_in_background(&mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+fn weights(dir: &Path) -> HashMap<String, Tensor> {
+    read_safetensors(&dir.join("sae_weights.safetensors")).unwrap()
+}
+
+/// The largest difference between two SAEs' tensors, relative to the
+/// tensor's largest magnitude.
+fn relative_gap(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .map(|(name, t)| {
+            let scale = t.abs().max().double_value(&[]).max(1e-12);
+            (t - &b[name]).abs().max().double_value(&[]) / scale
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn two_ranks_train_the_same_sae_as_one_process() {
+    if !ProcessGroup::available() {
+        println!("SKIPPED: this build has no c10d (apt install libgloo-dev, then rebuild)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = tiny_store(dir.path());
+    // TopK (sparse step), and the standard SAE with its L1 penalty; batches of
+    // 128 and of 127 rows (an odd batch: shares of 63 and 64 rows).
+    let cases: [(&str, &[&str], &str); 3] = [
+        ("topk", &[], "blocks.1.hook_resid_post-topk-x2-k4"),
+        (
+            "topk-odd",
+            &["--batch-size", "127"],
+            "blocks.1.hook_resid_post-topk-x2-k4",
+        ),
+        (
+            "standard",
+            &[
+                "--architecture",
+                "standard",
+                "--sparsity-coefficient",
+                "0.5",
+            ],
+            "blocks.1.hook_resid_post-standard-x2-c0.5",
+        ),
+    ];
+    let mut trained = Vec::new();
+    for (name, extra, folder) in cases {
+        // The tiny TopK run's flags, with `extra`'s replacing (or adding to) them.
+        let run = |out: &Path| {
+            let mut args = train_tiny_args(&store, out, "2048", "2", false);
+            for pair in extra.chunks(2) {
+                match args.iter().position(|a| a == pair[0]) {
+                    Some(i) => args[i + 1] = pair[1].to_string(),
+                    None => args.extend(pair.iter().map(|s| s.to_string())),
+                }
+            }
+            if extra.contains(&"standard") {
+                let k = args.iter().position(|a| a == "--k").unwrap();
+                args.drain(k..k + 2);
+            }
+            args
+        };
+        // One process without a launcher: the plain path.
+        let single = dir.path().join(format!("{name}-single"));
+        let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
+            .args(run(&single))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}, one process: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let parallel = dir.path().join(format!("{name}-parallel"));
+        for (rank, (ok, text)) in as_ranks(&run(&parallel), 2).into_iter().enumerate() {
+            assert!(ok, "{name}, rank {rank}:\n{text}");
+        }
+        let (a, b) = (
+            weights(&single.join(folder)),
+            weights(&parallel.join(folder)),
+        );
+        let gap = relative_gap(&a, &b);
+        println!("{name}: 2 ranks and 1 process differ by {gap:.2e} (relative)");
+        assert!(gap < 1e-3, "{name}: 2 ranks differ from 1 process by {gap}");
+        trained.push(a);
+        let metrics = std::fs::read_to_string(parallel.join(folder).join("metrics.jsonl")).unwrap();
+        let single_metrics =
+            std::fs::read_to_string(single.join(folder).join("metrics.jsonl")).unwrap();
+        assert_eq!(
+            metrics.lines().count(),
+            single_metrics.lines().count(),
+            "{name}: rank 0 alone logs"
+        );
+    }
+    // Batches of 127 rather than 128 rows train a visibly different SAE, so
+    // a gap under 1e-3 is a match, not an insensitive comparison.
+    let other = relative_gap(&trained[0], &trained[1]);
+    assert!(other > 1e-2, "batch 128 and 127 differ by only {other}");
+}
