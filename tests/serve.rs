@@ -240,7 +240,7 @@ fn a_full_server_answers_429_and_a_dropped_client_frees_its_slot() {
         50,
     );
     // A streaming client that leaves after half a second.
-    let stream = body(r#", "max_tokens": 40, "stream": true"#);
+    let stream = body(r#", "max_tokens": 40, "stream": true, "ignore_eos": true"#);
     let url = format!("{}/v1/completions", server.url);
     let mut slow = Command::new("curl")
         .args([
@@ -434,7 +434,7 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
                 "--data-binary",
             ])
             .arg(body(&format!(
-                r#", "max_tokens": {max_tokens}, "stream": true"#
+                r#", "max_tokens": {max_tokens}, "stream": true, "ignore_eos": true"#
             )))
             .arg(&url)
             .stdout(std::process::Stdio::piped())

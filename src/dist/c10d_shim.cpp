@@ -48,17 +48,18 @@ struct saescope_group {
 
 extern "C" {
 
-// Rendezvous at host:port (rank 0 serves the store) and a Gloo group of
-// `world` ranks whose operations time out after `timeout_ms`.
+// Rendezvous at host:port (served by rank 0, or by the launcher's agent when
+// `agent_store`) and a Gloo group of `world` ranks whose operations time out
+// after `timeout_ms`.
 saescope_group* saescope_gloo_new(const char* host, uint16_t port, int rank,
-                                  int world, int64_t timeout_ms, char* err,
-                                  size_t err_len) {
+                                  int world, int agent_store, int64_t timeout_ms,
+                                  char* err, size_t err_len) {
   saescope_group* out = nullptr;
   guarded(err, err_len, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions opts;
     opts.port = port;
-    opts.isServer = rank == 0;
+    opts.isServer = rank == 0 && agent_store == 0;
     opts.numWorkers = world;
     opts.waitWorkers = true;
     opts.timeout = timeout;

@@ -28,6 +28,7 @@ mod ffi {
             port: u16,
             rank: c_int,
             world: c_int,
+            agent_store: c_int,
             timeout_ms: i64,
             err: *mut c_char,
             err_len: usize,
@@ -118,9 +119,9 @@ impl ProcessGroup {
         self.timeout
     }
 
-    /// Joins `launch`'s job over Gloo: rank 0 serves the rendezvous store at
-    /// `MASTER_ADDR:MASTER_PORT`; every operation, joining included, gives up
-    /// after `timeout`.
+    /// Joins `launch`'s job over Gloo: rank 0 (or torchrun's agent) serves
+    /// the rendezvous store at `MASTER_ADDR:MASTER_PORT`; every operation,
+    /// joining included, gives up after `timeout`.
     #[cfg(saescope_c10d)]
     pub fn gloo(launch: &Launch, timeout: Duration) -> Result<ProcessGroup> {
         let host = std::ffi::CString::new(launch.master_addr.clone())
@@ -136,6 +137,7 @@ impl ProcessGroup {
                     launch.master_port,
                     launch.rank as i32,
                     launch.world_size as i32,
+                    i32::from(launch.agent_store),
                     ms,
                     err,
                     len,

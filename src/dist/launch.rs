@@ -10,6 +10,9 @@ pub struct Launch {
     pub local_rank: usize,
     pub master_addr: String,
     pub master_port: u16,
+    /// torchrun's agent already serves the store at the master's address
+    /// (`TORCHELASTIC_USE_AGENT_STORE=True`), so rank 0 joins it as a client.
+    pub agent_store: bool,
 }
 
 impl Launch {
@@ -50,12 +53,15 @@ impl Launch {
             })?,
             None => 29500,
         };
+        let agent_store =
+            var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         Ok(Some(Launch {
             rank,
             world_size,
             local_rank,
             master_addr,
             master_port,
+            agent_store,
         }))
     }
 }
@@ -90,6 +96,13 @@ mod tests {
             (3, 4, 1, 29600)
         );
         assert_eq!(l.master_addr, "10.0.0.2");
+        assert!(!l.agent_store);
+        let agent = launch(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "0"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ]);
+        assert!(agent.unwrap().unwrap().agent_store);
         let defaults = launch(&[("WORLD_SIZE", "2"), ("RANK", "0")])
             .unwrap()
             .unwrap();

@@ -46,6 +46,9 @@ pub struct Sampling {
     pub steer: Option<Value>,
     /// saescope: whether the server's default steering applies (default yes).
     pub default_steer: Option<bool>,
+    /// vLLM's extension: keep generating past end-of-sequence tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

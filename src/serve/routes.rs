@@ -220,6 +220,7 @@ fn prepare(
         stop,
         steer,
         default_steer: s.default_steer.unwrap_or(true),
+        ignore_eos: s.ignore_eos,
         events,
         arrived: Instant::now(),
     };

@@ -36,6 +36,8 @@ pub struct Job {
     pub stop: Vec<String>,
     pub steer: Vec<SteerItem>,
     pub default_steer: bool,
+    /// Generate past end-of-sequence tokens (vLLM's `ignore_eos`).
+    pub ignore_eos: bool,
     pub events: UnboundedSender<Event>,
     pub arrived: Instant,
 }
@@ -262,6 +264,9 @@ fn admit(
         }
     };
     let prompt_tokens = prompt.len();
+    if job.ignore_eos {
+        stop_ids.clear();
+    }
     let request = SequenceRequest {
         prompt,
         max_new_tokens: job.max_tokens,
