@@ -2,7 +2,8 @@
 //! started as 2 ranks with torchrun's variables, each training on half of
 //! every batch, gives the weights of one process training on whole batches,
 //! for TopK (the sparse step) and the L1 standard SAE, including batches
-//! whose rows do not split evenly; only rank 0 writes.
+//! whose rows do not split evenly; only rank 0 writes; and a run killed after
+//! a checkpoint resumes on 2 ranks to the uninterrupted run's weights.
 
 mod common;
 
@@ -157,4 +158,48 @@ fn two_ranks_train_the_same_sae_as_one_process() {
     // a gap under 1e-3 is a match, not an insensitive comparison.
     let other = relative_gap(&trained[0], &trained[1]);
     assert!(other > 1e-2, "batch 128 and 127 differ by only {other}");
+}
+
+#[test]
+fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
+    if !ProcessGroup::available() {
+        println!("SKIPPED: this build has no c10d (apt install libgloo-dev, then rebuild)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = tiny_store(dir.path());
+    let folder = "blocks.1.hook_resid_post-topk-x2-k4";
+    let whole = dir.path().join("whole");
+    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(train_tiny_args(&store, &whole, "2048", "2", false))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // 50 ms a step: killed once the first checkpoint (8 steps of 16) exists.
+    let cut = dir.path().join("cut");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(train_tiny_args(&store, &cut, "2048", "2", false))
+        .env("SAESCOPE_TEST_PAUSE_MS", "50")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = cut.join("checkpoint").join("state.json");
+    let start = std::time::Instant::now();
+    while !state.exists() {
+        assert!(start.elapsed().as_secs() < 60, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(!cut.join(folder).join("sae_weights.safetensors").exists(), "the run finished before the kill");
+    for (rank, (ok, text)) in as_ranks(&train_tiny_args(&store, &cut, "2048", "2", true), 2)
+        .into_iter()
+        .enumerate()
+    {
+        assert!(ok, "resume, rank {rank}:\n{text}");
+    }
+    let gap = relative_gap(&weights(&whole.join(folder)), &weights(&cut.join(folder)));
+    println!("resumed on 2 ranks: {gap:.2e} from the uninterrupted run (relative)");
+    assert!(gap < 1e-4, "resumed on 2 ranks, {gap} from the uninterrupted run");
 }
