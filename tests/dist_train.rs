@@ -174,7 +174,11 @@ fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
         .args(train_tiny_args(&store, &whole, "2048", "2", false))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // 50 ms a step: killed once the first checkpoint (8 steps of 16) exists.
     let cut = dir.path().join("cut");
     let mut first = Command::new(env!("CARGO_BIN_EXE_saescope"))
@@ -192,7 +196,10 @@ fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
     }
     first.kill().unwrap();
     first.wait().unwrap();
-    assert!(!cut.join(folder).join("sae_weights.safetensors").exists(), "the run finished before the kill");
+    assert!(
+        !cut.join(folder).join("sae_weights.safetensors").exists(),
+        "the run finished before the kill"
+    );
     for (rank, (ok, text)) in as_ranks(&train_tiny_args(&store, &cut, "2048", "2", true), 2)
         .into_iter()
         .enumerate()
@@ -201,5 +208,112 @@ fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
     }
     let gap = relative_gap(&weights(&whole.join(folder)), &weights(&cut.join(folder)));
     println!("resumed on 2 ranks: {gap:.2e} from the uninterrupted run (relative)");
-    assert!(gap < 1e-4, "resumed on 2 ranks, {gap} from the uninterrupted run");
+    assert!(
+        gap < 1e-4,
+        "resumed on 2 ranks, {gap} from the uninterrupted run"
+    );
+}
+
+#[test]
+fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
+    if !ProcessGroup::available() {
+        println!("SKIPPED: this build has no c10d (apt install libgloo-dev, then rebuild)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = tiny_store(dir.path());
+    let folder = "blocks.1.hook_resid_post-topk-x2-k4";
+    let single = dir.path().join("single");
+    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(train_tiny_args(&store, &single, "2048", "2", false))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let launched = dir.path().join("launched");
+    let port = free_port().to_string();
+    let mut args = vec![
+        "launch".to_string(),
+        "--nproc".into(),
+        "2".into(),
+        "--master-port".into(),
+        port,
+        "--".into(),
+    ];
+    args.extend(train_tiny_args(&store, &launched, "2048", "2", false));
+    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gap = relative_gap(
+        &weights(&single.join(folder)),
+        &weights(&launched.join(folder)),
+    );
+    assert!(gap < 1e-3, "launched on 2 ranks: {gap} from one process");
+    // A rank killed mid-run: the launcher stops the other (which would
+    // otherwise wait in its next all-reduce until the timeout) and names the
+    // dead rank.
+    let paced = dir.path().join("paced");
+    let args: Vec<String> = [
+        "launch",
+        "--nproc",
+        "2",
+        "--grace-seconds",
+        "2",
+        "--master-port",
+        &free_port().to_string(),
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(train_tiny_args(&store, &paced, "2048", "2", false))
+    .collect();
+    let launcher = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(&args)
+        .env("SAESCOPE_DIST_TIMEOUT", "120")
+        .env("SAESCOPE_TEST_PAUSE_MS", "100")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The launcher's children, in rank order (started one after the other).
+    let start = std::time::Instant::now();
+    let ranks = loop {
+        let out = Command::new("pgrep")
+            .args(["-P", &launcher.id().to_string()])
+            .output()
+            .unwrap();
+        let mut pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        pids.sort();
+        if pids.len() == 2 {
+            break pids;
+        }
+        assert!(start.elapsed().as_secs() < 30, "the ranks did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // SAFETY: kill(2) of a child process of this test.
+    unsafe { libc::kill(ranks[1], libc::SIGKILL) };
+    let killed_at = std::time::Instant::now();
+    let out = launcher.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("rank 1 failed (signal: 9"), "{err}");
+    assert!(err.contains("the other ranks were stopped"), "{err}");
+    assert!(
+        killed_at.elapsed().as_secs() < 10,
+        "took {:?}",
+        killed_at.elapsed()
+    );
 }

@@ -9,6 +9,7 @@ mod generate;
 mod harvest;
 mod info;
 mod label;
+mod launch;
 mod logits;
 mod progress;
 mod serve;
@@ -40,6 +41,8 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Generate text, streaming tokens to stdout.
     Generate(generate::GenerateArgs),
+    /// Start this node's ranks of a multi-process job (torchrun's variables).
+    Launch(launch::LaunchArgs),
     /// An OpenAI-compatible server with per-request steering.
     Serve(Box<serve::ServeArgs>),
     /// Benchmarks (machine-readable with --json).
@@ -206,6 +209,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Logits(args) => logits::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(*args),
+        Command::Launch(args) => launch::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Harvest(args) => harvest::run(args),
         Command::Store(cmd) => store::run(cmd),
