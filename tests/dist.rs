@@ -6,13 +6,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::ranks::{free_port, skip_without_c10d};
 use saescope::dist::{Launch, ProcessGroup};
 use tch::{Kind, Tensor};
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
 
 /// This binary again, running only `test` as `rank` of `world`.
 fn rank_process(test: &str, rank: usize, world: usize, port: u16) -> std::process::Child {
@@ -33,14 +31,6 @@ fn rank_process(test: &str, rank: usize, world: usize, port: u16) -> std::proces
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn skip_without_c10d() -> bool {
-    if !ProcessGroup::available() {
-        println!("SKIPPED: this build has no c10d (apt install libgloo-dev, then rebuild)");
-        return true;
-    }
-    false
 }
 
 #[test]

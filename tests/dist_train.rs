@@ -11,15 +11,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
+use common::ranks::{free_port, launch_args, skip_without_c10d, train_alone};
 use common::{tiny_store, train_tiny_args};
-use saescope::dist::ProcessGroup;
 use saescope::io::safetensors::read_safetensors;
 use tch::Tensor;
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
 
 /// `saescope ARGS` as each of `world` ranks, all at once; every rank's
 /// output, after all exit.
@@ -79,8 +74,7 @@ fn relative_gap(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f64
 
 #[test]
 fn two_ranks_train_the_same_sae_as_one_process() {
-    if !ProcessGroup::available() {
-        println!("SKIPPED: this build has no c10d (apt install libgloo-dev, then rebuild)");
+    if skip_without_c10d() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -124,15 +118,7 @@ fn two_ranks_train_the_same_sae_as_one_process() {
         };
         // One process without a launcher: the plain path.
         let single = dir.path().join(format!("{name}-single"));
-        let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-            .args(run(&single))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}, one process: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        train_alone(&run(&single), &single);
         let parallel = dir.path().join(format!("{name}-parallel"));
         for (rank, (ok, text)) in as_ranks(&run(&parallel), 2).into_iter().enumerate() {
             assert!(ok, "{name}, rank {rank}:\n{text}");
@@ -162,23 +148,14 @@ fn two_ranks_train_the_same_sae_as_one_process() {
 
 #[test]
 fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
-    if !ProcessGroup::available() {
-        println!("SKIPPED: this build has no c10d (apt install libgloo-dev, then rebuild)");
+    if skip_without_c10d() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (_, store) = tiny_store(dir.path());
     let folder = "blocks.1.hook_resid_post-topk-x2-k4";
     let whole = dir.path().join("whole");
-    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(train_tiny_args(&store, &whole, "2048", "2", false))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    train_alone(&train_tiny_args(&store, &whole, "2048", "2", false), &whole);
     // 50 ms a step: killed once the first checkpoint (8 steps of 16) exists.
     let cut = dir.path().join("cut");
     let mut first = Command::new(env!("CARGO_BIN_EXE_saescope"))
@@ -216,34 +193,19 @@ fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
 
 #[test]
 fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
-    if !ProcessGroup::available() {
-        println!("SKIPPED: this build has no c10d (apt install libgloo-dev, then rebuild)");
+    if skip_without_c10d() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (_, store) = tiny_store(dir.path());
     let folder = "blocks.1.hook_resid_post-topk-x2-k4";
     let single = dir.path().join("single");
-    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(train_tiny_args(&store, &single, "2048", "2", false))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    train_alone(
+        &train_tiny_args(&store, &single, "2048", "2", false),
+        &single,
     );
     let launched = dir.path().join("launched");
-    let port = free_port().to_string();
-    let mut args = vec![
-        "launch".to_string(),
-        "--nproc".into(),
-        "2".into(),
-        "--master-port".into(),
-        port,
-        "--".into(),
-    ];
-    args.extend(train_tiny_args(&store, &launched, "2048", "2", false));
+    let args = launch_args(2, train_tiny_args(&store, &launched, "2048", "2", false));
     let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
         .args(&args)
         .output()
@@ -262,20 +224,7 @@ fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
     // otherwise wait in its next all-reduce until the timeout) and names the
     // dead rank.
     let paced = dir.path().join("paced");
-    let args: Vec<String> = [
-        "launch",
-        "--nproc",
-        "2",
-        "--grace-seconds",
-        "2",
-        "--master-port",
-        &free_port().to_string(),
-        "--",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain(train_tiny_args(&store, &paced, "2048", "2", false))
-    .collect();
+    let args = launch_args(2, train_tiny_args(&store, &paced, "2048", "2", false));
     let launcher = Command::new(env!("CARGO_BIN_EXE_saescope"))
         .args(&args)
         .env("SAESCOPE_DIST_TIMEOUT", "120")

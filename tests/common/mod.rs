@@ -5,6 +5,7 @@
 
 pub mod decode;
 pub mod largest_allocation;
+pub mod ranks;
 pub mod server;
 
 use std::path::{Path, PathBuf};
