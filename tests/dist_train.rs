@@ -2,8 +2,9 @@
 //! started as 2 ranks with torchrun's variables, each training on half of
 //! every batch, gives the weights of one process training on whole batches,
 //! for TopK (the sparse step) and the L1 standard SAE, including batches
-//! whose rows do not split evenly; only rank 0 writes; and a run killed after
-//! a checkpoint resumes on 2 ranks to the uninterrupted run's weights.
+//! whose rows do not split evenly; only rank 0 writes; a run killed after a
+//! checkpoint resumes on 2 ranks to the uninterrupted run's weights; and two
+//! "hosts" (network namespaces joined by a veth pair) train as one.
 
 mod common;
 
@@ -265,4 +266,119 @@ fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
         "took {:?}",
         killed_at.elapsed()
     );
+}
+
+/// Two network namespaces joined by a veth pair, removed on drop.
+struct TwoHosts {
+    names: [String; 2],
+}
+
+impl TwoHosts {
+    /// `ns0` at 10.77.0.1/24 and `ns1` at 10.77.0.2/24, each with loopback
+    /// up; `Err` with the command's message where namespaces cannot be made.
+    fn make() -> Result<TwoHosts, String> {
+        let tag = std::process::id();
+        let names = [format!("saescope{tag}a"), format!("saescope{tag}b")];
+        let hosts = TwoHosts {
+            names: names.clone(),
+        };
+        let (a, b) = (&names[0], &names[1]);
+        let (va, vb) = (format!("sv{tag}a"), format!("sv{tag}b"));
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            vec!["link", "set", &va, "netns", a],
+            vec!["link", "set", &vb, "netns", b],
+            vec!["-n", a, "addr", "add", "10.77.0.1/24", "dev", &va],
+            vec!["-n", b, "addr", "add", "10.77.0.2/24", "dev", &vb],
+            vec!["-n", a, "link", "set", &va, "up"],
+            vec!["-n", b, "link", "set", &vb, "up"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", b, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            let out = Command::new("ip")
+                .args(&step)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip {}: {}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(hosts)
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+#[test]
+fn two_hosts_joined_by_a_veth_pair_train_as_one_process_does() {
+    if skip_without_c10d() {
+        return;
+    }
+    let hosts = match TwoHosts::make() {
+        Ok(h) => h,
+        Err(why) => {
+            println!("SKIPPED: cannot make two network namespaces here ({why})");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = tiny_store(dir.path());
+    let folder = "blocks.1.hook_resid_post-topk-x2-k4";
+    let single = dir.path().join("single");
+    train_alone(
+        &train_tiny_args(&store, &single, "2048", "2", false),
+        &single,
+    );
+    // Rank 0 on the first host serves the rendezvous at its own address;
+    // each rank's Gloo traffic goes over its end of the veth pair.
+    let parallel = dir.path().join("parallel");
+    let port = free_port().to_string();
+    let tag = std::process::id();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &hosts.names[rank],
+                    env!("CARGO_BIN_EXE_saescope"),
+                ])
+                .args(train_tiny_args(&store, &parallel, "2048", "2", false))
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "10.77.0.1")
+                .env("MASTER_PORT", &port)
+                .env("GLOO_SOCKET_IFNAME", format!("sv{tag}{}", ["a", "b"][rank]))
+                .env("SAESCOPE_DIST_TIMEOUT", "60")
+                .output_in_background()
+        })
+        .collect();
+    for (rank, child) in ranks.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "host {rank}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let gap = relative_gap(
+        &weights(&single.join(folder)),
+        &weights(&parallel.join(folder)),
+    );
+    println!("two hosts: {gap:.2e} from one process (relative)");
+    assert!(gap < 1e-3, "two hosts differ from one process by {gap}");
 }

@@ -50,10 +50,12 @@ extern "C" {
 
 // Rendezvous at host:port (served by rank 0, or by the launcher's agent when
 // `agent_store`) and a Gloo group of `world` ranks whose operations time out
-// after `timeout_ms`.
+// after `timeout_ms`. Gloo's own connections use network interface `iface`
+// when it is not empty (as GLOO_SOCKET_IFNAME does for PyTorch), else the
+// master's address when it is a loopback one, else this machine's default.
 saescope_group* saescope_gloo_new(const char* host, uint16_t port, int rank,
-                                  int world, int agent_store, int64_t timeout_ms,
-                                  char* err, size_t err_len) {
+                                  int world, int agent_store, const char* iface,
+                                  int64_t timeout_ms, char* err, size_t err_len) {
   saescope_group* out = nullptr;
   guarded(err, err_len, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
@@ -65,8 +67,14 @@ saescope_group* saescope_gloo_new(const char* host, uint16_t port, int rank,
     opts.timeout = timeout;
     auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    std::string interface(iface);
+    std::string master(host);
+    bool loopback = master == "localhost" || master.rfind("127.", 0) == 0;
     options->devices.push_back(
-        c10d::ProcessGroupGloo::createDeviceForHostname(std::string(host)));
+        !interface.empty()
+            ? c10d::ProcessGroupGloo::createDeviceForInterface(interface)
+            : loopback ? c10d::ProcessGroupGloo::createDeviceForHostname(master)
+                       : c10d::ProcessGroupGloo::createDefaultDevice());
     options->threads = 1;
     auto group =
         c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);

@@ -29,6 +29,7 @@ mod ffi {
             rank: c_int,
             world: c_int,
             agent_store: c_int,
+            iface: *const c_char,
             timeout_ms: i64,
             err: *mut c_char,
             err_len: usize,
@@ -126,6 +127,8 @@ impl ProcessGroup {
     pub fn gloo(launch: &Launch, timeout: Duration) -> Result<ProcessGroup> {
         let host = std::ffi::CString::new(launch.master_addr.clone())
             .map_err(|_| Error::Distributed("MASTER_ADDR holds a NUL byte".into()))?;
+        let iface = std::ffi::CString::new(launch.interface.clone().unwrap_or_default())
+            .map_err(|_| Error::Distributed("GLOO_SOCKET_IFNAME holds a NUL byte".into()))?;
         let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         let mut raw = std::ptr::null_mut();
         checked(launch.rank, "joining the job", |err, len| {
@@ -138,6 +141,7 @@ impl ProcessGroup {
                     launch.rank as i32,
                     launch.world_size as i32,
                     i32::from(launch.agent_store),
+                    iface.as_ptr(),
                     ms,
                     err,
                     len,

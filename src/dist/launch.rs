@@ -13,6 +13,9 @@ pub struct Launch {
     /// torchrun's agent already serves the store at the master's address
     /// (`TORCHELASTIC_USE_AGENT_STORE=True`), so rank 0 joins it as a client.
     pub agent_store: bool,
+    /// The network interface Gloo connects over (`GLOO_SOCKET_IFNAME`, as
+    /// PyTorch reads it); needed when ranks are on different hosts.
+    pub interface: Option<String>,
 }
 
 impl Launch {
@@ -55,6 +58,7 @@ impl Launch {
         };
         let agent_store =
             var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let interface = var("GLOO_SOCKET_IFNAME").filter(|i| !i.is_empty());
         Ok(Some(Launch {
             rank,
             world_size,
@@ -62,6 +66,7 @@ impl Launch {
             master_addr,
             master_port,
             agent_store,
+            interface,
         }))
     }
 }
