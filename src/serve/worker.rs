@@ -325,7 +325,22 @@ fn deliver(
     let generated = l.ids.len() + 1;
     if !l.stop_ids.contains(&e.token) {
         l.ids.push(e.token);
-        let text = loaded.tokenizer.decode(&l.ids)?;
+        let text = match loaded.tokenizer.decode(&l.ids) {
+            Ok(text) => text,
+            Err(err) => {
+                // This request fails; the others go on.
+                if e.finished.is_none() {
+                    engine.cancel(e.id)?;
+                }
+                if let Some(l) = live.remove(&e.id) {
+                    metrics.finished("error");
+                    let _ = l
+                        .events
+                        .send(Event::Error(format!("decoding the output: {err}")));
+                }
+                return Ok(());
+            }
+        };
         let stop_at = l.stop.iter().filter_map(|s| text.find(s.as_str())).min();
         let end = match stop_at {
             Some(at) => {
