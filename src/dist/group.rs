@@ -99,7 +99,6 @@ pub struct ProcessGroup {
     raw: *mut ffi::Group,
     rank: usize,
     world_size: usize,
-    timeout: Duration,
 }
 
 // SAFETY: c10d's process groups are used from any thread in PyTorch; this
@@ -114,10 +113,6 @@ impl ProcessGroup {
 
     pub fn world_size(&self) -> usize {
         self.world_size
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// Joins `launch`'s job over Gloo: rank 0 (or torchrun's agent) serves
@@ -153,7 +148,6 @@ impl ProcessGroup {
             raw,
             rank: launch.rank,
             world_size: launch.world_size,
-            timeout,
         })
     }
 
