@@ -20,17 +20,32 @@ use tch::Tensor;
 /// `saescope ARGS` as each of `world` ranks, all at once; every rank's
 /// output, after all exit.
 fn as_ranks(args: &[String], world: usize) -> Vec<(bool, String)> {
+    ranks_of(world, "127.0.0.1", |_| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_saescope"));
+        command.args(args);
+        command
+    })
+}
+
+/// `command(rank)` for each of `world` ranks, all at once, with torchrun's
+/// variables (rendezvous at `master_addr`); every rank's success and output,
+/// after all exit.
+fn ranks_of(
+    world: usize,
+    master_addr: &str,
+    command: impl Fn(usize) -> Command,
+) -> Vec<(bool, String)> {
     let port = free_port().to_string();
     let children: Vec<_> = (0..world)
         .map(|rank| {
-            Command::new(env!("CARGO_BIN_EXE_saescope"))
-                .args(args)
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", world.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .env("SAESCOPE_DIST_TIMEOUT", "120")
-                .output_in_background()
+            spawn_piped(
+                command(rank)
+                    .env("RANK", rank.to_string())
+                    .env("WORLD_SIZE", world.to_string())
+                    .env("MASTER_ADDR", master_addr)
+                    .env("MASTER_PORT", &port)
+                    .env("SAESCOPE_DIST_TIMEOUT", "120"),
+            )
         })
         .collect();
     children
@@ -44,17 +59,29 @@ fn as_ranks(args: &[String], world: usize) -> Vec<(bool, String)> {
         .collect()
 }
 
-trait Background {
-    fn output_in_background(&mut self) -> std::process::Child;
+/// `command` started with its output captured.
+fn spawn_piped(command: &mut Command) -> std::process::Child {
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
-impl Background for Command {
-    fn output_in_background(&mut self) -> std::process::Child {
-        self.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
+/// The TopK SAE's folder under a training run's output.
+const TOPK: &str = "blocks.1.hook_resid_post-topk-x2-k4";
+
+/// A tiny store in `dir` and the weights of the TopK SAE that one process,
+/// without a launcher, trains on 2,048 of its rows: what the multi-rank runs
+/// must reproduce.
+fn store_and_reference(dir: &Path) -> (std::path::PathBuf, HashMap<String, Tensor>) {
+    let (_, store) = tiny_store(dir);
+    let single = dir.join("single");
+    train_alone(
+        &train_tiny_args(&store, &single, "2048", "2", false),
+        &single,
+    );
+    (store, weights(&single.join(TOPK)))
 }
 
 fn weights(dir: &Path) -> HashMap<String, Tensor> {
@@ -83,12 +110,8 @@ fn two_ranks_train_the_same_sae_as_one_process() {
     // TopK (sparse step), and the standard SAE with its L1 penalty; batches of
     // 128 and of 127 rows (an odd batch: shares of 63 and 64 rows).
     let cases: [(&str, &[&str], &str); 3] = [
-        ("topk", &[], "blocks.1.hook_resid_post-topk-x2-k4"),
-        (
-            "topk-odd",
-            &["--batch-size", "127"],
-            "blocks.1.hook_resid_post-topk-x2-k4",
-        ),
+        ("topk", &[], TOPK),
+        ("topk-odd", &["--batch-size", "127"], TOPK),
         (
             "standard",
             &[
@@ -153,10 +176,8 @@ fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_, store) = tiny_store(dir.path());
-    let folder = "blocks.1.hook_resid_post-topk-x2-k4";
-    let whole = dir.path().join("whole");
-    train_alone(&train_tiny_args(&store, &whole, "2048", "2", false), &whole);
+    let (store, whole) = store_and_reference(dir.path());
+    let folder = TOPK;
     // 50 ms a step: killed once the first checkpoint (8 steps of 16) exists.
     let cut = dir.path().join("cut");
     let mut first = Command::new(env!("CARGO_BIN_EXE_saescope"))
@@ -184,7 +205,7 @@ fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
     {
         assert!(ok, "resume, rank {rank}:\n{text}");
     }
-    let gap = relative_gap(&weights(&whole.join(folder)), &weights(&cut.join(folder)));
+    let gap = relative_gap(&whole, &weights(&cut.join(folder)));
     println!("resumed on 2 ranks: {gap:.2e} from the uninterrupted run (relative)");
     assert!(
         gap < 1e-4,
@@ -198,13 +219,8 @@ fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_, store) = tiny_store(dir.path());
-    let folder = "blocks.1.hook_resid_post-topk-x2-k4";
-    let single = dir.path().join("single");
-    train_alone(
-        &train_tiny_args(&store, &single, "2048", "2", false),
-        &single,
-    );
+    let (store, single) = store_and_reference(dir.path());
+    let folder = TOPK;
     let launched = dir.path().join("launched");
     let args = launch_args(2, train_tiny_args(&store, &launched, "2048", "2", false));
     let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
@@ -216,10 +232,7 @@ fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let gap = relative_gap(
-        &weights(&single.join(folder)),
-        &weights(&launched.join(folder)),
-    );
+    let gap = relative_gap(&single, &weights(&launched.join(folder)));
     assert!(gap < 1e-3, "launched on 2 ranks: {gap} from one process");
     // A rank killed mid-run: the launcher stops the other (which would
     // otherwise wait in its next all-reduce until the timeout) and names the
@@ -335,50 +348,29 @@ fn two_hosts_joined_by_a_veth_pair_train_as_one_process_does() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_, store) = tiny_store(dir.path());
-    let folder = "blocks.1.hook_resid_post-topk-x2-k4";
-    let single = dir.path().join("single");
-    train_alone(
-        &train_tiny_args(&store, &single, "2048", "2", false),
-        &single,
-    );
+    let (store, single) = store_and_reference(dir.path());
+    let folder = TOPK;
     // Rank 0 on the first host serves the rendezvous at its own address;
     // each rank's Gloo traffic goes over its end of the veth pair.
     let parallel = dir.path().join("parallel");
-    let port = free_port().to_string();
     let tag = std::process::id();
-    let ranks: Vec<_> = (0..2)
-        .map(|rank| {
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &hosts.names[rank],
-                    env!("CARGO_BIN_EXE_saescope"),
-                ])
-                .args(train_tiny_args(&store, &parallel, "2048", "2", false))
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", "2")
-                .env("MASTER_ADDR", "10.77.0.1")
-                .env("MASTER_PORT", &port)
-                .env("GLOO_SOCKET_IFNAME", format!("sv{tag}{}", ["a", "b"][rank]))
-                .env("SAESCOPE_DIST_TIMEOUT", "60")
-                .output_in_background()
-        })
-        .collect();
-    for (rank, child) in ranks.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "host {rank}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let outputs = ranks_of(2, "10.77.0.1", |rank| {
+        let mut command = Command::new("ip");
+        command
+            .args([
+                "netns",
+                "exec",
+                &hosts.names[rank],
+                env!("CARGO_BIN_EXE_saescope"),
+            ])
+            .args(train_tiny_args(&store, &parallel, "2048", "2", false))
+            .env("GLOO_SOCKET_IFNAME", format!("sv{tag}{}", ["a", "b"][rank]));
+        command
+    });
+    for (rank, (ok, text)) in outputs.into_iter().enumerate() {
+        assert!(ok, "host {rank}: {text}");
     }
-    let gap = relative_gap(
-        &weights(&single.join(folder)),
-        &weights(&parallel.join(folder)),
-    );
+    let gap = relative_gap(&single, &weights(&parallel.join(folder)));
     println!("two hosts: {gap:.2e} from one process (relative)");
     assert!(gap < 1e-3, "two hosts differ from one process by {gap}");
 }
