@@ -1,10 +1,14 @@
-//! Data-parallel SAE training over c10d (Gloo on loopback): `saescope train`
-//! started as 2 ranks with torchrun's variables, each training on half of
-//! every batch, gives the weights of one process training on whole batches,
-//! for TopK (the sparse step) and the L1 standard SAE, including batches
-//! whose rows do not split evenly; only rank 0 writes; a run killed after a
-//! checkpoint resumes on 2 ranks to the uninterrupted run's weights; and two
-//! "hosts" (network namespaces joined by a veth pair) train as one.
+//! SAE training over c10d (Gloo on loopback): `saescope train` started as 2
+//! ranks with torchrun's variables, each reading its own share of the store
+//! (half of the shards) and training on its half of every batch, gives the
+//! weights of one process that reads the same two shares (`--read-shares
+//! 2`) into whole batches, for TopK (the sparse step) and the L1 standard
+//! SAE, including batches whose rows do not split evenly and shares that run
+//! out of rows at different steps; only rank 0 writes; module distribution
+//! (one SAE per rank, rows moved by all-to-all or all-gather) gives the SAEs
+//! one process trains; a run killed after a checkpoint resumes on another
+//! number of ranks to the uninterrupted run's weights; and two "hosts"
+//! (network namespaces joined by a veth pair) train as one.
 
 mod common;
 
@@ -71,16 +75,20 @@ fn spawn_piped(command: &mut Command) -> std::process::Child {
 /// The TopK SAE's folder under a training run's output.
 const TOPK: &str = "blocks.1.hook_resid_post-topk-x2-k4";
 
+/// The tiny TopK run's flags, read in 2 shares (what 2 ranks read).
+fn in_two_shares(store: &Path, out: &Path, resume: bool) -> Vec<String> {
+    let mut args = train_tiny_args(store, out, "2048", "2", resume);
+    args.extend(["--read-shares".to_string(), "2".to_string()]);
+    args
+}
+
 /// A tiny store in `dir` and the weights of the TopK SAE that one process,
-/// without a launcher, trains on 2,048 of its rows: what the multi-rank runs
-/// must reproduce.
+/// without a launcher, trains on 2,048 of its rows read in 2 shares: what
+/// the 2-rank runs must reproduce.
 fn store_and_reference(dir: &Path) -> (std::path::PathBuf, HashMap<String, Tensor>) {
     let (_, store) = tiny_store(dir);
     let single = dir.join("single");
-    train_alone(
-        &train_tiny_args(&store, &single, "2048", "2", false),
-        &single,
-    );
+    train_alone(&in_two_shares(&store, &single, false), &single);
     (store, weights(&single.join(TOPK)))
 }
 
@@ -108,10 +116,16 @@ fn two_ranks_train_the_same_sae_as_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let (_, store) = tiny_store(dir.path());
     // TopK (sparse step), and the standard SAE with its L1 penalty; batches of
-    // 128 and of 127 rows (an odd batch: shares of 63 and 64 rows).
+    // 128 and of 127 rows (an odd batch: shares of 63 and 64 rows, over
+    // 5,080 rows, so each rank's shards (about 2,000 rows each, not equal)
+    // run out and start a new epoch at a different step).
     let cases: [(&str, &[&str], &str); 3] = [
         ("topk", &[], TOPK),
-        ("topk-odd", &["--batch-size", "127"], TOPK),
+        (
+            "topk-odd",
+            &["--batch-size", "127", "--tokens", "5080"],
+            TOPK,
+        ),
         (
             "standard",
             &[
@@ -140,9 +154,11 @@ fn two_ranks_train_the_same_sae_as_one_process() {
             }
             args
         };
-        // One process without a launcher: the plain path.
+        // One process without a launcher reading both shares.
         let single = dir.path().join(format!("{name}-single"));
-        train_alone(&run(&single), &single);
+        let mut alone = run(&single);
+        alone.extend(["--read-shares".to_string(), "2".to_string()]);
+        train_alone(&alone, &single);
         let parallel = dir.path().join(format!("{name}-parallel"));
         for (rank, (ok, text)) in as_ranks(&run(&parallel), 2).into_iter().enumerate() {
             assert!(ok, "{name}, rank {rank}:\n{text}");
@@ -171,6 +187,82 @@ fn two_ranks_train_the_same_sae_as_one_process() {
 }
 
 #[test]
+fn module_distribution_gives_each_rank_whole_saes_and_the_same_weights() {
+    if skip_without_c10d() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), 400);
+    let store = dir.path().join("acts");
+    common::harvest_tiny(
+        &corpus,
+        &store,
+        &[
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--tokens",
+            "4000",
+            "--shard-tokens",
+            "1000",
+        ],
+    );
+    // Two SAEs, one per hook: rank 0 trains the first, rank 1 the second.
+    let args = |out: &Path, extra: &[&str]| {
+        let mut args = train_tiny_args(&store, out, "2048", "2", false);
+        let hook = args.iter().position(|a| a == "--hook").unwrap();
+        args[hook + 1] = "blocks.0.hook_resid_post,blocks.1.hook_resid_post".into();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let single = dir.path().join("single");
+    train_alone(&args(&single, &["--read-shares", "2"]), &single);
+    let mut sent = Vec::new();
+    for scheme in ["all_to_all", "all_gather"] {
+        let out = dir.path().join(scheme);
+        let outputs = as_ranks(
+            &args(&out, &["--distribute-modules", "--module-exchange", scheme]),
+            2,
+        );
+        let mut bytes = 0u64;
+        for (rank, (ok, text)) in outputs.iter().enumerate() {
+            assert!(ok, "{scheme}, rank {rank}:\n{text}");
+            bytes += text
+                .lines()
+                .find_map(|l| l.split("moved rows to the SAEs' ranks: ").nth(1))
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{scheme}, rank {rank}: no byte count in\n{text}"));
+        }
+        sent.push(bytes);
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("saes.json")).unwrap()).unwrap();
+        let ranks: Vec<u64> = manifest["saes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["trained_by_rank"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ranks, [0, 1], "{scheme}: {manifest}");
+        for entry in manifest["saes"].as_array().unwrap() {
+            let folder = entry["path"].as_str().unwrap();
+            let gap = relative_gap(&weights(&single.join(folder)), &weights(&out.join(folder)));
+            println!("{scheme}: {folder} {gap:.2e} from one process (relative)");
+            assert!(
+                gap < 1e-4,
+                "{scheme}: {folder} differs from one process by {gap}"
+            );
+        }
+    }
+    // All-to-all sends each hook's rows to its owner only: half of what
+    // all-gather sends to every rank (2 hooks of equal width, 2 ranks).
+    println!(
+        "bytes sent per step, both ranks: all-to-all {}, all-gather {}",
+        sent[0], sent[1]
+    );
+    assert!(2 * sent[0] <= sent[1] + sent[1] / 50, "{sent:?}");
+}
+
+#[test]
 fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
     if skip_without_c10d() {
         return;
@@ -181,7 +273,7 @@ fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
     // 50 ms a step: killed once the first checkpoint (8 steps of 16) exists.
     let cut = dir.path().join("cut");
     let mut first = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(train_tiny_args(&store, &cut, "2048", "2", false))
+        .args(in_two_shares(&store, &cut, false))
         .env("SAESCOPE_TEST_PAUSE_MS", "50")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -199,6 +291,14 @@ fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
         !cut.join(folder).join("sae_weights.safetensors").exists(),
         "the run finished before the kill"
     );
+    // 3 ranks cannot divide 2 shares: refused, naming why.
+    for (ok, text) in as_ranks(&train_tiny_args(&store, &cut, "2048", "2", true), 3) {
+        assert!(
+            !ok && text.contains("2 share(s), fewer than the job's 3 ranks"),
+            "{text}"
+        );
+    }
+    // The checkpoint's 2 shares, now read by 2 ranks.
     for (rank, (ok, text)) in as_ranks(&train_tiny_args(&store, &cut, "2048", "2", true), 2)
         .into_iter()
         .enumerate()

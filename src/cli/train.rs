@@ -94,6 +94,12 @@ pub fn print_summary(summary: &TrainSummary) {
         summary.seconds,
         summary.tokens as f64 / summary.seconds.max(1e-9)
     );
+    if summary.exchanged_bytes > 0 {
+        println!(
+            "moved rows to the SAEs' ranks: {} bytes sent per step",
+            summary.exchanged_bytes / summary.step_seconds.len().max(1) as u64
+        );
+    }
     println!(
         "{:<48} {:>8} {:>8} {:>8}  folder",
         "SAE", "FVU", "L0", "dead"
@@ -122,11 +128,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     let group = super::dist::join_from_env()?;
     let rank = group.as_ref().map_or(0, |g| g.rank());
-    // Ranks other than 0 train quietly; rank 0 shows progress and the summary.
+    // Ranks other than 0 train quietly; rank 0 shows progress and the
+    // summary, and under module distribution each rank lists its own SAEs.
     let mut observer = BarObserver::new(rank != 0)?;
     let summary = train_from_config(&cfg, args.resume, group, &mut observer)?;
     observer.bar.finish_and_clear();
-    if rank == 0 {
+    if rank == 0 || cfg.run.distribute_modules {
+        if cfg.run.distribute_modules {
+            println!("rank {rank}:");
+        }
         print_summary(&summary);
     }
     Ok(())

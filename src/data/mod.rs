@@ -10,6 +10,7 @@
 pub mod corpus;
 pub mod harvest;
 pub mod packing;
+pub mod share;
 pub mod source;
 pub mod store;
 
@@ -17,6 +18,7 @@ pub use corpus::{Corpus, Document, DEFAULT_CORPUS};
 pub use harvest::stream::StreamingSource;
 pub use harvest::{harvest, HarvestConfig, HarvestObserver, HarvestSummary, Silent};
 pub use packing::{PackConfig, Packer, Window};
+pub use share::Share;
 pub use source::{ActivationBatch, ActivationSource};
 pub use store::manifest::{Manifest, StoreDtype};
 pub use store::reader::{ReaderConfig, StoreReader};

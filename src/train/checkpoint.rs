@@ -41,6 +41,14 @@ pub struct CheckpointState {
     /// The run's config as TOML, to refuse resuming a different run.
     pub config_toml: String,
     pub saes: Vec<SaeCheckpoint>,
+    /// The shares the data was read in (`data.read_shares` resolved); a
+    /// resume reads the same ones.
+    #[serde(default = "one_share")]
+    pub read_shares: usize,
+}
+
+fn one_share() -> usize {
+    1
 }
 
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
@@ -53,11 +61,28 @@ pub fn write_checkpoint(
     state: &CheckpointState,
     tensors: &[Vec<(String, Tensor)>],
 ) -> Result<()> {
+    write_checkpoint_tensors(dir, &state.saes, tensors)?;
+    commit_checkpoint(dir, state)
+}
+
+/// The tensor files of some of a checkpoint's SAEs (`tensors[i]` belongs to
+/// `entries[i]`); a checkpoint holds them once [`commit_checkpoint`] lists them.
+pub fn write_checkpoint_tensors(
+    dir: &Path,
+    entries: &[SaeCheckpoint],
+    tensors: &[Vec<(String, Tensor)>],
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    for (entry, named) in state.saes.iter().zip(tensors) {
+    for (entry, named) in entries.iter().zip(tensors) {
         let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
         write_safetensors(&dir.join(&entry.file), &refs)?;
     }
+    Ok(())
+}
+
+/// Writes `state.json` (the checkpoint now is `state`, whose tensor files
+/// must be written), then removes the tensor files it does not list.
+pub fn commit_checkpoint(dir: &Path, state: &CheckpointState) -> Result<()> {
     let text = serde_json::to_string_pretty(state)?;
     write_atomic(&dir.join(STATE_FILE), text.as_bytes())?;
     let keep: Vec<&str> = state.saes.iter().map(|s| s.file.as_str()).collect();
@@ -100,8 +125,8 @@ pub fn take_like(
 /// A checkpoint's state and, per SAE, its tensors by name.
 pub type Checkpoint = (CheckpointState, Vec<HashMap<String, Tensor>>);
 
-/// The checkpoint in `dir` with each SAE's tensors, or `None` when there is none.
-pub fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
+/// The state of the checkpoint in `dir`, or `None` when there is none.
+pub fn read_checkpoint_state(dir: &Path) -> Result<Option<CheckpointState>> {
     let path = dir.join(STATE_FILE);
     if !path.is_file() {
         return Ok(None);
@@ -115,6 +140,17 @@ pub fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
             format!("`{}` is not a file name inside the checkpoint", bad.file),
         ));
     }
+    if state.read_shares == 0 {
+        return Err(Error::malformed(&path, "read_shares must be positive"));
+    }
+    Ok(Some(state))
+}
+
+/// The checkpoint in `dir` with each SAE's tensors, or `None` when there is none.
+pub fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
+    let Some(state) = read_checkpoint_state(dir)? else {
+        return Ok(None);
+    };
     let tensors = state
         .saes
         .iter()
@@ -127,6 +163,10 @@ pub fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
 pub fn resume_key(cfg: &TrainConfig) -> Result<String> {
     let mut c = cfg.clone();
     c.data.tokens = 0;
+    c.data.read_shares = 0; // the checkpoint's own field decides
     c.run.out = Default::default(); // a run may move (off a full disk) and resume there
+                                    // How the ranks divide the work does not change the result.
+    c.run.distribute_modules = false;
+    c.run.module_exchange = super::config::ModuleExchange::AllToAll;
     c.to_toml()
 }

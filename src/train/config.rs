@@ -85,6 +85,21 @@ parse_as_config!(InitBDec, "init_b_dec", [
     "mean" => InitBDec::Mean,
     "zeros" => InitBDec::Zeros,
 ]);
+/// How the activations reach the ranks that own the SAEs under module
+/// distribution (see `train::ranks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleExchange {
+    /// Each hook's rows go only to the ranks whose SAEs train on it.
+    AllToAll,
+    /// Every hook's rows go to every rank (what sparsify does).
+    AllGather,
+}
+
+parse_as_config!(ModuleExchange, "module_exchange", [
+    "all_to_all" => ModuleExchange::AllToAll,
+    "all_gather" => ModuleExchange::AllGather,
+]);
 parse_as_config!(ComputeDtype, "compute_dtype", [
     "f32" => ComputeDtype::F32,
     "bf16" => ComputeDtype::Bf16,
@@ -118,6 +133,11 @@ pub struct DataConfig {
     /// `expected_average_only_in` (scale inputs to mean norm √d_in, folded into
     /// the saved weights) or `none`.
     pub normalize: InputNormalization,
+    /// Disjoint shares the data is read in (store shards or streamed windows,
+    /// round robin), each giving its slice of every batch; the ranks of a job
+    /// divide the shares. 0: as many as the job has ranks. A resumed run
+    /// keeps its checkpoint's shares, whatever the number of ranks.
+    pub read_shares: usize,
 }
 
 impl Default for DataConfig {
@@ -137,6 +157,7 @@ impl Default for DataConfig {
             seed: 0,
             buffer_shards: 4,
             normalize: InputNormalization::ExpectedAverageOnlyIn,
+            read_shares: 0,
         }
     }
 }
@@ -190,6 +211,11 @@ pub struct RunConfig {
     pub seed: u64,
     /// Use the sparse TopK step (else the dense autograd reference).
     pub sparse_topk: bool,
+    /// In a multi-rank job, give each rank whole SAEs (sparsify's
+    /// `--distribute_modules`) instead of a share of every SAE's batch.
+    pub distribute_modules: bool,
+    /// `all_to_all` or `all_gather`: how module distribution moves rows.
+    pub module_exchange: ModuleExchange,
 }
 
 impl Default for RunConfig {
@@ -201,6 +227,8 @@ impl Default for RunConfig {
             init_b_dec: InitBDec::GeometricMedian,
             seed: 0,
             sparse_topk: true,
+            distribute_modules: false,
+            module_exchange: ModuleExchange::AllToAll,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! once, so SAEs on different hooks (or a sweep on one) share one stream.
 //! From stores on disk (one reader per hook, same seed, so rows line up),
 //! from the model on the fly, or from tensors in memory (tests, benchmarks).
+//! A rank of a job reads its shares of the data through a [`SharesFeed`].
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use rand::SeedableRng;
 use tch::{Kind, Tensor};
 
 use crate::data::harvest::stream::StreamingSource;
+use crate::data::share::Share;
 use crate::data::source::ActivationSource;
 use crate::data::store::reader::{ReaderConfig, StoreReader};
 use crate::data::store::Store;
@@ -70,12 +72,14 @@ pub struct StoreFeed {
 }
 
 impl StoreFeed {
+    /// Batches of `batch_size` rows from `share`'s shards of each hook's store.
     pub fn open(
         root: &Path,
         hooks: &[String],
         batch_size: usize,
         seed: u64,
         buffer_shards: usize,
+        share: Share,
     ) -> Result<Self> {
         let mut readers = Vec::new();
         for hook in hooks {
@@ -84,6 +88,7 @@ impl StoreFeed {
                 seed,
                 buffer_shards,
                 epochs: usize::MAX,
+                share,
                 ..ReaderConfig::new(batch_size)
             };
             readers.push(StoreReader::new(store, cfg)?);
@@ -138,6 +143,62 @@ impl ActivationFeed for StoreFeed {
             }
         }
         Ok(Some(out))
+    }
+}
+
+/// The batches of several shares of the data, joined in share order: the
+/// feed of a rank that holds more than one share (each part serves its
+/// slice of the batch size, see [`Share::slice_of`]).
+pub struct SharesFeed<'a> {
+    parts: Vec<Box<dyn ActivationFeed + 'a>>,
+}
+
+impl<'a> SharesFeed<'a> {
+    /// `parts`: one feed per share held, in share order (at least one).
+    pub fn new(parts: Vec<Box<dyn ActivationFeed + 'a>>) -> Result<Self> {
+        if parts.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a feed needs at least one share".into(),
+            ));
+        }
+        Ok(SharesFeed { parts })
+    }
+}
+
+impl ActivationFeed for SharesFeed<'_> {
+    fn widths(&self) -> Vec<usize> {
+        self.parts[0].widths()
+    }
+
+    fn mean_norms(&self) -> Vec<Option<f64>> {
+        self.parts[0].mean_norms()
+    }
+
+    fn next_batch(&mut self) -> Result<Option<Vec<Tensor>>> {
+        let mut batches = Vec::with_capacity(self.parts.len());
+        for part in &mut self.parts {
+            match part.next_batch()? {
+                Some(b) => batches.push(b),
+                None => return Ok(None),
+            }
+        }
+        if batches.len() == 1 {
+            return Ok(batches.pop());
+        }
+        (0..batches[0].len())
+            .map(|hook| {
+                let rows: Vec<&Tensor> = batches.iter().map(|b| &b[hook]).collect();
+                Ok(Tensor::f_cat(&rows, 0)?)
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn skip_batches(&mut self, batches: u64) -> Result<()> {
+        for part in &mut self.parts {
+            part.skip_batches(batches)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,9 +1,11 @@
 //! A whole training run from its config alone: the activations come from
 //! the store named in `[data]`, or stream from the model over the corpus
-//! when no store is given; each saved SAE's metadata names that source.
+//! when no store is given; each saved SAE's metadata names that source. In
+//! a job, this rank reads only its shares of either (`ranks::held_shares`).
 
 use super::config::TrainConfig;
-use super::feed::{store_for_hook, StoreFeed, StreamFeed};
+use super::feed::{store_for_hook, ActivationFeed, SharesFeed, StoreFeed, StreamFeed};
+use super::ranks::{held_shares, resolve_read_shares};
 use super::trainer::{train, TrainObserver, TrainOptions, TrainSummary};
 use crate::data::corpus::Corpus;
 use crate::data::harvest::stream::StreamingSource;
@@ -22,9 +24,22 @@ pub fn train_from_config(
     group: Option<std::rc::Rc<crate::dist::ProcessGroup>>,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
+    let (world, rank) = group
+        .as_ref()
+        .map_or((1, 0), |g| (g.world_size(), g.rank()));
+    let read_shares = resolve_read_shares(cfg, world, resume)?;
+    let shares = held_shares(read_shares, world, rank)?;
+    let batch_of = |share: &crate::data::Share| share.slice_of(cfg.data.batch_size).1;
+    if shares.iter().any(|s| batch_of(s) == 0) {
+        return Err(crate::error::Error::Training(format!(
+            "a batch of {} rows cannot give each of {read_shares} data shares a row",
+            cfg.data.batch_size
+        )));
+    }
     let mut opts = TrainOptions {
         resume,
         group,
+        read_shares,
         ..TrainOptions::default()
     };
     let hooks = cfg.hooks();
@@ -39,14 +54,18 @@ pub fn train_from_config(
                 dataset_path: Some(m.corpus.clone()),
                 ..SaeMetadata::default()
             };
-            let mut feed = StoreFeed::open(
-                root,
-                &hooks,
-                cfg.data.batch_size,
-                cfg.data.seed,
-                cfg.data.buffer_shards,
-            )?;
-            train(cfg, &mut feed, &opts, observer)
+            let mut parts: Vec<Box<dyn ActivationFeed>> = Vec::new();
+            for share in &shares {
+                parts.push(Box::new(StoreFeed::open(
+                    root,
+                    &hooks,
+                    batch_of(share),
+                    cfg.data.seed,
+                    cfg.data.buffer_shards,
+                    *share,
+                )?));
+            }
+            train(cfg, &mut SharesFeed::new(parts)?, &opts, observer)
         }
         None => {
             let device = cfg.data.model_device.resolve()?;
@@ -61,15 +80,20 @@ pub fn train_from_config(
                 .map(|h| HookPoint::parse_for(h, n_layers))
                 .collect::<Result<Vec<_>>>()?;
             let corpus = Corpus::open(&cfg.data.corpus, &cfg.data.text_field)?;
-            let source = StreamingSource::with_hooks(
-                &model,
-                &corpus,
-                &points,
-                cfg.data.context,
-                cfg.data.windows_per_forward,
-                cfg.data.skip_bos,
-                false,
-            )?;
+            let mut parts: Vec<Box<dyn ActivationFeed + '_>> = Vec::new();
+            for share in &shares {
+                let source = StreamingSource::with_hooks(
+                    &model,
+                    &corpus,
+                    &points,
+                    cfg.data.context,
+                    cfg.data.windows_per_forward,
+                    cfg.data.skip_bos,
+                    false,
+                )?
+                .with_share(*share);
+                parts.push(Box::new(StreamFeed::new(source, batch_of(share))));
+            }
             opts.metadata = SaeMetadata {
                 model_name: Some(cfg.data.model.clone()),
                 context_size: Some(cfg.data.context),
@@ -77,7 +101,7 @@ pub fn train_from_config(
                 dataset_path: Some(cfg.data.corpus.clone()),
                 ..SaeMetadata::default()
             };
-            let mut feed = StreamFeed::new(source, cfg.data.batch_size);
+            let mut feed = SharesFeed::new(parts)?;
             train(cfg, &mut feed, &opts, observer)
         }
     }

@@ -1,6 +1,7 @@
 //! Training SAEs: configs, the activation feed, Adam and schedules,
 //! dead-latent tracking, checkpoints and metrics, and the trainer loop
-//! that drives several SAEs from one stream.
+//! that drives several SAEs from one stream, alone or as the ranks of a
+//! job (`ranks`: data parallel or module distribution).
 
 pub mod adam;
 pub mod checkpoint;
@@ -10,11 +11,12 @@ pub mod feed;
 pub mod from_config;
 pub mod metrics;
 pub mod overrides;
+pub mod ranks;
 pub mod schedule;
 mod step;
 pub mod trainer;
 
 pub use config::{SaeSpec, TrainConfig};
-pub use feed::{ActivationFeed, MemoryFeed, StoreFeed, StreamFeed};
+pub use feed::{ActivationFeed, MemoryFeed, SharesFeed, StoreFeed, StreamFeed};
 pub use from_config::train_from_config;
 pub use trainer::{train, TrainObserver, TrainOptions, TrainSummary, TrainedSae};

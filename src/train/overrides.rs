@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use super::config::{ComputeDtype, InitBDec, InputNormalization, SaeSpec, TrainConfig};
+use super::config::{
+    ComputeDtype, InitBDec, InputNormalization, ModuleExchange, SaeSpec, TrainConfig,
+};
 use crate::error::Result;
 use crate::model::{DeviceSpec, ModelDtype};
 use crate::sae::SaeArchitecture;
@@ -47,6 +49,9 @@ pub struct TrainOverrides {
     pub buffer_shards: Option<usize>,
     #[arg(long)]
     pub normalize: Option<InputNormalization>,
+    /// Disjoint shares the data is read in (default: one per rank).
+    #[arg(long)]
+    pub read_shares: Option<usize>,
     // [optim]
     #[arg(long)]
     pub lr: Option<f64>,
@@ -82,6 +87,12 @@ pub struct TrainOverrides {
     /// Use the dense autograd TopK step instead of the sparse one.
     #[arg(long)]
     pub dense_topk: bool,
+    /// Under a launcher, give each rank whole SAEs instead of a share of each batch.
+    #[arg(long)]
+    pub distribute_modules: bool,
+    /// all_to_all (rows only to the ranks that need them) or all_gather.
+    #[arg(long)]
+    pub module_exchange: Option<ModuleExchange>,
     // [[sae]] (lists make a sweep)
     #[arg(long = "architecture", value_delimiter = ',')]
     pub architectures: Vec<SaeArchitecture>,
@@ -135,6 +146,7 @@ impl TrainOverrides {
         set(&mut d.seed, &self.seed);
         set(&mut d.buffer_shards, &self.buffer_shards);
         set(&mut d.normalize, &self.normalize);
+        set(&mut d.read_shares, &self.read_shares);
         let o = &mut cfg.optim;
         if self.lr.is_some() {
             o.lr = self.lr;
@@ -159,6 +171,10 @@ impl TrainOverrides {
         if self.dense_topk {
             r.sparse_topk = false;
         }
+        if self.distribute_modules {
+            r.distribute_modules = true;
+        }
+        set(&mut r.module_exchange, &self.module_exchange);
         cfg.saes = self.sweep(&cfg.saes);
         cfg.validate()?;
         Ok(cfg)

@@ -21,6 +21,8 @@ use crate::sae::{StepContext, StepOutput};
 /// One SAE being trained.
 pub(super) struct SaeRun {
     pub(super) spec: SaeSpec,
+    /// Its place among the config's SAEs.
+    pub(super) index: usize,
     pub(super) name: String,
     pub(super) hook_index: usize,
     pub(super) device: Device,

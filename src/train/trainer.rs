@@ -1,7 +1,7 @@
 //! The training loop. One activation stream feeds every SAE of the run; each
 //! SAE lives on its own device and takes one step (`step`) per batch. In a
-//! data-parallel job every rank reads the same batches and trains on its
-//! share of each batch's rows; only rank 0 writes.
+//! job of several ranks each rank's feed serves its own shares of every
+//! batch, and `ranks` decides what a rank trains on and writes.
 //!
 //! Checkpoints hold everything a step depends on (weights, Adam moments,
 //! dead counters, the stream position as a step count), so a resumed run
@@ -14,8 +14,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::adam::{Adam, AdamConfig};
 use super::checkpoint::{
-    checkpoint_dir, read_checkpoint, resume_key, take_like, write_checkpoint, CheckpointState,
-    SaeCheckpoint,
+    checkpoint_dir, commit_checkpoint, read_checkpoint, resume_key, take_like,
+    write_checkpoint_tensors, CheckpointState, SaeCheckpoint,
 };
 use super::config::{
     training_bytes, ComputeDtype, InitBDec, InputNormalization, TrainConfig, SAVED_CONFIG_FILE,
@@ -23,6 +23,7 @@ use super::config::{
 use super::dead::DeadLatents;
 use super::feed::ActivationFeed;
 use super::metrics::{training_curves_svg, MetricsLog, StepRecord, METRICS_FILE};
+use super::ranks::{owner_of, Role};
 pub use super::step::learning_rate;
 use super::step::{train_step, SaeRun};
 use crate::dist::ProcessGroup;
@@ -38,6 +39,8 @@ use crate::sae::{save_sae, Sae, SaeConfig};
 /// Plots written next to each SAE.
 pub const CURVES_FILE: &str = "training_curves.svg";
 pub const DENSITY_FILE: &str = "feature_density.svg";
+/// The run-level list of SAEs, in the output folder.
+pub const RUN_MANIFEST_FILE: &str = "saes.json";
 
 /// How a run is driven, beyond its config.
 #[derive(Default)]
@@ -51,8 +54,13 @@ pub struct TrainOptions {
     pub metadata: SaeMetadata,
     /// Write nothing to disk (benchmarks): no config, checkpoints, SAE folders or plots.
     pub in_memory: bool,
-    /// The ranks of a data-parallel job (`None`: one process).
+    /// The ranks of a job (`None`: one process); the feed serves this
+    /// rank's shares, and `run.distribute_modules` says how the ranks divide
+    /// the work.
     pub group: Option<std::rc::Rc<ProcessGroup>>,
+    /// The shares the feed reads the data in, recorded in checkpoints (0:
+    /// one per rank).
+    pub read_shares: usize,
 }
 
 /// Told about progress; the CLI draws a progress bar from it.
@@ -93,6 +101,8 @@ pub struct TrainSummary {
     pub step_seconds: Vec<f64>,
     /// True when `stop_after_steps` ended the run early.
     pub interrupted: bool,
+    /// Bytes this rank sent to move rows to the SAEs' ranks (module distribution).
+    pub exchanged_bytes: u64,
 }
 
 const ADAM_M: &str = "adam.m.";
@@ -185,19 +195,27 @@ pub fn train(
         }
         found
     };
-    if opts.group.is_some()
+    let mut role = Role::new(cfg, opts.group.clone())?;
+    if role.step_group().is_some()
         && cfg
             .saes
             .iter()
             .any(|s| s.architecture == SaeArchitecture::BatchTopK)
     {
         return Err(Error::Training(
-            "BatchTopK's threshold follows each batch; data-parallel training does not support it yet"
+            "BatchTopK's threshold follows each batch; data-parallel training does not support it \
+             yet (module distribution does: --distribute-modules)"
                 .into(),
         ));
     }
-    // Rank 0 alone writes (the others read its checkpoints on --resume).
-    let writes = !opts.in_memory && opts.group.as_ref().is_none_or(|g| g.rank() == 0);
+    let read_shares = match opts.read_shares {
+        0 => role.group().map_or(1, ProcessGroup::world_size),
+        n => n,
+    };
+    // Rank 0 writes what belongs to the whole run; SAE files come from the
+    // rank that trains them (rank 0 alone when data parallel).
+    let writes = !opts.in_memory && role.leads();
+    let writes_saes = !opts.in_memory && role.writes_saes();
     if writes {
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         write_atomic(&out.join(SAVED_CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
@@ -224,6 +242,12 @@ pub fn train(
                     ckpt_dir.display()
                 )));
             }
+            if state.read_shares != read_shares {
+                return Err(Error::Training(format!(
+                    "the checkpoint read its data in {} share(s), this feed in {read_shares}",
+                    state.read_shares
+                )));
+            }
             feed.skip_batches(state.step)?;
             (None, state.step, state.tokens)
         }
@@ -234,9 +258,21 @@ pub fn train(
             (Some(batch), 0, 0)
         }
     };
+    // A fresh run initialises from every rank's rows of the first batch.
+    let mut first_counts = match &first_batch {
+        Some(batch) => Some(role.rows_per_rank(batch[0].size()[0])?),
+        None => None,
+    };
+    let first_whole = match (&first_batch, &first_counts) {
+        (Some(batch), Some(counts)) => Some(role.whole_batch(batch, counts)?),
+        _ => None,
+    };
 
     let mut runs = Vec::new();
     for (i, spec) in cfg.saes.iter().enumerate() {
+        if !role.trains(i, cfg.saes.len()) {
+            continue;
+        }
         let hook_index = hooks.iter().position(|h| *h == spec.hook).unwrap_or(0);
         let d_in = widths[hook_index];
         let device = spec.device.resolve()?;
@@ -265,11 +301,11 @@ pub fn train(
             device,
             spec.encoder_init_scale,
         )?;
-        let scale = match &first_batch {
+        let scale = match &first_whole {
             Some(batch) => input_scale(cfg, feed.mean_norms()[hook_index], &batch[hook_index])?,
             None => 1.0,
         };
-        if let Some(batch) = &first_batch {
+        if let Some(batch) = &first_whole {
             let x = batch[hook_index].f_to_device(device)?.f_mul_scalar(scale)?;
             init_b_dec(&mut sae, cfg.run.init_b_dec, &x)?;
         }
@@ -284,6 +320,7 @@ pub fn train(
         let d_sae = sae.cfg.d_sae as i64;
         let mut run = SaeRun {
             spec: spec.clone(),
+            index: i,
             hook_index,
             device,
             dead: DeadLatents::new(d_sae, cfg.run.dead_tokens, device)?,
@@ -307,7 +344,7 @@ pub fn train(
             run.restore(&tensors[entry], &state.saes[entry])?;
             metrics_bytes = state.saes[entry].metrics_bytes;
         }
-        if writes {
+        if writes_saes {
             run.metrics = Some(MetricsLog::open(&out.join(&run.name), metrics_bytes)?);
         }
         runs.push(run);
@@ -329,17 +366,21 @@ pub fn train(
                 None => break,
             },
         };
-        let rows = batch[0].size()[0];
-        let local = share_of_batch(&batch, opts.group.as_deref())?;
+        let counts = match first_counts.take() {
+            Some(c) => c,
+            None => role.rows_per_rank(batch[0].size()[0])?,
+        };
+        let rows: i64 = counts.iter().sum();
+        let inputs = role.training_rows(batch, &counts)?;
         let mut records = Vec::with_capacity(runs.len());
         for run in runs.iter_mut() {
             records.push(train_step(
                 cfg,
                 run,
-                &local,
+                &inputs,
                 (step, tokens + rows as u64),
                 compute_kind,
-                opts.group.as_deref(),
+                role.step_group(),
             )?);
         }
         step += 1;
@@ -349,8 +390,13 @@ pub fn train(
         let crossed = checkpoint_every > 0
             && tokens / checkpoint_every != (tokens - rows as u64) / checkpoint_every;
         let stop_here = opts.stop_after_steps == Some(step);
-        if writes && (crossed || stop_here) {
-            save_checkpoint(cfg, &ckpt_dir, &mut runs, step, tokens)?;
+        if writes_saes && (crossed || stop_here) {
+            let at = Progress {
+                step,
+                tokens,
+                read_shares,
+            };
+            save_checkpoint(cfg, &ckpt_dir, &mut runs, &role, at)?;
             observer.on_checkpoint(step);
         }
         if stop_here {
@@ -358,15 +404,24 @@ pub fn train(
             break;
         }
     }
-    if writes && !interrupted {
-        save_checkpoint(cfg, &ckpt_dir, &mut runs, step, tokens)?;
+    if writes_saes && !interrupted {
+        let at = Progress {
+            step,
+            tokens,
+            read_shares,
+        };
+        save_checkpoint(cfg, &ckpt_dir, &mut runs, &role, at)?;
     }
 
     let mut saes = Vec::new();
     for run in runs {
-        saes.push(finish(run, &out, tokens, !writes || interrupted)?);
+        saes.push(finish(run, &out, tokens, !writes_saes || interrupted)?);
+    }
+    if !interrupted && !opts.in_memory {
+        write_run_manifest(cfg, &role, &out, writes, (step, tokens))?;
     }
     Ok(TrainSummary {
+        exchanged_bytes: role.bytes_sent(),
         saes,
         steps: step,
         tokens,
@@ -374,26 +429,6 @@ pub fn train(
         step_seconds,
         interrupted,
     })
-}
-
-/// This rank's rows of a batch: the `rank`-th of `world_size` consecutive
-/// shares, as equal as the rows allow (all of it in one process).
-fn share_of_batch(batch: &[Tensor], group: Option<&ProcessGroup>) -> Result<Vec<Tensor>> {
-    let Some(g) = group else {
-        return Ok(batch.iter().map(Tensor::shallow_clone).collect());
-    };
-    let rows = batch.first().map_or(0, |t| t.size()[0]);
-    let (world, rank) = (g.world_size() as i64, g.rank() as i64);
-    if rows < world {
-        return Err(Error::Training(format!(
-            "a batch of {rows} rows cannot give each of {world} ranks a row"
-        )));
-    }
-    let (start, end) = (rank * rows / world, (rank + 1) * rows / world);
-    batch
-        .iter()
-        .map(|t| Ok(t.f_narrow(0, start, end - start)?))
-        .collect()
 }
 
 /// `√d / mean‖x‖` when normalising (the store's statistic, else this batch's), else 1.
@@ -426,13 +461,29 @@ fn init_b_dec(sae: &mut Sae, how: InitBDec, x: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// Where a run stands, as a checkpoint records it.
+#[derive(Clone, Copy)]
+struct Progress {
+    step: u64,
+    tokens: u64,
+    read_shares: usize,
+}
+
+/// Writes this process's SAEs' checkpoint tensors; under module
+/// distribution the ranks then sum each SAE's entry numbers (an all-reduce,
+/// which also waits for every rank's files) and rank 0 writes the state that
+/// lists them all. No rank waits on another while writing, so a failed
+/// write ends that rank and the others' collective fails, rather than hang.
 fn save_checkpoint(
     cfg: &TrainConfig,
     dir: &Path,
     runs: &mut [SaeRun],
-    step: u64,
-    tokens: u64,
+    role: &Role,
+    at: Progress,
 ) -> Result<()> {
+    let n = cfg.saes.len();
+    // Per SAE of the config: scale, metrics bytes, Adam step (0 where another rank trains it).
+    let mut numbers = vec![[0f64; 3]; n];
     let mut entries = Vec::new();
     let mut tensors = Vec::new();
     for run in runs.iter_mut() {
@@ -440,22 +491,104 @@ fn save_checkpoint(
             Some(m) => m.sync()?,
             None => 0,
         };
-        entries.push(SaeCheckpoint {
-            name: run.name.clone(),
-            file: format!("{}.step{step}.safetensors", run.name),
-            scale: run.scale,
-            metrics_bytes,
-            adam_step: run.adam.step,
-        });
+        numbers[run.index] = [run.scale, metrics_bytes as f64, run.adam.step as f64];
+        entries.push(checkpoint_entry(&run.name, at.step, numbers[run.index]));
         tensors.push(run.checkpoint_tensors());
     }
+    write_checkpoint_tensors(dir, &entries, &tensors)?;
+    if let Role::Modules(_) = role {
+        let group = role
+            .group()
+            .ok_or_else(|| Error::Training("no group".into()))?;
+        let mut all = Tensor::from_slice(numbers.concat().as_slice());
+        group.all_reduce_sum(&mut all)?;
+        let all = Vec::<f64>::try_from(&all)?;
+        entries = cfg
+            .saes
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                checkpoint_entry(
+                    &spec.name(),
+                    at.step,
+                    [all[3 * i], all[3 * i + 1], all[3 * i + 2]],
+                )
+            })
+            .collect();
+    }
+    if !role.leads() {
+        return Ok(());
+    }
     let state = CheckpointState {
-        step,
-        tokens,
+        step: at.step,
+        tokens: at.tokens,
         config_toml: resume_key(cfg)?,
         saes: entries,
+        read_shares: at.read_shares,
     };
-    write_checkpoint(dir, &state, &tensors)
+    commit_checkpoint(dir, &state)
+}
+
+/// A checkpoint's entry for SAE `name` from its scale, metrics bytes and Adam step.
+fn checkpoint_entry(
+    name: &str,
+    step: u64,
+    [scale, metrics_bytes, adam_step]: [f64; 3],
+) -> SaeCheckpoint {
+    SaeCheckpoint {
+        name: name.to_string(),
+        file: format!("{name}.step{step}.safetensors"),
+        scale,
+        metrics_bytes: metrics_bytes as u64,
+        adam_step: adam_step as u64,
+    }
+}
+
+/// The run's manifest, `saes.json`: every SAE with its hook, folder and the
+/// rank that trained it. Written by rank 0 once every rank has finished
+/// (a barrier), so it lists only folders that exist.
+fn write_run_manifest(
+    cfg: &TrainConfig,
+    role: &Role,
+    out: &Path,
+    writes: bool,
+    (steps, tokens): (u64, u64),
+) -> Result<()> {
+    if let Some(group) = role.group() {
+        group.barrier()?;
+    }
+    if !writes {
+        return Ok(());
+    }
+    let world = role.group().map_or(1, ProcessGroup::world_size);
+    let n = cfg.saes.len();
+    let saes: Vec<serde_json::Value> = cfg
+        .saes
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let rank = match role {
+                Role::Modules(_) => owner_of(i, n, world),
+                _ => 0,
+            };
+            serde_json::json!({
+                "name": spec.name(),
+                "hook_name": spec.hook,
+                "architecture": spec.architecture.name(),
+                "path": spec.name(),
+                "trained_by_rank": rank,
+            })
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "world_size": world,
+        "distribute_modules": matches!(role, Role::Modules(_)),
+        "steps": steps,
+        "tokens": tokens,
+        "saes": saes,
+    });
+    let text = serde_json::to_string_pretty(&manifest)? + "\n";
+    write_atomic(&out.join(RUN_MANIFEST_FILE), text.as_bytes())
 }
 
 /// Folds the scale in, saves the SAE folder and its plots.

@@ -1,12 +1,15 @@
 //! Activations straight from the model, no disk: packed windows run through
 //! the model batch by batch and served in corpus order, through the same
 //! [`ActivationSource`] trait as a store reader. Several hook points come
-//! from one forward pass ([`StreamingSource::next_rows`]).
+//! from one forward pass ([`StreamingSource::next_rows`]). A source given a
+//! [`Share`] runs only that share's windows (window `i` belongs to share
+//! `i % count`), so the ranks of a job stream disjoint windows.
 
 use tch::{Kind, Tensor};
 
 use crate::data::corpus::Corpus;
-use crate::data::packing::{windows_tensor, PackConfig, Packer};
+use crate::data::packing::{windows_tensor, PackConfig, Packer, Window};
+use crate::data::share::Share;
 use crate::data::source::{ActivationBatch, ActivationSource};
 use crate::error::{Error, Result};
 use crate::hooks::HookPoint;
@@ -21,6 +24,7 @@ pub struct StreamingSource<'a> {
     skip: usize,
     with_tokens: bool,
     widths: Vec<usize>,
+    share: Share,
 }
 
 /// The rows of one forward pass.
@@ -82,7 +86,14 @@ impl<'a> StreamingSource<'a> {
             skip: usize::from(skip_bos && pack.bos.is_some()),
             with_tokens,
             widths,
+            share: Share::WHOLE,
         })
+    }
+
+    /// This source, serving only `share`'s windows.
+    pub fn with_share(mut self, share: Share) -> Self {
+        self.share = share;
+        self
     }
 
     /// Row widths, one per hook.
@@ -95,14 +106,32 @@ impl<'a> StreamingSource<'a> {
         self.packer.config().context - self.skip
     }
 
-    /// Skips `windows` windows without running the model (for resuming).
+    /// Skips this share's first `windows` windows without running the model
+    /// (for resuming; from the start of the stream).
     pub fn skip_windows(&mut self, windows: u64) -> Result<u64> {
-        self.packer.skip(windows)
+        let count = self.share.count as u64;
+        Ok(self.packer.skip(windows * count)? / count)
+    }
+
+    /// Up to `n` of this share's next windows, fewer only at the end of the corpus.
+    fn next_share_windows(&mut self, n: usize) -> Result<Vec<Window>> {
+        if self.share.is_whole() {
+            return self.packer.next_windows(n);
+        }
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.packer.next_window()? {
+                Some(w) if self.share.holds(w.index) => out.push(w),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     /// The next forward pass's rows, or `None` at the end of the corpus.
     pub fn next_rows(&mut self) -> Result<Option<StreamedRows>> {
-        let windows = self.packer.next_windows(self.windows_per_batch)?;
+        let windows = self.next_share_windows(self.windows_per_batch)?;
         if windows.is_empty() {
             return Ok(None);
         }

@@ -3,13 +3,16 @@
 //! over from the previous buffer) are shuffled together and served in batches.
 //! Memory stays bounded by the buffer, every row is served exactly once per
 //! epoch (the last batch of an epoch may be short), and the order depends only
-//! on the seed. Each shard's sha256 is checked as it is loaded.
+//! on the seed. Each shard's sha256 is checked as it is loaded. A reader
+//! given a [`Share`] serves only the shards of that share (shard `i` belongs
+//! to share `i % count`), so the ranks of a job read disjoint rows.
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::{Device, Kind, Tensor};
 
+use crate::data::share::Share;
 use crate::data::source::{ActivationBatch, ActivationSource};
 use crate::data::store::Store;
 use crate::error::{Error, Result};
@@ -27,6 +30,8 @@ pub struct ReaderConfig {
     /// Kind and device of the returned activations.
     pub kind: Kind,
     pub device: Device,
+    /// The shards served: those of this share.
+    pub share: Share,
 }
 
 impl ReaderConfig {
@@ -40,6 +45,7 @@ impl ReaderConfig {
             with_tokens: false,
             kind: Kind::Float,
             device: Device::Cpu,
+            share: Share::WHOLE,
         }
     }
 }
@@ -77,8 +83,18 @@ impl StoreReader {
                 "batch size and buffer shards must be positive".into(),
             ));
         }
+        let shards = store.manifest().shards.len();
+        let mut order: Vec<usize> = (0..shards).filter(|&i| cfg.share.holds(i as u64)).collect();
+        if order.is_empty() && shards > 0 {
+            return Err(Error::store(
+                store.dir(),
+                format!(
+                    "{shards} shard(s) cannot be divided among {} readers: harvest smaller shards (--shard-tokens) or use fewer ranks",
+                    cfg.share.count
+                ),
+            ));
+        }
         let mut rng = StdRng::seed_from_u64(cfg.seed);
-        let mut order: Vec<usize> = (0..store.manifest().shards.len()).collect();
         order.shuffle(&mut rng);
         Ok(StoreReader {
             store,
