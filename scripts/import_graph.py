@@ -24,7 +24,7 @@ ALLOWED = {
     "hooks": {"machine"},
     "plots": {"machine"},
     "model": {"machine", "io", "hooks"},
-    "data": {"machine", "io", "hooks", "model"},
+    "data": {"machine", "io", "dist", "hooks", "model"},
     "sae": {"machine", "io", "hooks"},
     "train": {"machine", "io", "dist", "hooks", "model", "data", "sae", "plots"},
     "eval": {"machine", "io", "hooks", "model", "data", "sae", "plots"},

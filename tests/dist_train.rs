@@ -16,61 +16,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::ranks::{free_port, launch_args, skip_without_c10d, train_alone};
+use common::ranks::{as_ranks, launch_args, ranks_of, skip_without_c10d, train_alone};
 use common::{tiny_store, train_tiny_args};
 use saescope::io::safetensors::read_safetensors;
 use tch::Tensor;
-
-/// `saescope ARGS` as each of `world` ranks, all at once; every rank's
-/// output, after all exit.
-fn as_ranks(args: &[String], world: usize) -> Vec<(bool, String)> {
-    ranks_of(world, "127.0.0.1", |_| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_saescope"));
-        command.args(args);
-        command
-    })
-}
-
-/// `command(rank)` for each of `world` ranks, all at once, with torchrun's
-/// variables (rendezvous at `master_addr`); every rank's success and output,
-/// after all exit.
-fn ranks_of(
-    world: usize,
-    master_addr: &str,
-    command: impl Fn(usize) -> Command,
-) -> Vec<(bool, String)> {
-    let port = free_port().to_string();
-    let children: Vec<_> = (0..world)
-        .map(|rank| {
-            spawn_piped(
-                command(rank)
-                    .env("RANK", rank.to_string())
-                    .env("WORLD_SIZE", world.to_string())
-                    .env("MASTER_ADDR", master_addr)
-                    .env("MASTER_PORT", &port)
-                    .env("SAESCOPE_DIST_TIMEOUT", "120"),
-            )
-        })
-        .collect();
-    children
-        .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            (out.status.success(), text)
-        })
-        .collect()
-}
-
-/// `command` started with its output captured.
-fn spawn_piped(command: &mut Command) -> std::process::Child {
-    command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
 
 /// The TopK SAE's folder under a training run's output.
 const TOPK: &str = "blocks.1.hook_resid_post-topk-x2-k4";

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::ProgressBar;
-use saescope::data::{harvest, HarvestConfig, HarvestObserver, StoreDtype, DEFAULT_CORPUS};
+use saescope::data::{
+    harvest, harvest_as_rank, HarvestConfig, HarvestObserver, StoreDtype, DEFAULT_CORPUS,
+};
 use saescope::hooks::HookPoint;
 use saescope::model::{load_model, DeviceSpec, ModelDtype};
 
@@ -119,12 +121,22 @@ pub fn run(args: HarvestArgs) -> anyhow::Result<()> {
         resume: args.resume,
         out: args.out,
     };
-    let bar = super::token_bar(args.json, "")?;
+    // Under a launcher each rank harvests its part; rank 0 shows progress
+    // and reports the merged store.
+    let group = super::dist::join_from_env()?;
+    let rank = group.as_ref().map_or(0, |g| g.rank());
+    let bar = super::token_bar(args.json || rank != 0, "")?;
     let shard_delay = super::progress::test_pause();
     let mut progress = Progress { bar, shard_delay };
     let started = std::time::Instant::now();
-    let summary = harvest(&model, &cfg, &mut progress)?;
+    let summary = match &group {
+        Some(g) => harvest_as_rank(&model, &cfg, g, &mut progress)?,
+        None => harvest(&model, &cfg, &mut progress)?,
+    };
     progress.bar.finish_and_clear();
+    if rank != 0 {
+        return Ok(());
+    }
     let secs = started.elapsed().as_secs_f64();
     let new_rows = summary.rows - summary.kept_rows;
     if args.json {

@@ -5,7 +5,8 @@
 //! - `harvest/`: the harvest job, its pipeline threads, and streaming sources.
 //!
 //! Knows the model only through its public API (`load_model`,
-//! `run_with_cache`); never its internals. May import `io`, `model`, `hooks`.
+//! `run_with_cache`); never its internals. May import `io`, `dist` (ranks
+//! harvesting one store), `model`, `hooks`.
 
 pub mod corpus;
 pub mod harvest;
@@ -16,7 +17,10 @@ pub mod store;
 
 pub use corpus::{Corpus, Document, DEFAULT_CORPUS};
 pub use harvest::stream::StreamingSource;
-pub use harvest::{harvest, HarvestConfig, HarvestObserver, HarvestSummary, Silent};
+pub use harvest::ranks::harvest_as_rank;
+pub use harvest::{
+    harvest, harvest_part, HarvestConfig, HarvestObserver, HarvestSummary, Silent,
+};
 pub use packing::{PackConfig, Packer, Window};
 pub use share::Share;
 pub use source::{ActivationBatch, ActivationSource};

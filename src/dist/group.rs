@@ -87,9 +87,17 @@ fn checked(
         return Ok(());
     }
     let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+    let message = String::from_utf8_lossy(&err[..end]);
+    let lower = message.to_lowercase();
+    let hint = if lower.contains("closed by peer") || lower.contains("connection reset") {
+        " (another rank of the job exited or was killed: see its output, or the launcher's, for which)"
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        " (another rank stopped answering: it may be stuck or dead; SAESCOPE_DIST_TIMEOUT sets how long to wait)"
+    } else {
+        ""
+    };
     Err(Error::Distributed(format!(
-        "rank {rank}: {what} failed: {}",
-        String::from_utf8_lossy(&err[..end])
+        "rank {rank}: {what} failed: {message}{hint}"
     )))
 }
 

@@ -7,9 +7,14 @@
 //! the rest; the result is identical to an uninterrupted run. Progress goes to
 //! a [`HarvestObserver`]; the library never prints. Packing and writing run on
 //! their own threads beside the forwards (see `pipeline`).
+//!
+//! The ranks of a job harvest one store together (`ranks`): each writes the
+//! shards of its part ([`harvest_part`]), and rank 0 merges the parts'
+//! manifests.
 
 pub mod config;
 mod pipeline;
+pub mod ranks;
 pub mod stream;
 
 pub use config::{store_dir, HarvestConfig, HarvestObserver, HarvestSummary, Silent};
@@ -18,9 +23,10 @@ use std::path::{Path, PathBuf};
 
 use super::corpus::Corpus;
 use super::packing::{PackConfig, Packer};
+use super::share::Share;
 use super::store::StoreWriter;
 use crate::data::harvest::pipeline::{Job, PackPlan};
-use crate::data::store::manifest::{Manifest, ModelInfo, NormStats, FORMAT_VERSION, MANIFEST_FILE};
+use crate::data::store::manifest::{Manifest, ModelInfo, NormStats, FORMAT_VERSION};
 use crate::error::{Error, Result};
 use crate::hooks::HookPoint;
 use crate::io::atomic::sha256_file;
@@ -207,6 +213,17 @@ pub fn harvest(
     cfg: &HarvestConfig,
     observer: &mut dyn HarvestObserver,
 ) -> Result<HarvestSummary> {
+    harvest_part(model, cfg, None, observer)
+}
+
+/// [`harvest`] of `part`'s shards only (all of them when `None`), into that
+/// part's manifest and shard files (see `store::parts`); resumes from them.
+pub fn harvest_part(
+    model: &LoadedModel,
+    cfg: &HarvestConfig,
+    part: Option<Share>,
+    observer: &mut dyn HarvestObserver,
+) -> Result<HarvestSummary> {
     validate(model, cfg)?;
     let corpus = Corpus::open(&cfg.corpus, &cfg.text_field)?;
     let pack = PackConfig::for_tokenizer(&model.tokenizer, cfg.context);
@@ -224,14 +241,16 @@ pub fn harvest(
         target_windows,
         windows_per_shard,
         batch: cfg.batch,
+        part,
+        part_done_shards: 0,
     };
-    let resuming = cfg.resume && dirs.iter().any(|d| d.join(MANIFEST_FILE).exists());
+    let resuming = cfg.resume && dirs.iter().any(|d| StoreWriter::exists(d, part));
     if !resuming {
         // New stores: refused now if taken, written once the model's sha256
         // is known, which the writer thread works out while the model runs.
         let mut manifests = Vec::with_capacity(dirs.len());
         for (dir, &hook) in dirs.iter().zip(&cfg.hooks) {
-            StoreWriter::check_new(dir)?;
+            StoreWriter::check_new_part(dir, part)?;
             manifests.push(fresh_manifest(
                 model,
                 cfg,
@@ -248,7 +267,7 @@ pub fn harvest(
                 .zip(manifests)
                 .map(|(dir, mut manifest)| {
                     manifest.model.sha256.clone_from(&sha);
-                    StoreWriter::create(dir, manifest)
+                    StoreWriter::create_part(dir, manifest, part)
                 })
                 .collect()
         };
@@ -268,12 +287,12 @@ pub fn harvest(
     let mut writers = Vec::with_capacity(cfg.hooks.len());
     for (dir, &hook) in dirs.iter().zip(&cfg.hooks) {
         let fresh = fresh_manifest(model, cfg, hook, &pack, &model_sha, windows_per_shard)?;
-        let writer = if dir.join(MANIFEST_FILE).exists() {
-            let writer = StoreWriter::resume(dir)?;
+        let writer = if StoreWriter::exists(dir, part) {
+            let writer = StoreWriter::resume_part(dir, part)?;
             check_resumable(writer.manifest(), &fresh, dir)?;
             writer
         } else {
-            StoreWriter::create(dir, fresh)?
+            StoreWriter::create_part(dir, fresh, part)?
         };
         writers.push(writer);
     }
@@ -317,6 +336,20 @@ pub fn harvest(
     }
 
     let mut packer = Packer::new(&corpus, &model.tokenizer, pack)?;
+    if part.is_some() {
+        // A part skips the shards it holds as it skips the other parts'.
+        plan.part_done_shards = kept as u64;
+        let job = Job {
+            model,
+            cfg,
+            packer,
+            plan,
+            skip,
+            kept_shards: kept,
+            kept_rows: done_rows,
+        };
+        return job.run(move || Ok(writers), observer);
+    }
     let skipped = packer.skip(done_windows)?;
     if skipped != done_windows {
         return Err(Error::store(

@@ -19,6 +19,7 @@ use tch::Tensor;
 
 use super::config::{HarvestConfig, HarvestObserver, HarvestSummary};
 use crate::data::packing::{windows_tensor, Packer, Window};
+use crate::data::share::Share;
 use crate::data::store::shard::ShardBuilder;
 use crate::data::store::StoreWriter;
 use crate::error::{Error, Result};
@@ -49,6 +50,23 @@ pub(crate) struct PackPlan {
     pub windows_per_shard: u64,
     /// Windows per forward batch.
     pub batch: usize,
+    /// The part of a multi-rank harvest this is: only its shards (shard `i`
+    /// belongs to part `i % count`) are packed, the others' windows skipped.
+    pub part: Option<Share>,
+    /// Shards of this part already stored (skipped like the others').
+    pub part_done_shards: u64,
+}
+
+impl PackPlan {
+    /// Windows this harvest stores in all, the ones stored before included.
+    pub fn windows_to_store(&self) -> u64 {
+        let Some(part) = self.part else {
+            return self.target_windows;
+        };
+        let full = self.target_windows / self.windows_per_shard;
+        let last = self.target_windows % self.windows_per_shard;
+        part.count_of(full) * self.windows_per_shard + if part.holds(full) { last } else { 0 }
+    }
 }
 
 /// The packer thread: sends the windows after `plan.done_windows` up to
@@ -61,8 +79,29 @@ fn pack_windows(
     out: SyncSender<WindowBatch>,
 ) -> Result<()> {
     let mut done = plan.done_windows;
+    let mut own_seen = 0;
     while done < plan.target_windows {
         let shard_windows = (plan.target_windows - done).min(plan.windows_per_shard);
+        let shard = done / plan.windows_per_shard;
+        let ours = plan.part.is_none_or(|p| p.holds(shard));
+        if ours {
+            own_seen += 1;
+        }
+        if !ours || own_seen <= plan.part_done_shards {
+            // Another part's shard, or one of ours already stored.
+            if packer.skip(shard_windows)? < shard_windows {
+                let end = WindowBatch {
+                    windows: Vec::new(),
+                    shard_windows,
+                    ends_shard: false,
+                    corpus_ended: true,
+                };
+                let _ = out.send(end);
+                return Ok(());
+            }
+            done += shard_windows;
+            continue;
+        }
         let mut in_shard = 0;
         while in_shard < shard_windows {
             let want = (shard_windows - in_shard).min(plan.batch as u64) as usize;
@@ -241,7 +280,7 @@ impl Job<'_> {
             kept_rows,
         } = self;
         let forwards = Forwards { model, cfg, skip };
-        observer.started(plan.target_windows * forwards.rows_per_window(), kept_rows);
+        observer.started(plan.windows_to_store() * forwards.rows_per_window(), kept_rows);
         let (looped, writers, packed, written) = std::thread::scope(|s| {
             let (window_tx, windows) = sync_channel(BATCHES_AHEAD);
             let (to_writer, writer_input) =

@@ -160,10 +160,15 @@ impl Manifest {
 
     /// Reads `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Manifest> {
-        let path = dir.join(MANIFEST_FILE);
+        Self::read_named(dir, MANIFEST_FILE)
+    }
+
+    /// Reads `dir/name` (a part's manifest, see `store::parts`).
+    pub fn read_named(dir: &Path, name: &str) -> Result<Manifest> {
+        let path = dir.join(name);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::store(dir, "no manifest.json (not an activation store)")
+                Error::store(dir, format!("no {name} (not an activation store)"))
             } else {
                 Error::io(&path, e)
             }
@@ -224,8 +229,13 @@ impl Manifest {
 
     /// Writes `dir/manifest.json` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
+        self.write_named(dir, MANIFEST_FILE)
+    }
+
+    /// Writes `dir/name` atomically.
+    pub fn write_named(&self, dir: &Path, name: &str) -> Result<()> {
         let mut text = serde_json::to_string_pretty(self)?;
         text.push('\n');
-        write_atomic(&dir.join(MANIFEST_FILE), text.as_bytes())
+        write_atomic(&dir.join(name), text.as_bytes())
     }
 }

@@ -7,9 +7,11 @@
 //! while a harvest runs, see `shard_file`) and rewrites the manifest after
 //! each one; reopened for a resume it discards partial `*.tmp` files and shard
 //! files the manifest does not list. [`Store`] reads shards back, checking each
-//! one's size and sha256 against the manifest.
+//! one's size and sha256 against the manifest. Several ranks write one store
+//! as parts, each with its own manifest and shard names (`parts`).
 
 pub mod manifest;
+pub mod parts;
 pub mod reader;
 pub(crate) mod row_sums;
 pub(crate) mod shard;
@@ -20,7 +22,11 @@ use std::path::{Path, PathBuf};
 use safetensors::SafeTensors;
 use tch::{Device, Kind, Tensor};
 
+use crate::data::share::Share;
 use crate::data::store::manifest::{Manifest, ShardEntry, MANIFEST_FILE};
+use crate::data::store::parts::{
+    check_part_count, is_part_file, part_manifest_name, part_shard_name, part_shard_prefix,
+};
 use crate::data::store::shard::{BuiltShard, ShardBuilder};
 use crate::error::{Error, Result};
 use crate::io::atomic::{sha256_hex, TMP_SUFFIX};
@@ -52,35 +58,54 @@ pub struct LoadedShard {
     pub positions: Tensor,
 }
 
-/// Appends shards to a store.
+/// Appends shards to a store, or to one part of a store that several ranks
+/// write (see `parts`).
 pub struct StoreWriter {
     dir: PathBuf,
     manifest: Manifest,
+    /// The part this writer writes, when it is one of several.
+    part: Option<Share>,
 }
 
 impl StoreWriter {
     /// Starts a store in `dir` (created if needed) with `manifest` (no shards
     /// yet). Refuses a folder that already holds a manifest.
     pub fn create(dir: &Path, manifest: Manifest) -> Result<Self> {
-        Self::check_new(dir)?;
+        Self::create_part(dir, manifest, None)
+    }
+
+    /// [`StoreWriter::create`] for `part` of a store (the whole store when `None`).
+    pub fn create_part(dir: &Path, manifest: Manifest, part: Option<Share>) -> Result<Self> {
+        Self::check_new_part(dir, part)?;
         let mut writer = StoreWriter {
             dir: dir.to_path_buf(),
             manifest,
+            part,
         };
         writer.discard_strays()?;
-        writer.manifest.write(dir)?;
+        writer.write_manifest()?;
         Ok(writer)
     }
 
     /// Creates `dir` if needed and refuses it if it already holds a store:
     /// what [`StoreWriter::create`] checks before writing anything.
     pub fn check_new(dir: &Path) -> Result<()> {
+        Self::check_new_part(dir, None)
+    }
+
+    /// [`StoreWriter::check_new`] for `part`: a folder holding the merged
+    /// store, this part, or parts of another number of ranks is refused.
+    pub fn check_new_part(dir: &Path, part: Option<Share>) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        if dir.join(MANIFEST_FILE).exists() {
+        let own = part.map(part_manifest_name);
+        if dir.join(MANIFEST_FILE).exists() || own.is_some_and(|n| dir.join(n).exists()) {
             return Err(Error::store(
                 dir,
                 "already holds an activation store; pass --resume to continue it or choose another folder",
             ));
+        }
+        if let Some(part) = part {
+            check_part_count(dir, part)?;
         }
         Ok(())
     }
@@ -88,13 +113,45 @@ impl StoreWriter {
     /// Reopens the store in `dir` to append to it: partial `*.tmp` files and
     /// shard files that the manifest does not list are deleted.
     pub fn resume(dir: &Path) -> Result<Self> {
-        let manifest = Manifest::read(dir)?;
+        Self::resume_part(dir, None)
+    }
+
+    /// [`StoreWriter::resume`] for `part`: only that part's files are touched.
+    pub fn resume_part(dir: &Path, part: Option<Share>) -> Result<Self> {
+        let manifest = match part {
+            None => Manifest::read(dir)?,
+            Some(p) => {
+                check_part_count(dir, p)?;
+                Manifest::read_named(dir, &part_manifest_name(p))?
+            }
+        };
         let mut writer = StoreWriter {
             dir: dir.to_path_buf(),
             manifest,
+            part,
         };
         writer.discard_strays()?;
         Ok(writer)
+    }
+
+    /// Whether a manifest for `part` (or the whole store) exists in `dir`.
+    pub fn exists(dir: &Path, part: Option<Share>) -> bool {
+        dir.join(part.map_or(MANIFEST_FILE.to_string(), part_manifest_name))
+            .exists()
+    }
+
+    fn write_manifest(&self) -> Result<()> {
+        match self.part {
+            None => self.manifest.write(&self.dir),
+            Some(p) => self.manifest.write_named(&self.dir, &part_manifest_name(p)),
+        }
+    }
+
+    fn shard_name(&self, index: usize) -> String {
+        match self.part {
+            None => shard_file_name(index),
+            Some(p) => part_shard_name(p, index),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -119,10 +176,18 @@ impl StoreWriter {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            // Only this writer's files: another part's may be in progress.
+            let ours = match self.part {
+                None => !is_part_file(&name),
+                Some(p) => {
+                    name.starts_with(&part_shard_prefix(p))
+                        || name.starts_with(&part_manifest_name(p))
+                }
+            };
             let stray_shard = name.starts_with("shard-")
                 && name.ends_with(".safetensors")
                 && !listed.contains(name.as_str());
-            if (name.ends_with(TMP_SUFFIX) || stray_shard) && path.is_file() {
+            if ours && (name.ends_with(TMP_SUFFIX) || stray_shard) && path.is_file() {
                 std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
             }
         }
@@ -150,7 +215,7 @@ impl StoreWriter {
         m.stats = stats;
         m.complete = false;
         m.corpus_exhausted = false;
-        m.write(&self.dir)?;
+        self.write_manifest()?;
         for entry in removed {
             let path = self.dir.join(&entry.file);
             if path.exists() {
@@ -163,7 +228,7 @@ impl StoreWriter {
     /// The path of the shard that [`StoreWriter::append`] or
     /// [`StoreWriter::commit`] adds next.
     pub fn next_shard_path(&self) -> PathBuf {
-        self.dir.join(shard_file_name(self.manifest.shards.len()))
+        self.dir.join(self.shard_name(self.manifest.shards.len()))
     }
 
     /// Writes one shard atomically, then the manifest that lists it.
@@ -198,7 +263,7 @@ impl StoreWriter {
         first_window: u64,
         windows: u64,
     ) -> Result<()> {
-        let expected = shard_file_name(self.manifest.shards.len());
+        let expected = self.shard_name(self.manifest.shards.len());
         if built.file != expected {
             return Err(Error::store(
                 &self.dir,
@@ -221,8 +286,11 @@ impl StoreWriter {
         });
         next.tokens += built.rows;
         next.windows += windows;
-        next.write(&self.dir)?;
-        self.manifest = next;
+        let previous = std::mem::replace(&mut self.manifest, next);
+        if let Err(e) = self.write_manifest() {
+            self.manifest = previous;
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -230,7 +298,7 @@ impl StoreWriter {
     pub fn finish(&mut self, corpus_exhausted: bool) -> Result<()> {
         self.manifest.complete = true;
         self.manifest.corpus_exhausted = corpus_exhausted;
-        self.manifest.write(&self.dir)
+        self.write_manifest()
     }
 }
 
