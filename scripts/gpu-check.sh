@@ -11,6 +11,9 @@
 #    device") and which fail here, naming why, if the device is missing: CUDA f32 logits against the CPU within 1e-4 on the tiny
 #    fixture models, SmolLM2 in bf16 on CUDA against f32 (when the model is in the
 #    cache), a harvest store, a short TopK training run, steered generation;
+#    then NCCL: the one-rank collectives test (tests/dist.rs) and `saescope
+#    launch` training a TopK SAE on the tiny Llama's store over NCCL with 1
+#    rank, and with 2 when there are 2 GPUs (both must reach the same FVU);
 # 4. the GPU benchmarks against transformers (forward, generation) and sparsify
 #    (TopK training) on the same GPU in the same run, when the model, the store and
 #    sparsify are there, each skipped with its reason otherwise.
@@ -60,6 +63,43 @@ fi
 # 3. Every test that needs CUDA -----------------------------------------------------------
 run cargo test --release --test cuda -- --ignored --nocapture --test-threads 1 \
   || { say "CUDA tests FAILED"; FAILED=1; }
+
+# 3b. NCCL ---------------------------------------------------------------------------------
+run cargo test --release --test dist nccl -- --nocapture || { say "NCCL test FAILED"; FAILED=1; }
+NCCL_DIR="$(mktemp -d)"
+"$PY" - "$NCCL_DIR/corpus.txt" <<'PY'
+import random, sys
+random.seed(0)
+words = "the model reads a window of tokens and writes its activations to disk".split()
+with open(sys.argv[1], "w") as f:
+    for _ in range(400):
+        f.write(" ".join(random.choice(words) for _ in range(60)) + "\n\n")
+PY
+run "$BIN" harvest --model tests/fixtures/tiny/llama --corpus "$NCCL_DIR/corpus.txt" \
+    --hook blocks.1.hook_resid_post --context 16 --tokens 8000 --shard-tokens 1000 \
+    --out "$NCCL_DIR/acts" >/dev/null || { say "tiny harvest FAILED"; FAILED=1; }
+GPUS=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
+nccl_train() { # $1 = ranks
+  run "$BIN" launch --nproc "$1" --master-port $((29600 + $1)) -- train --store "$NCCL_DIR/acts" \
+      --hook blocks.1.hook_resid_post --tokens 8192 --batch-size 256 --architecture topk \
+      --expansion 4 --k 8 --read-shares 2 \
+      --devices cuda:0 --checkpoint-every 0 --out "$NCCL_DIR/run$1" \
+    | tee "$NCCL_DIR/run$1.log"
+}
+if nccl_train 1; then
+  if [ "$GPUS" -ge 2 ]; then
+    nccl_train 2 || { say "NCCL training on 2 GPUs FAILED"; FAILED=1; }
+    fvu() { awk '/blocks.1.hook_resid_post-topk/ {print $2}' "$NCCL_DIR/run$1.log"; }
+    say "NCCL FVU: 1 rank $(fvu 1), 2 ranks $(fvu 2)"
+    "$PY" -c "import sys; a, b = map(float, sys.argv[1:]); sys.exit(0 if abs(a - b) < 1e-3 else 1)" \
+        "$(fvu 1)" "$(fvu 2)" || { say "NCCL: 1 and 2 ranks differ"; FAILED=1; }
+  else
+    say "one GPU: NCCL ran at world size 1 only"
+  fi
+else
+  say "NCCL training FAILED"; FAILED=1
+fi
+rm -rf "$NCCL_DIR"
 
 # 4. Benchmarks on the GPU, both sides in the same run ------------------------------------
 if [ -f "$ROOT/.cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf" ] \

@@ -63,6 +63,15 @@ else
 fi
 TORCH_DIR="$("$VENV/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
 ln -sfn "$TORCH_DIR" "$CACHE/libtorch"
+# The NCCL shim (src/dist/nccl_shim.cpp) compiles where torch has CUDA; the CUDA
+# runtime headers it includes need CCCL's (`nv/target`), which the wheel lacks.
+if [ -f "$TORCH_DIR/lib/libtorch_cuda.so" ] && [ ! -e "$TORCH_DIR/../nvidia/cu13/include/nv/target" ]; then
+  say "installing nvidia-cuda-cccl 13.0 (headers for the NCCL shim)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "nvidia-cuda-cccl==13.0.*" \
+    || say "could not install nvidia-cuda-cccl: saescope builds without NCCL"
+else
+  say "CUDA headers for the NCCL shim present (or torch has no CUDA)"
+fi
 
 # 2. Default model ----------------------------------------------------------------------
 if sha_ok "$MODEL_GGUF" "$MODEL_GGUF_SHA256"; then

@@ -137,3 +137,56 @@ fn joining_alone_as_a_rank() {
         Err(e) => println!("gave up: {e}"),
     }
 }
+
+/// NCCL is compiled in wherever the linked libtorch has CUDA. On a machine
+/// with a GPU, a job of one rank over NCCL all-reduces, all-gathers and
+/// all-to-alls a CUDA tensor and a CPU one (staged through the GPU); without
+/// one, joining says so instead of crashing.
+#[test]
+fn nccl_is_built_where_libtorch_has_cuda_and_runs_on_a_gpu() {
+    if skip_without_c10d() {
+        return;
+    }
+    let torch_lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/libtorch/lib");
+    if torch_lib.join("libtorch_cuda.so").exists() {
+        assert!(
+            ProcessGroup::nccl_available(),
+            "libtorch has CUDA, but this build has no NCCL"
+        );
+    }
+    if !ProcessGroup::nccl_available() {
+        println!("SKIPPED: this build has no NCCL (libtorch without CUDA)");
+        return;
+    }
+    let launch = Launch {
+        rank: 0,
+        world_size: 1,
+        local_rank: 0,
+        master_addr: "127.0.0.1".into(),
+        master_port: free_port(),
+        agent_store: false,
+        interface: None,
+    };
+    let joined = ProcessGroup::nccl(&launch, 0, Duration::from_secs(60));
+    if !tch::Cuda::is_available() {
+        let err = joined.err().expect("NCCL joined without a GPU").to_string();
+        assert!(err.contains("CUDA device 0"), "{err}");
+        println!("SKIPPED: no GPU here, so NCCL ran no collective ({err})");
+        return;
+    }
+    let group = joined.unwrap();
+    let mut on_gpu = Tensor::arange(6, (Kind::Float, tch::Device::Cuda(0)));
+    group.all_reduce_sum(&mut on_gpu).unwrap();
+    assert_eq!(Vec::<f32>::try_from(on_gpu.to_device(tch::Device::Cpu)).unwrap(), [0., 1., 2., 3., 4., 5.]);
+    let mut on_cpu = Tensor::from_slice(&[2.5f64]);
+    group.all_reduce_sum(&mut on_cpu).unwrap();
+    assert_eq!(on_cpu.double_value(&[0]), 2.5);
+    let gathered = group.all_gather(&Tensor::from_slice(&[7i64])).unwrap();
+    assert_eq!(gathered.len(), 1);
+    assert_eq!(gathered[0].int64_value(&[0]), 7);
+    let moved = group
+        .all_to_all(&Tensor::arange(4, (Kind::Float, tch::Device::Cpu)), &[4], &[4])
+        .unwrap();
+    assert_eq!(Vec::<f32>::try_from(moved).unwrap(), [0., 1., 2., 3.]);
+    group.barrier().unwrap();
+}

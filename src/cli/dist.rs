@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use saescope::dist::{Launch, ProcessGroup};
 
-/// The job's process group, when `WORLD_SIZE` is set; operations give up
-/// after `SAESCOPE_DIST_TIMEOUT` seconds (default 300).
-pub fn join_from_env() -> anyhow::Result<Option<Rc<ProcessGroup>>> {
+/// The job's process group, when `WORLD_SIZE` is set: NCCL on CUDA device
+/// `cuda` when the work is there (unless `SAESCOPE_DIST_BACKEND=gloo`), else
+/// Gloo; operations give up after
+/// `SAESCOPE_DIST_TIMEOUT` seconds (default 300).
+pub fn join_from_env(cuda: Option<usize>) -> anyhow::Result<Option<Rc<ProcessGroup>>> {
     let Some(launch) = Launch::from_env()? else {
         return Ok(None);
     };
@@ -22,6 +24,14 @@ pub fn join_from_env() -> anyhow::Result<Option<Rc<ProcessGroup>>> {
             })?,
         Err(_) => 300.0,
     };
-    let group = ProcessGroup::gloo(&launch, Duration::from_secs_f64(seconds))?;
+    let timeout = Duration::from_secs_f64(seconds);
+    let backend = std::env::var("SAESCOPE_DIST_BACKEND").ok();
+    let group = match (backend.as_deref(), cuda) {
+        (_, None) | (Some("gloo"), _) => ProcessGroup::gloo(&launch, timeout)?,
+        (Some("nccl") | None, Some(index)) => ProcessGroup::nccl(&launch, index, timeout)?,
+        (Some(other), _) => {
+            anyhow::bail!("SAESCOPE_DIST_BACKEND={other:?}: use gloo or nccl")
+        }
+    };
     Ok(Some(Rc::new(group)))
 }

@@ -7,6 +7,7 @@ use clap::Args;
 use indicatif::ProgressBar;
 use saescope::train::metrics::StepRecord;
 use saescope::train::overrides::TrainOverrides;
+use saescope::train::ranks::{first_cuda_device, place_for_local_rank};
 use saescope::train::{train_from_config, TrainConfig, TrainObserver, TrainSummary};
 
 use super::set_threads;
@@ -125,8 +126,13 @@ pub fn print_summary(summary: &TrainSummary) {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
-    let cfg = args.resolve()?;
-    let group = super::dist::join_from_env()?;
+    let mut cfg = args.resolve()?;
+    // Under a launcher, each local rank takes its own GPUs.
+    if let Some(launch) = saescope::dist::Launch::from_env()? {
+        let visible = tch::Cuda::device_count().max(0) as usize;
+        cfg = place_for_local_rank(&cfg, launch.local_rank, visible);
+    }
+    let group = super::dist::join_from_env(first_cuda_device(&cfg))?;
     let rank = group.as_ref().map_or(0, |g| g.rank());
     // Ranks other than 0 train quietly; rank 0 shows progress and the
     // summary, and under module distribution each rank lists its own SAEs.

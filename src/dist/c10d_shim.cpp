@@ -1,6 +1,7 @@
 // The C ABI through which saescope reaches libtorch's c10d: a TCPStore for
-// rendezvous and a Gloo process group with its collectives, on tch tensors
-// (`at::Tensor*`, which is what tch's `C_tensor` is).
+// rendezvous and a Gloo process group (NCCL: nccl_shim.cpp) with the
+// collectives both share, on tch tensors (`at::Tensor*`, which is what tch's
+// `C_tensor` is).
 //
 // ABI assumptions, checked by the build and the tests: compiled against the
 // headers of the libtorch that tch links (same version, C++17,
@@ -10,41 +11,10 @@
 // catches, writes the message into `err` and returns a failure value.
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
-#include <chrono>
-#include <cstring>
-#include <string>
-#include <vector>
+#include "c10d_shim.h"
 
-namespace {
-
-void write_error(const std::string& message, char* err, size_t err_len) {
-  if (err == nullptr || err_len == 0) return;
-  std::strncpy(err, message.c_str(), err_len - 1);
-  err[err_len - 1] = '\0';
-}
-
-template <typename F>
-int guarded(char* err, size_t err_len, F&& body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception& e) {
-    write_error(e.what(), err, err_len);
-  } catch (...) {
-    write_error("unknown C++ exception in c10d", err, err_len);
-  }
-  return 1;
-}
-
-}  // namespace
-
-struct saescope_group {
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
-  std::chrono::milliseconds timeout;
-};
+using saescope_shim::guarded;
 
 extern "C" {
 
@@ -59,13 +29,8 @@ saescope_group* saescope_gloo_new(const char* host, uint16_t port, int rank,
   saescope_group* out = nullptr;
   guarded(err, err_len, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
-    c10d::TCPStoreOptions opts;
-    opts.port = port;
-    opts.isServer = rank == 0 && agent_store == 0;
-    opts.numWorkers = world;
-    opts.waitWorkers = true;
-    opts.timeout = timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    auto store = saescope_shim::rendezvous(host, port, rank, world, agent_store,
+                                           timeout);
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
     std::string interface(iface);
     std::string master(host);

@@ -1,11 +1,13 @@
-//! A Gloo process group over a TCPStore rendezvous, and its collectives on
-//! CPU tensors, each bounded by the group's timeout. Built on the C shim
-//! `c10d_shim.cpp`; a build without Gloo's headers has the same API, and
-//! every call then says that this build has no c10d.
+//! A process group over a TCPStore rendezvous, Gloo (CPU) or NCCL (CUDA),
+//! and its collectives, each bounded by the group's timeout. Tensors may be
+//! on the CPU or on the group's device; an NCCL group stages CPU tensors
+//! through its GPU and copies the result back. Built on the C shim
+//! (`c10d_shim.cpp`, `nccl_shim.cpp`); a build without Gloo's headers has the
+//! same API, and every call then says that this build has no c10d.
 
 use std::time::Duration;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use super::launch::Launch;
 use crate::error::{Error, Result};
@@ -30,6 +32,18 @@ mod ffi {
             world: c_int,
             agent_store: c_int,
             iface: *const c_char,
+            timeout_ms: i64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut Group;
+        #[cfg(saescope_nccl)]
+        pub fn saescope_nccl_new(
+            host: *const c_char,
+            port: u16,
+            rank: c_int,
+            world: c_int,
+            agent_store: c_int,
+            device: c_int,
             timeout_ms: i64,
             err: *mut c_char,
             err_len: usize,
@@ -107,6 +121,8 @@ pub struct ProcessGroup {
     raw: *mut ffi::Group,
     rank: usize,
     world_size: usize,
+    /// Where the collectives run: the CPU (Gloo) or a CUDA device (NCCL).
+    device: Device,
 }
 
 // SAFETY: c10d's process groups are used from any thread in PyTorch; this
@@ -156,7 +172,76 @@ impl ProcessGroup {
             raw,
             rank: launch.rank,
             world_size: launch.world_size,
+            device: Device::Cpu,
         })
+    }
+
+    /// Joins `launch`'s job over NCCL on CUDA device `cuda_index`; every
+    /// operation, joining included, gives up after `timeout`.
+    #[cfg(saescope_nccl)]
+    pub fn nccl(launch: &Launch, cuda_index: usize, timeout: Duration) -> Result<ProcessGroup> {
+        let host = std::ffi::CString::new(launch.master_addr.clone())
+            .map_err(|_| Error::Distributed("MASTER_ADDR holds a NUL byte".into()))?;
+        if cuda_index >= tch::Cuda::device_count().max(0) as usize {
+            return Err(Error::Distributed(format!(
+                "rank {}: NCCL needs CUDA device {cuda_index}, and this machine shows {}",
+                launch.rank,
+                tch::Cuda::device_count()
+            )));
+        }
+        let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let mut raw = std::ptr::null_mut();
+        checked(launch.rank, "joining the job over NCCL", |err, len| {
+            // SAFETY: as in `gloo`.
+            raw = unsafe {
+                ffi::saescope_nccl_new(
+                    host.as_ptr(),
+                    launch.master_port,
+                    launch.rank as i32,
+                    launch.world_size as i32,
+                    i32::from(launch.agent_store),
+                    cuda_index as i32,
+                    ms,
+                    err,
+                    len,
+                )
+            };
+            i32::from(raw.is_null())
+        })?;
+        Ok(ProcessGroup {
+            raw,
+            rank: launch.rank,
+            world_size: launch.world_size,
+            device: Device::Cuda(cuda_index),
+        })
+    }
+
+    #[cfg(not(saescope_nccl))]
+    pub fn nccl(launch: &Launch, _cuda_index: usize, _timeout: Duration) -> Result<ProcessGroup> {
+        Err(Error::Distributed(format!(
+            "rank {}: this saescope was built without NCCL (its libtorch has no CUDA, or \
+             NCCL's headers were missing at build time)",
+            launch.rank
+        )))
+    }
+
+    /// Whether this build has the NCCL backend.
+    pub fn nccl_available() -> bool {
+        cfg!(saescope_nccl)
+    }
+
+    /// Where the collectives run.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// `t` where the collectives run (itself when it is there already).
+    fn staged(&self, t: &Tensor) -> Result<Tensor> {
+        if t.device() == self.device {
+            Ok(t.shallow_clone())
+        } else {
+            Ok(t.f_to_device(self.device)?.f_contiguous()?)
+        }
     }
 
     #[cfg(not(saescope_c10d))]
@@ -173,17 +258,19 @@ impl ProcessGroup {
         cfg!(saescope_c10d)
     }
 
-    /// Sums `t` (a contiguous CPU tensor) over the ranks, in place.
+    /// Sums `t` (contiguous) over the ranks, in place.
     pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
         self.check_tensor(t, "all-reduce")?;
         #[cfg(saescope_c10d)]
         {
             let raw = self.raw;
-            let ptr = t.as_mut_ptr();
+            let mut work = self.staged(t)?;
+            let ptr = work.as_mut_ptr();
             // SAFETY: live group and tensor; the shim catches exceptions.
             checked(self.rank, "all-reduce", |err, len| unsafe {
                 ffi::saescope_all_reduce_sum(raw, ptr, err, len)
-            })
+            })?;
+            self.copy_back(t, &work)
         }
         #[cfg(not(saescope_c10d))]
         unreachable_without_c10d()
@@ -196,11 +283,13 @@ impl ProcessGroup {
         #[cfg(saescope_c10d)]
         {
             let raw = self.raw;
-            let ptr = t.as_mut_ptr();
+            let mut work = self.staged(t)?;
+            let ptr = work.as_mut_ptr();
             // SAFETY: as in `all_reduce_sum`.
             checked(self.rank, "broadcast", |err, len| unsafe {
                 ffi::saescope_broadcast(raw, ptr, root as i32, err, len)
-            })
+            })?;
+            self.copy_back(t, &work)
         }
         #[cfg(not(saescope_c10d))]
         unreachable_without_c10d()
@@ -209,13 +298,13 @@ impl ProcessGroup {
     /// Every rank's `t` (all shaped alike), in rank order.
     pub fn all_gather(&self, t: &Tensor) -> Result<Vec<Tensor>> {
         self.check_tensor(t, "all-gather")?;
+        let mut input = self.staged(t)?;
         let mut outs: Vec<Tensor> = (0..self.world_size)
-            .map(|_| t.f_empty_like())
+            .map(|_| input.f_empty_like())
             .collect::<std::result::Result<_, _>>()?;
         #[cfg(saescope_c10d)]
         {
             let raw = self.raw;
-            let mut input = t.shallow_clone();
             let input = input.as_mut_ptr();
             let mut ptrs: Vec<*mut ffi::CTensor> =
                 outs.iter_mut().map(|o| o.as_mut_ptr()).collect();
@@ -224,11 +313,14 @@ impl ProcessGroup {
             checked(self.rank, "all-gather", |err, len| unsafe {
                 ffi::saescope_all_gather(raw, input, ptrs.as_mut_ptr(), world, err, len)
             })?;
-            Ok(outs)
+            outs.iter()
+                .map(|o| Ok(o.f_to_device(t.device())?))
+                .collect()
         }
         #[cfg(not(saescope_c10d))]
         {
             outs.clear();
+            let _ = &mut input;
             unreachable_without_c10d()
         }
     }
@@ -257,11 +349,12 @@ impl ProcessGroup {
         }
         let mut shape = input.size();
         shape[0] = recv_rows.iter().sum();
-        let mut output = Tensor::f_empty(shape.as_slice(), (input.kind(), input.device()))?;
+        let mut output = Tensor::f_empty(shape.as_slice(), (input.kind(), self.device))?;
+        let back_to = input.device();
         #[cfg(saescope_c10d)]
         {
             let raw = self.raw;
-            let mut input = input.shallow_clone();
+            let mut input = self.staged(input)?;
             let (input, out) = (input.as_mut_ptr(), output.as_mut_ptr());
             let world = self.world_size as i32;
             // SAFETY: as in `all_reduce_sum`; the splits are `world` long.
@@ -277,11 +370,11 @@ impl ProcessGroup {
                     len,
                 )
             })?;
-            Ok(output)
+            Ok(output.f_to_device(back_to)?)
         }
         #[cfg(not(saescope_c10d))]
         {
-            let _ = &mut output;
+            let _ = (&mut output, back_to);
             unreachable_without_c10d()
         }
     }
@@ -301,11 +394,23 @@ impl ProcessGroup {
     }
 
     fn check_tensor(&self, t: &Tensor, what: &str) -> Result<()> {
-        if t.device() != tch::Device::Cpu || !t.is_contiguous() {
+        let placed = t.device() == Device::Cpu || t.device() == self.device;
+        if !placed || !t.is_contiguous() {
             return Err(Error::Distributed(format!(
-                "rank {}: {what} over Gloo needs a contiguous CPU tensor",
-                self.rank
+                "rank {}: {what} needs a contiguous tensor on the CPU or on {:?}, got one on {:?}",
+                self.rank,
+                self.device,
+                t.device()
             )));
+        }
+        Ok(())
+    }
+
+    /// Copies the collective's result `work` into `t` when it was staged elsewhere.
+    #[cfg(saescope_c10d)]
+    fn copy_back(&self, t: &mut Tensor, work: &Tensor) -> Result<()> {
+        if t.device() != work.device() {
+            t.f_copy_(work)?;
         }
         Ok(())
     }

@@ -165,7 +165,11 @@ pub fn resume_key(cfg: &TrainConfig) -> Result<String> {
     c.data.tokens = 0;
     c.data.read_shares = 0; // the checkpoint's own field decides
     c.run.out = Default::default(); // a run may move (off a full disk) and resume there
-                                    // How the ranks divide the work does not change the result.
+                                    // How the ranks divide the work, and on which devices, does not change the result.
+    for spec in &mut c.saes {
+        spec.device = crate::model::DeviceSpec::Cpu;
+    }
+    c.data.model_device = crate::model::DeviceSpec::Cpu;
     c.run.distribute_modules = false;
     c.run.module_exchange = super::config::ModuleExchange::AllToAll;
     c.to_toml()

@@ -21,6 +21,7 @@ use super::config::{ModuleExchange, TrainConfig};
 use crate::data::share::Share;
 use crate::dist::ProcessGroup;
 use crate::error::{Error, Result};
+use crate::model::DeviceSpec;
 
 /// The data shares rank `rank` of `world` reads: `rank`, `rank + world`, …
 /// of `read_shares`.
@@ -54,6 +55,52 @@ pub fn resolve_read_shares(cfg: &TrainConfig, world: usize, resume: bool) -> Res
         }
     }
     Ok(if asked == 0 { world } else { asked })
+}
+
+/// `cfg` with its CUDA devices moved to this local rank's own GPUs, as
+/// PyTorch jobs give rank `LOCAL_RANK` device `cuda:LOCAL_RANK`: with `g`
+/// distinct CUDA devices named, `cuda:i` becomes `cuda:(i + local_rank·g)`.
+/// Left as it is when the machine shows too few GPUs for that (a launcher
+/// that gives each rank its own `CUDA_VISIBLE_DEVICES`).
+pub fn place_for_local_rank(cfg: &TrainConfig, local_rank: usize, visible: usize) -> TrainConfig {
+    let mut named: Vec<usize> = cfg
+        .saes
+        .iter()
+        .map(|s| s.device)
+        .chain(std::iter::once(cfg.data.model_device))
+        .filter_map(|d| match d {
+            DeviceSpec::Cuda { index, .. } => Some(index),
+            DeviceSpec::Cpu => None,
+        })
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    let highest = named.last().copied().unwrap_or(0);
+    let shift = local_rank * named.len();
+    let mut out = cfg.clone();
+    if named.is_empty() || highest + shift >= visible {
+        return out;
+    }
+    let moved = |d: &mut DeviceSpec| {
+        if let DeviceSpec::Cuda { index, .. } = d {
+            *d = DeviceSpec::Cuda {
+                index: *index + shift,
+                explicit: true,
+            };
+        }
+    };
+    out.saes.iter_mut().for_each(|s| moved(&mut s.device));
+    moved(&mut out.data.model_device);
+    out
+}
+
+/// The CUDA device the first SAE on a GPU trains on: where an NCCL group
+/// of this rank runs.
+pub fn first_cuda_device(cfg: &TrainConfig) -> Option<usize> {
+    cfg.saes.iter().find_map(|s| match s.device {
+        DeviceSpec::Cuda { index, .. } => Some(index),
+        DeviceSpec::Cpu => None,
+    })
 }
 
 /// The rank that trains SAE `index` of `n` under module distribution:
@@ -291,4 +338,46 @@ fn all_gather_rows(
         out.push(Tensor::f_cat(&parts, 0)?);
     }
     Ok((out, sent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::SaeSpec;
+
+    fn cuda(index: usize) -> DeviceSpec {
+        DeviceSpec::Cuda {
+            index,
+            explicit: true,
+        }
+    }
+
+    #[test]
+    fn local_ranks_get_their_own_gpus_and_shares() {
+        let mut cfg = TrainConfig::default();
+        cfg.saes = vec![
+            SaeSpec {
+                device: cuda(0),
+                ..SaeSpec::default()
+            },
+            SaeSpec {
+                device: cuda(1),
+                ..SaeSpec::default()
+            },
+        ];
+        // Two GPUs named, rank 1 of a machine with 4: cuda:2 and cuda:3.
+        let placed = place_for_local_rank(&cfg, 1, 4);
+        let devices: Vec<DeviceSpec> = placed.saes.iter().map(|s| s.device).collect();
+        assert_eq!(devices, [cuda(2), cuda(3)]);
+        assert_eq!(first_cuda_device(&placed), Some(2));
+        // Too few GPUs visible (one per rank already): left alone.
+        assert_eq!(place_for_local_rank(&cfg, 1, 2), cfg);
+        // Shares: rank 1 of 2 reads shares 1 and 3 of 4.
+        let held = held_shares(4, 2, 1).unwrap();
+        assert_eq!(held.iter().map(|s| s.index).collect::<Vec<_>>(), [1, 3]);
+        assert!(held_shares(2, 3, 0).is_err());
+        // Module distribution: 5 SAEs over 2 ranks, consecutive and balanced.
+        let owners: Vec<usize> = (0..5).map(|i| owner_of(i, 5, 2)).collect();
+        assert_eq!(owners, [0, 0, 0, 1, 1]);
+    }
 }
