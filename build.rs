@@ -108,6 +108,12 @@ fn build_nccl_shim(torch: &std::path::Path) {
     let crt = [cuda.clone(), torch.join("../triton/backends/nvidia/include")]
         .into_iter()
         .find(|d| d.join("crt/host_config.h").exists());
+    if !cuda.join("nv/target").exists() {
+        println!(
+            "cargo:warning=libtorch has CUDA but CCCL's headers (nv/target) are missing (pip install nvidia-cuda-cccl, as scripts/setup.sh does): building without NCCL"
+        );
+        return;
+    }
     let Some(crt) = crt else {
         println!(
             "cargo:warning=libtorch has CUDA but the CUDA `crt/` headers were not found (set CUDA_HOME): building without NCCL"
