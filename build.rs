@@ -85,7 +85,13 @@ fn build_nccl_shim(torch: &std::path::Path) {
     };
     let find = |dirs: Vec<std::path::PathBuf>, header: &str| {
         dirs.into_iter()
-            .map(|d| if d.ends_with("include") { d } else { d.join("include") })
+            .map(|d| {
+                if d.ends_with("include") {
+                    d
+                } else {
+                    d.join("include")
+                }
+            })
             .find(|d| d.join(header).exists())
     };
     let nccl = find(
@@ -105,9 +111,12 @@ fn build_nccl_shim(torch: &std::path::Path) {
     // The runtime wheel lacks the `crt/` headers that `cuda_runtime.h`
     // includes (they ship with nvcc); Triton, which the torch wheel installs,
     // carries them.
-    let crt = [cuda.clone(), torch.join("../triton/backends/nvidia/include")]
-        .into_iter()
-        .find(|d| d.join("crt/host_config.h").exists());
+    let crt = [
+        cuda.clone(),
+        torch.join("../triton/backends/nvidia/include"),
+    ]
+    .into_iter()
+    .find(|d| d.join("crt/host_config.h").exists());
     if !cuda.join("nv/target").exists() {
         println!(
             "cargo:warning=libtorch has CUDA but CCCL's headers (nv/target) are missing (pip install nvidia-cuda-cccl, as scripts/setup.sh does): building without NCCL"

@@ -177,7 +177,10 @@ fn nccl_is_built_where_libtorch_has_cuda_and_runs_on_a_gpu() {
     let group = joined.unwrap();
     let mut on_gpu = Tensor::arange(6, (Kind::Float, tch::Device::Cuda(0)));
     group.all_reduce_sum(&mut on_gpu).unwrap();
-    assert_eq!(Vec::<f32>::try_from(on_gpu.to_device(tch::Device::Cpu)).unwrap(), [0., 1., 2., 3., 4., 5.]);
+    assert_eq!(
+        Vec::<f32>::try_from(on_gpu.to_device(tch::Device::Cpu)).unwrap(),
+        [0., 1., 2., 3., 4., 5.]
+    );
     let mut on_cpu = Tensor::from_slice(&[2.5f64]);
     group.all_reduce_sum(&mut on_cpu).unwrap();
     assert_eq!(on_cpu.double_value(&[0]), 2.5);
@@ -185,7 +188,11 @@ fn nccl_is_built_where_libtorch_has_cuda_and_runs_on_a_gpu() {
     assert_eq!(gathered.len(), 1);
     assert_eq!(gathered[0].int64_value(&[0]), 7);
     let moved = group
-        .all_to_all(&Tensor::arange(4, (Kind::Float, tch::Device::Cpu)), &[4], &[4])
+        .all_to_all(
+            &Tensor::arange(4, (Kind::Float, tch::Device::Cpu)),
+            &[4],
+            &[4],
+        )
         .unwrap();
     assert_eq!(Vec::<f32>::try_from(moved).unwrap(), [0., 1., 2., 3.]);
     group.barrier().unwrap();

@@ -2,9 +2,9 @@
 //! each rank stores its own shards under rank-disjoint names, rank 0 merges
 //! the parts' manifests, and the merged stores (two hooks, an odd number of
 //! shards) hold exactly the rows, token ids and shard boundaries of a
-//! single-process harvest. A rank killed mid-harvest fails the job, and the
-//! rerun with `--resume` keeps each rank's finished shards and ends in the
-//! same store.
+//! single-process harvest. A rank killed mid-harvest (no launcher) makes the
+//! other fail within seconds, naming the dead rank, and the rerun with
+//! `--resume` keeps each rank's finished shards and ends in the same store.
 
 mod common;
 
@@ -22,7 +22,14 @@ const HOOKS: [&str; 2] = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
 /// The harvest's flags: two hooks, 4,500 rows in shards of 1,000 (5 shards,
 /// so the ranks hold 3 and 2).
 fn flags() -> Vec<&'static str> {
-    vec!["--hook", HOOKS[0], "--tokens", "4500", "--shard-tokens", "1000"]
+    vec![
+        "--hook",
+        HOOKS[0],
+        "--tokens",
+        "4500",
+        "--shard-tokens",
+        "1000",
+    ]
 }
 
 /// Asserts that two stores of a hook hold the same shards (boundaries, rows,
@@ -93,7 +100,11 @@ fn two_ranks_harvest_the_store_one_process_harvests() {
         assert_same_store(&single.join(hook), &merged.join(hook));
         let files = rank_files(&merged.join(hook));
         let by_rank = |r: &str| files.iter().filter(|f| f.starts_with(r)).count();
-        assert_eq!((by_rank("shard-p000-"), by_rank("shard-p001-")), (3, 2), "{files:?}");
+        assert_eq!(
+            (by_rank("shard-p000-"), by_rank("shard-p001-")),
+            (3, 2),
+            "{files:?}"
+        );
     }
 }
 
@@ -132,11 +143,17 @@ fn a_rank_killed_mid_harvest_fails_the_job_and_each_rank_resumes_its_part() {
         }
         command
     });
-    assert!(started.elapsed() < Duration::from_secs(100), "the survivor waited");
+    assert!(
+        started.elapsed() < Duration::from_secs(100),
+        "the survivor waited"
+    );
     let (ok0, text0) = &outputs[0];
     println!("rank 0 after rank 1 died:\n{text0}");
     assert!(!ok0, "rank 0 succeeded without rank 1:\n{text0}");
-    assert!(text0.contains("rank 0"), "the error names no rank:\n{text0}");
+    assert!(
+        text0.contains("rank 1 did not answer a roll call"),
+        "the error does not name the dead rank:\n{text0}"
+    );
     assert!(!outputs[1].0, "rank 1 was not killed");
     let kept = Manifest::read_named(&part1, &part1_manifest).unwrap();
     assert!(!kept.complete && !kept.shards.is_empty());

@@ -314,7 +314,12 @@ fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
         assert!(start.elapsed().as_secs() < 30, "the ranks did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    // Killed once the first checkpoint exists.
+    let state = paced.join("checkpoint").join("state.json");
+    while !state.exists() {
+        assert!(start.elapsed().as_secs() < 60, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // SAFETY: kill(2) of a child process of this test.
     unsafe { libc::kill(ranks[1], libc::SIGKILL) };
     let killed_at = std::time::Instant::now();
@@ -327,6 +332,27 @@ fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
         killed_at.elapsed().as_secs() < 10,
         "took {:?}",
         killed_at.elapsed()
+    );
+    assert!(
+        !paced.join(folder).join("sae_weights.safetensors").exists(),
+        "the run finished before the kill"
+    );
+    // Relaunched with --resume: the uninterrupted run's weights.
+    let resume = launch_args(2, train_tiny_args(&store, &paced, "2048", "2", true));
+    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(&resume)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gap = relative_gap(&single, &weights(&paced.join(folder)));
+    println!("killed rank, resumed: {gap:.2e} from the uninterrupted run (relative)");
+    assert!(
+        gap < 1e-4,
+        "resumed after a killed rank: {gap} from the uninterrupted run"
     );
 }
 

@@ -16,11 +16,9 @@ pub mod source;
 pub mod store;
 
 pub use corpus::{Corpus, Document, DEFAULT_CORPUS};
-pub use harvest::stream::StreamingSource;
 pub use harvest::ranks::harvest_as_rank;
-pub use harvest::{
-    harvest, harvest_part, HarvestConfig, HarvestObserver, HarvestSummary, Silent,
-};
+pub use harvest::stream::StreamingSource;
+pub use harvest::{harvest, harvest_part, HarvestConfig, HarvestObserver, HarvestSummary, Silent};
 pub use packing::{PackConfig, Packer, Window};
 pub use share::Share;
 pub use source::{ActivationBatch, ActivationSource};

@@ -106,4 +106,22 @@ int saescope_barrier(saescope_group* g, char* err, size_t err_len) {
   });
 }
 
+// Sets `key` in the rendezvous store (to "1").
+int saescope_store_set(saescope_group* g, const char* key, char* err,
+                       size_t err_len) {
+  return guarded(err, err_len, [&] { g->store->set(std::string(key), "1"); });
+}
+
+// Whether `key` is in the rendezvous store: 1 yes, 0 no, -1 on error.
+int saescope_store_check(saescope_group* g, const char* key, char* err,
+                         size_t err_len) {
+  bool found = false;
+  if (guarded(err, err_len, [&] {
+        found = g->store->check(std::vector<std::string>{std::string(key)});
+      }) != 0) {
+    return -1;
+  }
+  return found ? 1 : 0;
+}
+
 }  // extern "C"

@@ -81,6 +81,18 @@ mod ffi {
             err_len: usize,
         ) -> c_int;
         pub fn saescope_barrier(g: *mut Group, err: *mut c_char, err_len: usize) -> c_int;
+        pub fn saescope_store_set(
+            g: *mut Group,
+            key: *const c_char,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn saescope_store_check(
+            g: *mut Group,
+            key: *const c_char,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
     }
 }
 
@@ -100,19 +112,44 @@ fn checked(
     if call(err.as_mut_ptr() as *mut std::os::raw::c_char, ERR_LEN) == 0 {
         return Ok(());
     }
-    let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
-    let message = String::from_utf8_lossy(&err[..end]);
-    let lower = message.to_lowercase();
-    let hint = if lower.contains("closed by peer") || lower.contains("connection reset") {
-        " (another rank of the job exited or was killed: see its output, or the launcher's, for which)"
-    } else if lower.contains("timed out") || lower.contains("timeout") {
-        " (another rank stopped answering: it may be stuck or dead; SAESCOPE_DIST_TIMEOUT sets how long to wait)"
-    } else {
-        ""
-    };
     Err(Error::Distributed(format!(
-        "rank {rank}: {what} failed: {message}{hint}"
+        "rank {rank}: {what} failed: {}",
+        c_message(&err)
     )))
+}
+
+/// The C string at the start of `buffer`.
+#[cfg(saescope_c10d)]
+fn c_message(buffer: &[u8]) -> String {
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+/// Whether a collective's error means that a peer is gone or silent.
+#[cfg(saescope_c10d)]
+fn peer_trouble(message: &str) -> bool {
+    let lower = message.to_lowercase();
+    [
+        "closed by peer",
+        "connection reset",
+        "timed out",
+        "timeout",
+        "broken pipe",
+    ]
+    .iter()
+    .any(|sign| lower.contains(sign))
+}
+
+/// How long a failed rank waits for the others to answer its roll call.
+#[cfg(saescope_c10d)]
+const ROLL_CALL_WAIT: Duration = Duration::from_secs(5);
+
+/// `ranks` as words: "rank 1", "ranks 1, 3".
+#[cfg(saescope_c10d)]
+fn rank_list(ranks: &[usize]) -> String {
+    let list: Vec<String> = ranks.iter().map(usize::to_string).collect();
+    let noun = if ranks.len() == 1 { "rank" } else { "ranks" };
+    format!("{noun} {}", list.join(", "))
 }
 
 /// The ranks of a job, joined.
@@ -225,6 +262,74 @@ impl ProcessGroup {
         )))
     }
 
+    /// Runs one collective's shim call; when it fails because a peer is
+    /// gone or silent, the error also names the ranks that do not answer a
+    /// roll call in the rendezvous store.
+    #[cfg(saescope_c10d)]
+    fn collective(
+        &self,
+        what: &str,
+        call: impl FnOnce(*mut std::os::raw::c_char, usize) -> i32,
+    ) -> Result<()> {
+        checked(self.rank, what, call).map_err(|e| match e {
+            Error::Distributed(message) if peer_trouble(&message) => {
+                Error::Distributed(format!("{message}; {}", self.roll_call()))
+            }
+            other => other,
+        })
+    }
+
+    /// After a failed collective: this rank says so in the rendezvous store
+    /// and waits up to [`ROLL_CALL_WAIT`] for every rank to say the same
+    /// (those alive fail too, at their next collective); what it found.
+    #[cfg(saescope_c10d)]
+    fn roll_call(&self) -> String {
+        let key = |rank: usize| {
+            std::ffi::CString::new(format!("saescope/roll_call/rank{rank}")).unwrap_or_default()
+        };
+        let mut err = vec![0u8; ERR_LEN];
+        let gone = "the rendezvous store does not answer: rank 0, which serves it (unless torchrun's agent does), has exited or was killed";
+        let mine = key(self.rank);
+        // SAFETY: live group, C string and buffer; the shim catches exceptions.
+        if unsafe {
+            ffi::saescope_store_set(self.raw, mine.as_ptr(), err.as_mut_ptr().cast(), ERR_LEN)
+        } != 0
+        {
+            return gone.into();
+        }
+        let deadline = std::time::Instant::now() + ROLL_CALL_WAIT;
+        loop {
+            let mut missing = Vec::new();
+            for rank in 0..self.world_size {
+                let name = key(rank);
+                // SAFETY: as above.
+                match unsafe {
+                    ffi::saescope_store_check(
+                        self.raw,
+                        name.as_ptr(),
+                        err.as_mut_ptr().cast(),
+                        ERR_LEN,
+                    )
+                } {
+                    1 => {}
+                    0 => missing.push(rank),
+                    _ => return gone.into(),
+                }
+            }
+            if missing.is_empty() {
+                return "every rank answered a roll call, so none has died: one may be slow, or the network failed".into();
+            }
+            if std::time::Instant::now() >= deadline {
+                return format!(
+                    "{} did not answer a roll call within {} s: exited, killed or stuck",
+                    rank_list(&missing),
+                    ROLL_CALL_WAIT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether this build has the NCCL backend.
     pub fn nccl_available() -> bool {
         cfg!(saescope_nccl)
@@ -267,7 +372,7 @@ impl ProcessGroup {
             let mut work = self.staged(t)?;
             let ptr = work.as_mut_ptr();
             // SAFETY: live group and tensor; the shim catches exceptions.
-            checked(self.rank, "all-reduce", |err, len| unsafe {
+            self.collective("all-reduce", |err, len| unsafe {
                 ffi::saescope_all_reduce_sum(raw, ptr, err, len)
             })?;
             self.copy_back(t, &work)
@@ -286,7 +391,7 @@ impl ProcessGroup {
             let mut work = self.staged(t)?;
             let ptr = work.as_mut_ptr();
             // SAFETY: as in `all_reduce_sum`.
-            checked(self.rank, "broadcast", |err, len| unsafe {
+            self.collective("broadcast", |err, len| unsafe {
                 ffi::saescope_broadcast(raw, ptr, root as i32, err, len)
             })?;
             self.copy_back(t, &work)
@@ -310,7 +415,7 @@ impl ProcessGroup {
                 outs.iter_mut().map(|o| o.as_mut_ptr()).collect();
             let world = self.world_size as i32;
             // SAFETY: as in `all_reduce_sum`; `ptrs` holds `world` live tensors.
-            checked(self.rank, "all-gather", |err, len| unsafe {
+            self.collective("all-gather", |err, len| unsafe {
                 ffi::saescope_all_gather(raw, input, ptrs.as_mut_ptr(), world, err, len)
             })?;
             outs.iter()
@@ -358,7 +463,7 @@ impl ProcessGroup {
             let (input, out) = (input.as_mut_ptr(), output.as_mut_ptr());
             let world = self.world_size as i32;
             // SAFETY: as in `all_reduce_sum`; the splits are `world` long.
-            checked(self.rank, "all-to-all", |err, len| unsafe {
+            self.collective("all-to-all", |err, len| unsafe {
                 ffi::saescope_all_to_all(
                     raw,
                     out,
@@ -385,7 +490,7 @@ impl ProcessGroup {
         {
             let raw = self.raw;
             // SAFETY: live group; the shim catches exceptions.
-            checked(self.rank, "barrier", |err, len| unsafe {
+            self.collective("barrier", |err, len| unsafe {
                 ffi::saescope_barrier(raw, err, len)
             })
         }

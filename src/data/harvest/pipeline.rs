@@ -280,7 +280,10 @@ impl Job<'_> {
             kept_rows,
         } = self;
         let forwards = Forwards { model, cfg, skip };
-        observer.started(plan.windows_to_store() * forwards.rows_per_window(), kept_rows);
+        observer.started(
+            plan.windows_to_store() * forwards.rows_per_window(),
+            kept_rows,
+        );
         let (looped, writers, packed, written) = std::thread::scope(|s| {
             let (window_tx, windows) = sync_channel(BATCHES_AHEAD);
             let (to_writer, writer_input) =
