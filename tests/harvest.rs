@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use saescope::data::harvest::store_dir;
 use saescope::data::{
-    harvest, ActivationSource, Corpus, HarvestConfig, Manifest, PackConfig, Packer, Silent, Store,
-    StoreDtype, StreamingSource,
+    harvest, ActivationSource, Corpus, HarvestConfig, Manifest, PackConfig, Packer, Share, Silent,
+    Store, StoreDtype, StreamingSource,
 };
 use saescope::hooks::{ActivationCache, HookPoint, Hooks};
 use saescope::model::{ForwardInput, LoadedModel, StopAt};
@@ -587,4 +587,36 @@ fn a_corpus_error_mid_harvest_is_reported_and_keeps_whole_shards() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), m.shards.len() + 1, "stray files: {names:?}");
+}
+
+#[test]
+fn streaming_shares_serve_disjoint_windows_that_interleave_to_the_whole_stream() {
+    let model = common::tiny_llama();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus_path = common::write_corpus(dir.path(), 100);
+    let corpus = Corpus::open(corpus_path.to_str().unwrap(), "text").unwrap();
+    let hook = HookPoint::resid_post(1);
+    // Token ids of the first `windows` windows (16 tokens each, one per batch).
+    let tokens = |share: Share, windows: usize, skip: u64| -> Vec<Vec<i64>> {
+        let mut source = StreamingSource::new(&model, &corpus, hook, 16, 1, false, true)
+            .unwrap()
+            .with_share(share);
+        source.skip_windows(skip).unwrap();
+        (0..windows)
+            .map(|_| {
+                let batch = source.next_batch().unwrap().unwrap();
+                Vec::<i64>::try_from(batch.tokens.unwrap()).unwrap()
+            })
+            .collect()
+    };
+    let whole = tokens(Share::WHOLE, 9, 0);
+    let shares: Vec<Vec<Vec<i64>>> = (0..3)
+        .map(|i| tokens(Share::new(i, 3).unwrap(), 3, 0))
+        .collect();
+    for (w, window) in whole.iter().enumerate() {
+        assert_eq!(window, &shares[w % 3][w / 3], "window {w}");
+    }
+    // Skipping a share's first window (a resume) lands on its second.
+    let resumed = tokens(Share::new(1, 3).unwrap(), 1, 1);
+    assert_eq!(resumed[0], whole[4]);
 }

@@ -12,6 +12,7 @@ pub mod from_config;
 pub mod metrics;
 pub mod overrides;
 pub mod ranks;
+pub mod run_manifest;
 pub mod schedule;
 mod step;
 pub mod trainer;

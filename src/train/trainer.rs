@@ -23,7 +23,8 @@ use super::config::{
 use super::dead::DeadLatents;
 use super::feed::ActivationFeed;
 use super::metrics::{training_curves_svg, MetricsLog, StepRecord, METRICS_FILE};
-use super::ranks::{owner_of, Role};
+use super::ranks::Role;
+use super::run_manifest::write_run_manifest;
 pub use super::step::learning_rate;
 use super::step::{train_step, SaeRun};
 use crate::dist::ProcessGroup;
@@ -39,8 +40,6 @@ use crate::sae::{save_sae, Sae, SaeConfig};
 /// Plots written next to each SAE.
 pub const CURVES_FILE: &str = "training_curves.svg";
 pub const DENSITY_FILE: &str = "feature_density.svg";
-/// The run-level list of SAEs, in the output folder.
-pub const RUN_MANIFEST_FILE: &str = "saes.json";
 
 /// How a run is driven, beyond its config.
 #[derive(Default)]
@@ -542,53 +541,6 @@ fn checkpoint_entry(
         metrics_bytes: metrics_bytes as u64,
         adam_step: adam_step as u64,
     }
-}
-
-/// The run's manifest, `saes.json`: every SAE with its hook, folder and the
-/// rank that trained it. Written by rank 0 once every rank has finished
-/// (a barrier), so it lists only folders that exist.
-fn write_run_manifest(
-    cfg: &TrainConfig,
-    role: &Role,
-    out: &Path,
-    writes: bool,
-    (steps, tokens): (u64, u64),
-) -> Result<()> {
-    if let Some(group) = role.group() {
-        group.barrier()?;
-    }
-    if !writes {
-        return Ok(());
-    }
-    let world = role.group().map_or(1, ProcessGroup::world_size);
-    let n = cfg.saes.len();
-    let saes: Vec<serde_json::Value> = cfg
-        .saes
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let rank = match role {
-                Role::Modules(_) => owner_of(i, n, world),
-                _ => 0,
-            };
-            serde_json::json!({
-                "name": spec.name(),
-                "hook_name": spec.hook,
-                "architecture": spec.architecture.name(),
-                "path": spec.name(),
-                "trained_by_rank": rank,
-            })
-        })
-        .collect();
-    let manifest = serde_json::json!({
-        "world_size": world,
-        "distribute_modules": matches!(role, Role::Modules(_)),
-        "steps": steps,
-        "tokens": tokens,
-        "saes": saes,
-    });
-    let text = serde_json::to_string_pretty(&manifest)? + "\n";
-    write_atomic(&out.join(RUN_MANIFEST_FILE), text.as_bytes())
 }
 
 /// Folds the scale in, saves the SAE folder and its plots.
