@@ -354,17 +354,19 @@ mod tests {
 
     #[test]
     fn local_ranks_get_their_own_gpus_and_shares() {
-        let mut cfg = TrainConfig::default();
-        cfg.saes = vec![
-            SaeSpec {
-                device: cuda(0),
-                ..SaeSpec::default()
-            },
-            SaeSpec {
-                device: cuda(1),
-                ..SaeSpec::default()
-            },
-        ];
+        let cfg = TrainConfig {
+            saes: vec![
+                SaeSpec {
+                    device: cuda(0),
+                    ..SaeSpec::default()
+                },
+                SaeSpec {
+                    device: cuda(1),
+                    ..SaeSpec::default()
+                },
+            ],
+            ..TrainConfig::default()
+        };
         // Two GPUs named, rank 1 of a machine with 4: cuda:2 and cuda:3.
         let placed = place_for_local_rank(&cfg, 1, 4);
         let devices: Vec<DeviceSpec> = placed.saes.iter().map(|s| s.device).collect();
