@@ -262,6 +262,19 @@ fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
     );
 }
 
+/// `saescope launch --nproc 2 -- COMMAND`, which must succeed.
+fn launched_ok(command: Vec<String>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(launch_args(2, command))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
     if skip_without_c10d() {
@@ -271,16 +284,7 @@ fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
     let (store, single) = store_and_reference(dir.path());
     let folder = TOPK;
     let launched = dir.path().join("launched");
-    let args = launch_args(2, train_tiny_args(&store, &launched, "2048", "2", false));
-    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    launched_ok(train_tiny_args(&store, &launched, "2048", "2", false));
     let gap = relative_gap(&single, &weights(&launched.join(folder)));
     assert!(gap < 1e-3, "launched on 2 ranks: {gap} from one process");
     // A rank killed mid-run: the launcher stops the other (which would
@@ -338,16 +342,7 @@ fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
         "the run finished before the kill"
     );
     // Relaunched with --resume: the uninterrupted run's weights.
-    let resume = launch_args(2, train_tiny_args(&store, &paced, "2048", "2", true));
-    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(&resume)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    launched_ok(train_tiny_args(&store, &paced, "2048", "2", true));
     let gap = relative_gap(&single, &weights(&paced.join(folder)));
     println!("killed rank, resumed: {gap:.2e} from the uninterrupted run (relative)");
     assert!(

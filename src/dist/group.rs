@@ -186,11 +186,10 @@ impl ProcessGroup {
         let iface = std::ffi::CString::new(launch.interface.clone().unwrap_or_default())
             .map_err(|_| Error::Distributed("GLOO_SOCKET_IFNAME holds a NUL byte".into()))?;
         let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let mut raw = std::ptr::null_mut();
-        checked(launch.rank, "joining the job", |err, len| {
-            // SAFETY: valid C string and buffer; the shim catches every C++
+        Self::joined(launch, "joining the job", Device::Cpu, |err, len| {
+            // SAFETY: valid C strings and buffer; the shim catches every C++
             // exception and returns null on failure.
-            raw = unsafe {
+            unsafe {
                 ffi::saescope_gloo_new(
                     host.as_ptr(),
                     launch.master_port,
@@ -202,14 +201,29 @@ impl ProcessGroup {
                     err,
                     len,
                 )
-            };
+            }
+        })
+    }
+
+    /// The group a shim constructor `create` returns (null on failure, its
+    /// message in the error buffer), for `launch`'s rank, running on `device`.
+    #[cfg(saescope_c10d)]
+    fn joined(
+        launch: &Launch,
+        what: &str,
+        device: Device,
+        create: impl FnOnce(*mut std::os::raw::c_char, usize) -> *mut ffi::Group,
+    ) -> Result<ProcessGroup> {
+        let mut raw = std::ptr::null_mut();
+        checked(launch.rank, what, |err, len| {
+            raw = create(err, len);
             i32::from(raw.is_null())
         })?;
         Ok(ProcessGroup {
             raw,
             rank: launch.rank,
             world_size: launch.world_size,
-            device: Device::Cpu,
+            device,
         })
     }
 
@@ -227,10 +241,10 @@ impl ProcessGroup {
             )));
         }
         let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let mut raw = std::ptr::null_mut();
-        checked(launch.rank, "joining the job over NCCL", |err, len| {
+        let device = Device::Cuda(cuda_index);
+        Self::joined(launch, "joining the job over NCCL", device, |err, len| {
             // SAFETY: as in `gloo`.
-            raw = unsafe {
+            unsafe {
                 ffi::saescope_nccl_new(
                     host.as_ptr(),
                     launch.master_port,
@@ -242,14 +256,7 @@ impl ProcessGroup {
                     err,
                     len,
                 )
-            };
-            i32::from(raw.is_null())
-        })?;
-        Ok(ProcessGroup {
-            raw,
-            rank: launch.rank,
-            world_size: launch.world_size,
-            device: Device::Cuda(cuda_index),
+            }
         })
     }
 

@@ -339,25 +339,16 @@ pub fn harvest_part(
     if part.is_some() {
         // A part skips the shards it holds as it skips the other parts'.
         plan.part_done_shards = kept as u64;
-        let job = Job {
-            model,
-            cfg,
-            packer,
-            plan,
-            skip,
-            kept_shards: kept,
-            kept_rows: done_rows,
-        };
-        return job.run(move || Ok(writers), observer);
+    } else {
+        let skipped = packer.skip(done_windows)?;
+        if skipped != done_windows {
+            return Err(Error::store(
+                &cfg.out,
+                format!("the corpus now yields {skipped} windows, fewer than the {done_windows} already stored; has it changed?"),
+            ));
+        }
+        plan.done_windows = done_windows;
     }
-    let skipped = packer.skip(done_windows)?;
-    if skipped != done_windows {
-        return Err(Error::store(
-            &cfg.out,
-            format!("the corpus now yields {skipped} windows, fewer than the {done_windows} already stored; has it changed?"),
-        ));
-    }
-    plan.done_windows = done_windows;
     let job = Job {
         model,
         cfg,
