@@ -6,7 +6,8 @@
 //! SAE, including batches whose rows do not split evenly and shares that run
 //! out of rows at different steps; only rank 0 writes; module distribution
 //! (one SAE per rank, rows moved by all-to-all or all-gather) gives the SAEs
-//! one process trains; a run killed after a checkpoint resumes on another
+//! one process trains, and a checkpoint write that fails on one rank fails
+//! the job instead of hanging it; a run killed after a checkpoint resumes on another
 //! number of ranks to the uninterrupted run's weights; and two "hosts"
 //! (network namespaces joined by a veth pair) train as one.
 
@@ -209,6 +210,31 @@ fn module_distribution_gives_each_rank_whole_saes_and_the_same_weights() {
         sent[0], sent[1]
     );
     assert!(2 * sent[0] <= sent[1] + sent[1] / 50, "{sent:?}");
+
+    // A checkpoint that rank 1 cannot write (a folder stands where its SAE's
+    // file goes): rank 1 fails, and rank 0, waiting for it after its own
+    // write, fails too within seconds, naming rank 1, instead of hanging.
+    let blocked = dir.path().join("blocked");
+    let file = "blocks.1.hook_resid_post-topk-x2-k4.step8.safetensors";
+    std::fs::create_dir_all(blocked.join("checkpoint").join(file)).unwrap();
+    let started = std::time::Instant::now();
+    let outputs = as_ranks(&args(&blocked, &["--distribute-modules"]), 2);
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !outputs[1].0 && outputs[1].1.contains(file),
+        "{}",
+        outputs[1].1
+    );
+    assert!(
+        !outputs[0].0 && outputs[0].1.contains("rank 1 did not answer"),
+        "{}",
+        outputs[0].1
+    );
+    assert!(!blocked.join("checkpoint").join("state.json").exists());
 }
 
 #[test]
