@@ -19,7 +19,9 @@ use crate::model::LoadedModel;
 /// This rank's part of the harvest, then (rank 0) the merge. Every rank
 /// learns whether every other one succeeded before anything is merged, so
 /// a failed rank makes the job fail everywhere rather than wait. Rank 0's
-/// summary describes the merged stores; the others', their own part.
+/// summary describes the merged stores (shards and rows kept from before
+/// summed over the ranks, the slowest rank's forward seconds); the others',
+/// their own part.
 pub fn harvest_as_rank(
     model: &LoadedModel,
     cfg: &HarvestConfig,
@@ -29,16 +31,35 @@ pub fn harvest_as_rank(
     let (rank, world) = (group.rank(), group.world_size());
     let part = Share::new(rank, world)?;
     let own = harvest_part(model, cfg, Some(part), observer);
-    let succeeded = agree(group, own.is_ok())?;
+    // Every rank's [succeeded, kept shards, kept rows, forward seconds].
+    let facts = match &own {
+        Ok(s) => [
+            1.0,
+            s.kept_shards as f64,
+            s.kept_rows as f64,
+            s.forward_secs,
+        ],
+        Err(_) => [0.0; 4],
+    };
+    let reports = group.all_gather(&Tensor::from_slice(&facts))?;
+    let reports: Vec<Vec<f64>> = reports
+        .iter()
+        .map(Vec::<f64>::try_from)
+        .collect::<std::result::Result<_, _>>()?;
     let own = own?;
-    if let Some(failed) = succeeded.iter().position(|ok| !ok) {
+    if let Some(failed) = reports.iter().position(|r| r[0] != 1.0) {
         return Err(Error::Distributed(format!(
             "rank {failed} failed its part of the harvest (its own output says why); \
              rerun with --resume"
         )));
     }
     let merged = if rank == 0 {
-        merge_all(cfg, world)
+        merge_all(cfg, world).map(|mut m| {
+            m.kept_shards = reports.iter().map(|r| r[1] as usize).sum();
+            m.kept_rows = reports.iter().map(|r| r[2] as u64).sum();
+            m.forward_secs = reports.iter().map(|r| r[3]).fold(0.0, f64::max);
+            m
+        })
     } else {
         Ok(own.clone())
     };
