@@ -48,12 +48,13 @@ pub fn learning_rate(cfg: &TrainConfig, d_sae: usize) -> f64 {
 /// `group`, the rows are this rank's share, and the gradients (averaged),
 /// fire counts (summed) and metrics (averaged) are reduced over the ranks
 /// before anything depends on them, so every rank takes the same step as
-/// one process would on the whole batch.
+/// one process would on the whole batch. `step_rows` is the whole step's
+/// rows over all ranks (the trainer knows it already).
 pub(super) fn train_step(
     cfg: &TrainConfig,
     run: &mut SaeRun,
     batch: &[Tensor],
-    (step, tokens_after): (u64, u64),
+    (step, tokens_after, step_rows): (u64, u64, i64),
     compute_kind: Kind,
     group: Option<&ProcessGroup>,
 ) -> Result<StepRecord> {
@@ -86,7 +87,10 @@ pub(super) fn train_step(
     let arch = run.spec.architecture.implementation();
     let mut out = arch.train_step(&mut run.sae.weights, &run.sae.cfg, &x, &ctx)?;
     let rows = match group {
-        Some(g) => reduce_over_ranks(g, &mut out, rows)?,
+        Some(g) => {
+            reduce_over_ranks(g, &mut out, rows, step_rows)?;
+            step_rows
+        }
         None => rows,
     };
     if !out.loss.is_finite() {
@@ -186,15 +190,17 @@ fn shared_variance(group: &ProcessGroup, x: &Tensor) -> Result<f64> {
 }
 
 /// Averages `out`'s gradients and metrics over the ranks, weighted by each
-/// rank's `rows` (so that shares of unequal size give the whole batch's
-/// mean), and sums its fire counts; returns the rows of the whole step.
-/// Every rank calls the same collectives in the same order (one per
-/// gradient, then the counts, then one for the metrics).
-fn reduce_over_ranks(group: &ProcessGroup, out: &mut StepOutput, rows: i64) -> Result<i64> {
-    let mut total = Tensor::from_slice(&[rows as f64]);
-    group.all_reduce_sum(&mut total)?;
-    let total = total.f_double_value(&[0])?;
-    let weight = rows as f64 / total;
+/// rank's `rows` of the step's `total` (so that shares of unequal size give
+/// the whole batch's mean), and sums its fire counts. Every rank calls the
+/// same collectives in the same order (one per gradient, then the counts,
+/// then one for the metrics).
+fn reduce_over_ranks(
+    group: &ProcessGroup,
+    out: &mut StepOutput,
+    rows: i64,
+    total: i64,
+) -> Result<()> {
+    let weight = rows as f64 / total as f64;
     for g in out.grads.iter_mut() {
         *g = g.f_mul_scalar(weight)?.f_contiguous()?;
         group.all_reduce_sum(g)?;
@@ -214,5 +220,5 @@ fn reduce_over_ranks(group: &ProcessGroup, out: &mut StepOutput, rows: i64) -> R
     let mean = Vec::<f64>::try_from(&t)?;
     (out.loss, out.mse, out.fvu, out.l0) = (mean[0], mean[1], mean[2], mean[3]);
     (out.sparsity_loss, out.aux_loss) = (mean[4], mean[5]);
-    Ok(total as i64)
+    Ok(())
 }

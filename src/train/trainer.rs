@@ -377,7 +377,7 @@ pub fn train(
                 cfg,
                 run,
                 &inputs,
-                (step, tokens + rows as u64),
+                (step, tokens + rows as u64, rows),
                 compute_kind,
                 role.step_group(),
             )?);
