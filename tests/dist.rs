@@ -1,7 +1,8 @@
 //! c10d through the shim: two processes (this test binary, run again as each
 //! rank with torchrun's variables) join over a loopback TCPStore and Gloo and
 //! check every collective's result; a rank whose peer never arrives gives up
-//! at the timeout with an error naming itself.
+//! at the timeout with an error naming itself; a `saescope` rank ignores
+//! SIGPIPE, so that a dead peer is an error it reports, not a silent death.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -196,4 +197,48 @@ fn nccl_is_built_where_libtorch_has_cuda_and_runs_on_a_gpu() {
         .unwrap();
     assert_eq!(Vec::<f32>::try_from(moved).unwrap(), [0., 1., 2., 3.]);
     group.barrier().unwrap();
+}
+
+/// A rank must not die of SIGPIPE: Gloo writes to a peer that has exited
+/// with `writev`, and the rank should report that peer, not vanish without
+/// a word. `saescope` as rank 0 of two, waiting for its peer, ignores it.
+#[test]
+fn a_saescope_rank_ignores_sigpipe() {
+    if skip_without_c10d() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut rank = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(["train", "--hook", "blocks.0.hook_resid_post", "--store"])
+        .arg(dir.path())
+        .args(["--out"])
+        .arg(dir.path().join("out"))
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", free_port().to_string())
+        .env("SAESCOPE_DIST_TIMEOUT", "30")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", rank.id());
+    // SigIgn is a hexadecimal mask; signal n is bit n - 1.
+    let ignored = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .map(|mask| mask & (1 << (libc::SIGPIPE - 1)) != 0)
+    };
+    // The disposition is set before any thread starts; give exec a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let text = std::fs::read_to_string(&status).unwrap_or_default();
+    rank.kill().unwrap();
+    let out = rank.wait_with_output().unwrap();
+    assert_eq!(
+        ignored(&text),
+        Some(true),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -198,9 +198,14 @@ fn check_cpu_tier() -> anyhow::Result<()> {
 pub fn main() -> std::process::ExitCode {
     // Printing into a closed pipe (`saescope features show ... | head`) ends
     // the process quietly, as other Unix tools do, instead of panicking.
-    // SAFETY: setting a signal disposition at start-up, before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    // Not in a job, though: Gloo writes its sockets with `writev`, which
+    // raises SIGPIPE when a peer has exited, and that would kill this rank
+    // silently instead of letting it report which rank is gone.
+    if std::env::var_os("WORLD_SIZE").is_none() {
+        // SAFETY: setting a signal disposition at start-up, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
     saescope::model::cpu::alloc::keep_freed_memory_mapped();
     let cli = Cli::parse();

@@ -219,12 +219,18 @@ impl ProcessGroup {
             raw = create(err, len);
             i32::from(raw.is_null())
         })?;
-        Ok(ProcessGroup {
+        let group = ProcessGroup {
             raw,
             rank: launch.rank,
             world_size: launch.world_size,
             device,
-        })
+        };
+        // A rank's own mesh can be complete while a peer's is not; without
+        // this barrier a rank that fails straight after joining (a refused
+        // resume, say) closes its sockets under that peer, which then fails
+        // with "connection closed" instead of the refusal's reason.
+        group.barrier()?;
+        Ok(group)
     }
 
     /// Joins `launch`'s job over NCCL on CUDA device `cuda_index`; every

@@ -84,8 +84,10 @@ pub fn ranks_of(
         .into_iter()
         .map(|c| {
             let out = c.wait_with_output().unwrap();
+            // The exit status too: a rank killed by a signal prints nothing.
             let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
+                + &String::from_utf8_lossy(&out.stderr)
+                + &format!("\n[{}]", out.status);
             (out.status.success(), text)
         })
         .collect()
