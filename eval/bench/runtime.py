@@ -20,7 +20,9 @@
    with each framework's share of it (best rate over best limit), and saescope's paired
    share: `saescope bench` alternates the probe with batch-1 generation and reports the
    median over rounds of each round's rate against the mean of the probes just before
-   and after it (generate_b1_share_paired), which a drifting machine disturbs least;
+   and after it (generate_b1_share_paired), which a drifting machine disturbs least, and
+   the same for the decode steps alone, after the first new token
+   (generate_b1_decode_share_paired): the prompt's forward is not weight streaming;
 4. appends the record to eval/results/runtime-<dtype>.json (a JSON list).
 
 Steps 1 and 2 alternate --rounds times (default 2) and each side keeps its best
@@ -49,7 +51,7 @@ RESULTS = ROOT / "eval" / "results"
 SAESCOPE_KEYS = [
     "forward_full_tps", "forward_l8_tps", "generate_b1_tps", "generate_b8_tps",
     "gemv_gbps", "matmul_gflops", "weight_bytes", "flops_per_token_full", "flops_per_token_l8",
-    "generate_b1_share_paired",
+    "generate_b1_share_paired", "generate_b1_decode_tps", "generate_b1_decode_share_paired",
 ]
 COMPARED = [
     ("forward_full_tps", "tok/s"),
@@ -203,6 +205,7 @@ def derive(ours: dict | None, hf: dict | None) -> dict:
     d["bandwidth"]["generate_b1_share.saescope"] = ratio(num(ours, "generate_b1_tps"), limit)
     d["bandwidth"]["generate_b1_share.hf"] = ratio(num(hf, "generate_b1_tps"), limit)
     d["bandwidth"]["generate_b1_share_paired.saescope"] = num(ours, "generate_b1_share_paired")
+    d["bandwidth"]["generate_b1_decode_share_paired.saescope"] = num(ours, "generate_b1_decode_share_paired")
     return d
 
 
@@ -236,6 +239,8 @@ def print_table(dtype: str, ours: dict | None, hf: dict | None, d: dict) -> None
                  fmt(bw["generate_b1_share.hf"], True), ""))
     rows.append(("generate_b1 / limit, paired rounds", "share",
                  fmt(bw["generate_b1_share_paired.saescope"], True), "", ""))
+    rows.append(("generate_b1 decode steps / limit, paired", "share",
+                 fmt(bw["generate_b1_decode_share_paired.saescope"], True), "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     print(f"\nruntime benchmark, SmolLM2-135M, {dtype}")
     for j, r in enumerate(rows):

@@ -54,12 +54,17 @@ pub struct RuntimeBenchReport {
     pub generate_b8_tps: f64,
     pub matmul_gflops: f64,
     pub gemv_gbps: f64,
+    /// Batch-1 decode steps alone (after the first new token), tokens/s.
+    pub generate_b1_decode_tps: f64,
     /// Batch-1 generation's share of the bandwidth limit, paired in time:
-    /// the median over rounds of each round's tokens/s against the limit
-    /// from the probes timed just before and just after it.
+    /// the median over rounds of each round's tokens/s (end to end) against
+    /// the limit from the probes timed just before and just after it.
     pub generate_b1_share_paired: f64,
-    /// Each round's `[tokens/s, limit tokens/s]` behind it.
-    pub generate_b1_rounds: Vec<[f64; 2]>,
+    /// The same for the decode steps alone, which the limit bounds.
+    pub generate_b1_decode_share_paired: f64,
+    /// Each round's `[tokens/s end to end, decode steps' tokens/s, limit
+    /// tokens/s]`.
+    pub generate_b1_rounds: Vec<[f64; 3]>,
     /// Bytes of weights one decode step streams.
     pub weight_bytes: f64,
     pub flops_per_token_full: f64,
@@ -110,12 +115,16 @@ pub fn forward_throughput(
     Ok((cfg.batch * cfg.seq) as f64 / secs)
 }
 
-/// New tokens per second of greedy generation for `batch` prompts.
-pub fn generate_throughput(
+/// Greedy generation for `batch` prompts, best of `cfg.repeats` after a
+/// warm-up: new tokens per second end to end (the prompt's forward
+/// included), and of the decode steps alone (after the first new token, as
+/// llama.cpp's `tg` and vLLM's time per output token count them), which is
+/// what streaming the weights bounds.
+pub fn generate_rates(
     model: &Transformer,
     cfg: &RuntimeBenchConfig,
     batch: i64,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let tokens = Vec::<i64>::try_from(random_tokens(model, batch, cfg.prompt_len).view([-1]))?;
     let prompts: Vec<Vec<i64>> = tokens
         .chunks(cfg.prompt_len as usize)
@@ -126,11 +135,28 @@ pub fn generate_throughput(
         sampling: SamplingConfig::default(),
         stop_ids: Vec::new(),
     };
-    let secs = best_seconds(cfg.repeats, || {
-        generate(model, &prompts, &gen, &mut Hooks::new(), |_, _| {})?;
-        Ok(())
-    })?;
-    Ok((batch as usize * cfg.new_tokens) as f64 / secs)
+    let timed = || -> Result<(f64, f64)> {
+        let start = Instant::now();
+        let mut first = None;
+        generate(model, &prompts, &gen, &mut Hooks::new(), |_, _| {
+            first.get_or_insert_with(Instant::now);
+        })?;
+        let end = Instant::now();
+        let decoding = first.map_or(0.0, |f| (end - f).as_secs_f64());
+        Ok(((end - start).as_secs_f64(), decoding))
+    };
+    timed()?;
+    let (mut whole, mut decoding) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..cfg.repeats.max(1) {
+        let (w, d) = timed()?;
+        whole = whole.min(w);
+        decoding = decoding.min(d);
+    }
+    let rows = batch as usize;
+    Ok((
+        (rows * cfg.new_tokens) as f64 / whole,
+        (rows * cfg.new_tokens.saturating_sub(1)) as f64 / decoding,
+    ))
 }
 
 /// GFLOP/s of a 2048×2048 matmul in `kind`: the faster of libtorch's
@@ -238,15 +264,20 @@ pub fn runtime_bench(model: &Transformer, cfg: &RuntimeBenchConfig) -> Result<Ru
     let mut probes = vec![probe.gbps(1, cfg.new_tokens)?];
     let mut rounds = Vec::new();
     for _ in 0..cfg.repeats.max(3) + 2 {
-        let tps = generate_throughput(model, &once, 1)?;
+        let (tps, decode_tps) = generate_rates(model, &once, 1)?;
         probes.push(probe.gbps(1, cfg.new_tokens)?);
         let around = (probes[probes.len() - 2] + probes[probes.len() - 1]) / 2.0;
-        rounds.push([tps, limit_tps(around)]);
+        rounds.push([tps, decode_tps, limit_tps(around)]);
     }
-    let mut shares: Vec<f64> = rounds.iter().map(|[tps, limit]| tps / limit).collect();
-    shares.sort_by(f64::total_cmp);
-    let generate_b1_share_paired = shares[shares.len() / 2];
-    let generate_b1_tps = rounds.iter().map(|r| r[0]).fold(0.0, f64::max);
+    let median_share = |rate: usize| {
+        let mut shares: Vec<f64> = rounds.iter().map(|r| r[rate] / r[2]).collect();
+        shares.sort_by(f64::total_cmp);
+        shares[shares.len() / 2]
+    };
+    let (generate_b1_share_paired, generate_b1_decode_share_paired) =
+        (median_share(0), median_share(1));
+    let best = |rate: usize| rounds.iter().map(|r| r[rate]).fold(0.0, f64::max);
+    let (generate_b1_tps, generate_b1_decode_tps) = (best(0), best(1));
     let gemv = probes.iter().copied().fold(0.0, f64::max);
     Ok(RuntimeBenchReport {
         dtype: format!("{kind:?}"),
@@ -255,10 +286,12 @@ pub fn runtime_bench(model: &Transformer, cfg: &RuntimeBenchConfig) -> Result<Ru
         forward_full_tps: forward_throughput(model, cfg, StopAt::Logits(LogitsFor::All))?,
         forward_l8_tps: forward_throughput(model, cfg, stop)?,
         generate_b1_tps,
-        generate_b8_tps: generate_throughput(model, cfg, 8)?,
+        generate_b1_decode_tps,
+        generate_b8_tps: generate_rates(model, cfg, 8)?.0,
         matmul_gflops: matmul_gflops(kind, model.device(), cfg.repeats)?,
         gemv_gbps: gemv,
         generate_b1_share_paired,
+        generate_b1_decode_share_paired,
         generate_b1_rounds: rounds,
         weight_bytes,
         flops_per_token_full: c.flops_per_token(c.n_layers, cfg.seq, true),

@@ -12,3 +12,4 @@ pub mod host;
 pub mod step_ops;
 pub mod team;
 pub mod torch_threads;
+mod work_shares;

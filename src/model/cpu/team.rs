@@ -14,14 +14,12 @@ use std::sync::{Mutex, OnceLock};
 
 use super::gemv::{untranspose, GemvInput, WeightSlice};
 use super::torch_threads;
+use super::work_shares::{even_share, WorkShares, MAX_ITEMS};
 
-/// The fewest weight rows a thread claims at once in a product. Each claim is
-/// an atomic update of a counter both threads share, whose cache line moves
-/// between the cores. In bf16 decode steps interleaved token by token, 256
-/// rows (295 KB of weights of 576 columns) were 1–3% faster than 64 in each
-/// of five runs, and 16 was ~5% slower than 64; a product of a few hundred
-/// rows is then split in two or three claims.
-const MIN_PRODUCT_ROWS: usize = 256;
+/// Weight rows a thread takes at a time in a product (see [`WorkShares`]):
+/// with 32, batch-1 decoding ran 2–5% faster than with 16, 64 or 128 rows,
+/// in alternate rounds of one process (2026-12-05, 2 cores, bf16 and AVX2 f32).
+const PRODUCT_CHUNK_ROWS: usize = 32;
 
 /// A reusable barrier whose waiters spin (then yield, if a thread is late).
 struct SpinBarrier {
@@ -112,11 +110,8 @@ pub enum Readers {
 /// What the threads of one run share.
 struct Shared {
     barrier: SpinBarrier,
-    /// Items claimed so far, over all calls of the run. Every thread knows
-    /// where each call's items start (they make the same calls in the same
-    /// order), and a claim never passes a call's end, so the count needs no
-    /// reset between calls.
-    claimed: AtomicUsize,
+    /// Who takes which items of a call.
+    shares: WorkShares,
     /// Two buffers used in turn: a product writes one while threads may still
     /// be reading the other's previous result.
     scratch: [Scratch; 2],
@@ -128,8 +123,9 @@ pub struct Team<'a> {
     size: usize,
     shared: &'a Shared,
     turn: Cell<usize>,
-    /// Where this call's items start in `Shared::claimed`.
-    first_item: Cell<usize>,
+    /// The tag of this thread's next shared-out call (every thread makes the
+    /// same calls in the same order).
+    call: Cell<u8>,
 }
 
 /// Runs `op` on every thread of libtorch's OpenMP team at once (see
@@ -156,14 +152,14 @@ pub fn run<R: Send>(scratch_len: usize, op: impl Fn(&Team) -> R + Sync) -> Optio
                 .ok()
                 .and_then(|mut b| b.take())
                 .unwrap_or_else(|| take_scratch(scratch_len)),
-            claimed: AtomicUsize::new(0),
+            shares: WorkShares::new(size),
         });
         let team = Team {
             index,
             size,
             shared,
             turn: Cell::new(0),
-            first_item: Cell::new(0),
+            call: Cell::new(0),
         };
         let result = op(&team);
         if index == 0 {
@@ -184,40 +180,18 @@ impl Team<'_> {
         self.index == 0
     }
 
-    /// Claims the next items of this call's `items`, if any are left: a
-    /// share of what remains (guided scheduling), at least `min_chunk`, so
-    /// that the chunks shrink towards the end and the threads finish together.
-    fn claim(&self, items: usize, min_chunk: usize) -> Option<Range<usize>> {
-        let (first, end) = (self.first_item.get(), self.first_item.get() + items);
-        let mut current = self.shared.claimed.load(Ordering::Relaxed);
-        while current < end {
-            let size = ((end - current) / (2 * self.size)).max(min_chunk);
-            let next = (current + size).min(end);
-            match self.shared.claimed.compare_exchange_weak(
-                current,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(current - first..next - first),
-                Err(now) => current = now,
-            }
-        }
-        None
-    }
-
-    /// `f(items, out)` over `items` items of `width` floats each, the items
-    /// taken in chunks of at least `min_chunk` by whichever thread is free (a
-    /// thread slowed by a neighbour takes fewer); every thread gets the whole
+    /// `f(items, out)` over `items` items of `width` floats each, shared out
+    /// as [`WorkShares`] does (an even share per thread, taken `chunk` items
+    /// at a time, then stolen halves); every thread gets the whole
     /// `[items, width]`.
     pub fn split(
         &self,
         items: usize,
         width: usize,
-        min_chunk: usize,
+        chunk: usize,
         f: impl Fn(Range<usize>, &mut [f32]),
     ) -> Vec<f32> {
-        self.split_to(items, width, min_chunk, f, Readers::All)
+        self.split_to(items, width, chunk, f, Readers::All)
     }
 
     /// [`Team::split`], where only `readers` get the result (the others an
@@ -226,25 +200,33 @@ impl Team<'_> {
         &self,
         items: usize,
         width: usize,
-        min_chunk: usize,
+        chunk: usize,
         f: impl Fn(Range<usize>, &mut [f32]),
         readers: Readers,
     ) -> Vec<f32> {
-        let min_chunk = min_chunk.max(1);
+        let tag = self.call.get();
+        self.call.set(tag.wrapping_add(1));
         let turn = self.turn.get();
         self.turn.set(1 - turn);
         let scratch = &self.shared.scratch[turn];
-        // SAFETY: each thread writes only the items it claimed before the
-        // barrier, and reads the whole after it. The buffer is written again
-        // two calls later, which no thread starts before every thread has
-        // passed the next call's barrier, i.e. finished this read.
-        while let Some(range) = self.claim(items, min_chunk) {
+        let write = |range: Range<usize>| {
+            // SAFETY: each thread writes only the items it took before the
+            // barrier, and reads the whole after it. The buffer is written
+            // again two calls later, which no thread starts before every
+            // thread has passed the next call's barrier, i.e. finished this read.
             f(range.clone(), unsafe {
                 scratch.part(range.start * width..range.end * width)
             });
+        };
+        if items < MAX_ITEMS {
+            while let Some(range) = self.shared.shares.next(self.index, tag, items, chunk) {
+                write(range);
+            }
+        } else {
+            // Too many to tag (never a product's rows): even shares, no stealing.
+            write(even_share(self.index, self.size, items));
         }
         self.shared.barrier.wait();
-        self.first_item.set(self.first_item.get() + items);
         if readers == Readers::All || self.is_leader() {
             unsafe { scratch.read(0..items * width) }.to_vec()
         } else {
@@ -252,15 +234,10 @@ impl Team<'_> {
         }
     }
 
-    /// This thread's even share of `items` items: contiguous, in thread order.
-    fn share(&self, items: usize) -> Range<usize> {
-        items * self.index / self.size..items * (self.index + 1) / self.size
-    }
-
-    /// `f(items, out)` over this thread's [`Team::share`] of `items` items of
-    /// `width` floats each, for few items that cost the same (attention heads),
-    /// where claiming them one by one from the shared counter cost more than
-    /// it balanced; every thread gets the whole `[items, width]`.
+    /// `f(items, out)` over this thread's [`even_share`] of `items` items of
+    /// `width` floats each, for few items that cost the same (attention
+    /// heads), where taking them one by one cost more than it balanced;
+    /// every thread gets the whole `[items, width]`.
     pub fn split_even(
         &self,
         items: usize,
@@ -270,18 +247,13 @@ impl Team<'_> {
         let turn = self.turn.get();
         self.turn.set(1 - turn);
         let scratch = &self.shared.scratch[turn];
-        let range = self.share(items);
+        let range = even_share(self.index, self.size, items);
         // SAFETY: as in `split`: the shares are disjoint, and the buffer is
         // read after the barrier.
         f(range.clone(), unsafe {
             scratch.part(range.start * width..range.end * width)
         });
-        if self.is_leader() {
-            // Keeps the claim counter at the start of the next call's items.
-            self.shared.claimed.fetch_add(items, Ordering::Relaxed);
-        }
         self.shared.barrier.wait();
-        self.first_item.set(self.first_item.get() + items);
         unsafe { scratch.read(0..items * width) }.to_vec()
     }
 
@@ -299,7 +271,7 @@ impl Team<'_> {
         let transposed = self.split_to(
             n,
             m,
-            MIN_PRODUCT_ROWS,
+            PRODUCT_CHUNK_ROWS,
             |rows, out| input.rows_into(w, rows, out),
             readers,
         );
