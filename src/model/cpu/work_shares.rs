@@ -93,58 +93,52 @@ impl WorkShares {
         debug_assert!(items < MAX_ITEMS);
         let chunk = chunk.max(1);
         loop {
-            let own = &self.slots[me].0;
-            let mut word = self.current(me, tag, items);
-            loop {
-                let (_, next, end) = unpack(word);
-                if next >= end {
-                    break;
-                }
+            let front = self.take(me, tag, items, |next, end| {
                 let taken = (next + chunk).min(end);
-                match own.compare_exchange_weak(
-                    word,
-                    pack(tag, taken, end),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => return Some(next..taken),
-                    Err(now) => word = now,
-                }
+                (next < end).then_some(((taken, end), next..taken))
+            });
+            if front.is_some() {
+                return front;
             }
             let stolen = (1..self.slots.len())
                 .map(|offset| (me + offset) % self.slots.len())
-                .find_map(|victim| self.steal_half(victim, tag, items, chunk))?;
+                .find_map(|victim| {
+                    self.take(victim, tag, items, |next, end| {
+                        let middle = next + (end - next) / 2;
+                        (end > next + chunk).then_some(((next, middle), middle..end))
+                    })
+                })?;
             // Nobody takes from an empty slot, so this store races with no
             // thief; the stolen items are then taken a chunk at a time, and
             // can be stolen back.
-            own.store(pack(tag, stolen.start, stolen.end), Ordering::Release);
+            self.slots[me]
+                .0
+                .store(pack(tag, stolen.start, stolen.end), Ordering::Release);
         }
     }
 
-    /// The back half of `victim`'s remainder in call `tag`, when more than
-    /// one chunk remains.
-    fn steal_half(
+    /// Takes items from slot `index` in call `tag`: `split(next, end)` gives
+    /// the slot's new `(next, end)` and the items taken, or `None` to leave
+    /// it; retried until the compare-and-swap holds.
+    fn take(
         &self,
-        victim: usize,
+        index: usize,
         tag: u8,
         items: usize,
-        chunk: usize,
+        split: impl Fn(usize, usize) -> Option<((usize, usize), Range<usize>)>,
     ) -> Option<Range<usize>> {
-        let slot = &self.slots[victim].0;
-        let mut word = self.current(victim, tag, items);
+        let slot = &self.slots[index].0;
+        let mut word = self.current(index, tag, items);
         loop {
             let (_, next, end) = unpack(word);
-            if end <= next + chunk {
-                return None;
-            }
-            let middle = next + (end - next) / 2;
+            let ((next, end), taken) = split(next, end)?;
             match slot.compare_exchange_weak(
                 word,
-                pack(tag, next, middle),
+                pack(tag, next, end),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(middle..end),
+                Ok(_) => return Some(taken),
                 Err(now) => word = now,
             }
         }
