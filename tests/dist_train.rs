@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::ranks::{as_ranks, launch_args, ranks_of, skip_without_c10d, train_alone};
-use common::{tiny_store, train_tiny_args};
+use common::ranks::{as_ranks, launch_args, ranks_of, skip_without_c10d};
+use common::{saescope_ok, tiny_store, train_tiny_args};
 use saescope::io::safetensors::read_safetensors;
 use tch::Tensor;
 
@@ -38,7 +38,7 @@ fn in_two_shares(store: &Path, out: &Path, resume: bool) -> Vec<String> {
 fn store_and_reference(dir: &Path) -> (std::path::PathBuf, HashMap<String, Tensor>) {
     let (_, store) = tiny_store(dir);
     let single = dir.join("single");
-    train_alone(&in_two_shares(&store, &single, false), &single);
+    saescope_ok(&in_two_shares(&store, &single, false));
     (store, weights(&single.join(TOPK)))
 }
 
@@ -108,7 +108,7 @@ fn two_ranks_train_the_same_sae_as_one_process() {
         let single = dir.path().join(format!("{name}-single"));
         let mut alone = run(&single);
         alone.extend(["--read-shares".to_string(), "2".to_string()]);
-        train_alone(&alone, &single);
+        saescope_ok(&alone);
         let parallel = dir.path().join(format!("{name}-parallel"));
         for (rank, (ok, text)) in as_ranks(&run(&parallel), 2).into_iter().enumerate() {
             assert!(ok, "{name}, rank {rank}:\n{text}");
@@ -165,7 +165,7 @@ fn module_distribution_gives_each_rank_whole_saes_and_the_same_weights() {
         args
     };
     let single = dir.path().join("single");
-    train_alone(&args(&single, &["--read-shares", "2"]), &single);
+    saescope_ok(&args(&single, &["--read-shares", "2"]));
     let mut sent = Vec::new();
     for scheme in ["all_to_all", "all_gather"] {
         let out = dir.path().join(scheme);
@@ -288,19 +288,6 @@ fn a_single_process_run_killed_after_a_checkpoint_resumes_on_two_ranks() {
     );
 }
 
-/// `saescope launch --nproc 2 -- COMMAND`, which must succeed.
-fn launched_ok(command: Vec<String>) {
-    let out = Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(launch_args(2, command))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
     if skip_without_c10d() {
@@ -310,7 +297,10 @@ fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
     let (store, single) = store_and_reference(dir.path());
     let folder = TOPK;
     let launched = dir.path().join("launched");
-    launched_ok(train_tiny_args(&store, &launched, "2048", "2", false));
+    saescope_ok(&launch_args(
+        2,
+        train_tiny_args(&store, &launched, "2048", "2", false),
+    ));
     let gap = relative_gap(&single, &weights(&launched.join(folder)));
     assert!(gap < 1e-3, "launched on 2 ranks: {gap} from one process");
     // A rank killed mid-run: the launcher stops the other (which would
@@ -368,7 +358,10 @@ fn saescope_launch_runs_the_ranks_and_stops_them_when_one_fails() {
         "the run finished before the kill"
     );
     // Relaunched with --resume: the uninterrupted run's weights.
-    launched_ok(train_tiny_args(&store, &paced, "2048", "2", true));
+    saescope_ok(&launch_args(
+        2,
+        train_tiny_args(&store, &paced, "2048", "2", true),
+    ));
     let gap = relative_gap(&single, &weights(&paced.join(folder)));
     println!("killed rank, resumed: {gap:.2e} from the uninterrupted run (relative)");
     assert!(
@@ -519,9 +512,9 @@ fn two_ranks_streaming_from_the_model_read_disjoint_windows_and_match_one_proces
         args
     };
     let single = dir.path().join("single");
-    train_alone(&args(&single, &["--read-shares", "2"]), &single);
+    saescope_ok(&args(&single, &["--read-shares", "2"]));
     let whole = dir.path().join("whole");
-    train_alone(&args(&whole, &[]), &whole);
+    saescope_ok(&args(&whole, &[]));
     let parallel = dir.path().join("parallel");
     for (rank, (ok, text)) in as_ranks(&args(&parallel, &[]), 2).into_iter().enumerate() {
         assert!(ok, "rank {rank}:\n{text}");

@@ -1,6 +1,5 @@
 //! Helpers for tests that start several ranks of a c10d job.
 
-use std::path::Path;
 use std::process::Command;
 
 use saescope::dist::ProcessGroup;
@@ -33,20 +32,6 @@ pub fn launch_args(nproc: usize, command: Vec<String>) -> Vec<String> {
         "--".into(),
     ];
     head.into_iter().chain(command).collect()
-}
-
-/// Runs `saescope ARGS` in one process (no launcher), panicking on failure.
-pub fn train_alone(args: &[String], what: &Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_saescope"))
-        .args(args)
-        .output()
-        .expect("run saescope");
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        what.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `saescope ARGS` as each of `world` ranks, all at once; every rank's
